@@ -1,0 +1,3 @@
+from csvembed.cli import main
+
+main()

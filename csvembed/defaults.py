@@ -1,0 +1,54 @@
+"""Every tunable default in one place, with the measurement or reason behind it."""
+
+QUEUE_NAME = "csvembed"
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+# Rows read per pandas chunk: large enough for pandas' C parser to be efficient, small enough
+# that memory stays flat (a few MB) however big the file is.
+READ_CHUNK_ROWS = 5_000
+# Bytes looked at to detect the encoding and sniff the delimiter.
+SNIFF_BYTES = 64 * 1024
+
+# enqueue_many builds one MULTI for everything it is given; 1000 per pipeline measured ~10k jobs/s.
+ENQUEUE_CHUNK = 1_000
+# submit sorts rows by text length within windows of this many rows before enqueueing, so that
+# the rows a worker takes together have similar lengths and the model wastes little on padding.
+LENGTH_SORT_WINDOW = 5_000
+
+# Rows a worker takes from the queue at once; they are embedded in one model call.
+BATCH_SIZE = 256
+# The batch size passed to SentenceTransformer.encode (longer batches were slower on 2 cores).
+ENCODE_BATCH_SIZE = 32
+
+# Per-row job settings. The vector lives in SQLite, so no RQ result is kept at all.
+JOB_TIMEOUT = 600
+RESULT_TTL = 0
+# RQ keeps failed jobs; the reason is also in the submission's own record, so a week is plenty.
+FAILURE_TTL = 7 * 24 * 3600
+# Attempts after the first, for transient errors and for rows whose worker died.
+MAX_RETRIES = 3
+
+# A started row whose worker stops heart-beating for this long is considered abandoned.
+HEARTBEAT_TTL = 15
+HEARTBEAT_INTERVAL = 5
+# How often a worker looks for rows abandoned by dead workers (RQ's default is 600 s).
+REAPER_INTERVAL = 5
+WORKER_TTL = 30
+
+# SQLite: wait this long for another writer's lock before failing.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# How long commands wait for Redis before giving up on it.
+REDIS_CONNECT_TIMEOUT = 5.0
+# The embedded redis-server: how long to wait for it to accept connections.
+LOCAL_REDIS_START_TIMEOUT = 10.0
+
+# status: refreshes per second of the live view, and the window of its moving rate.
+STATUS_REFRESH_PER_SECOND = 4
+RATE_WINDOW_SECONDS = 10.0
+# How many submissions `status` without an id shows.
+RECENT_SUBMISSIONS = 10
+# Failure reasons shown in the live view.
+RECENT_FAILURES = 3
+
+SEARCH_K = 5

@@ -1,0 +1,31 @@
+"""The exceptions callers catch by meaning. The CLI turns each into one line and an exit code."""
+
+# Exit codes, documented in --help and the README.
+EXIT_OK = 0
+EXIT_ROWS_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+
+
+class CsvembedError(Exception):
+    """Base class: a problem explained to the user in one line."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class InputError(CsvembedError):
+    """The user's input (file, options, arguments) is wrong."""
+
+
+class UnknownSubmission(CsvembedError):
+    """No submission has this id."""
+
+
+class ServiceUnavailable(CsvembedError):
+    """Redis or the store cannot be reached or used."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class RowError(Exception):
+    """One row cannot be embedded or stored, for good: it fails alone and is not retried."""

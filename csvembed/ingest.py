@@ -1,0 +1,96 @@
+"""Embed and store a batch of rows, so that one bad row fails alone and the rest are stored.
+
+The worker calls `Ingestor.ingest` with every row it holds: one model call, one transaction.
+It returns, per row, None for stored or the exception that failed it; nothing is marked in
+Redis here, so a row is only ever marked done by the caller after the transaction committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from csvembed.embedder import Embedder, bad_vector_reason
+from csvembed.errors import RowError
+from csvembed.jobs import RowTask
+from csvembed.progress import SubmissionRecords
+from csvembed.store import Store, StoredRow, row_json
+
+log = logging.getLogger(__name__)
+
+
+class Ingestor:
+    """Holds the loaded model, the store and the submission records for one worker process."""
+
+    def __init__(self, embedder: Embedder, store: Store, records: SubmissionRecords) -> None:
+        self.embedder = embedder
+        self.store = store
+        self.records = records
+        self._submissions: dict[str, tuple[str, list[str]]] = {}
+
+    def _submission(self, submission_id: str) -> tuple[str, list[str]]:
+        """(collection, columns) of a submission; they never change, so they are cached."""
+        if submission_id not in self._submissions:
+            self._submissions[submission_id] = (
+                self.records.collection(submission_id),
+                self.records.columns(submission_id),
+            )
+        return self._submissions[submission_id]
+
+    def _stored_row(self, task: RowTask) -> StoredRow:
+        collection, columns = self._submission(task.submission_id)
+        if not collection:
+            raise RowError(f"submission {task.submission_id} no longer exists")
+        if not task.text.strip():
+            raise RowError("empty text: nothing to embed")
+        return StoredRow(
+            collection=collection,
+            id=task.row_id,
+            submission=task.submission_id,
+            row_number=task.row_number,
+            text=task.text,
+            row_json=row_json(columns, task.values),
+            model=self.embedder.name,
+        )
+
+    def ingest(self, tasks: Sequence[RowTask]) -> list[Exception | None]:
+        """Embed and store tasks; per task, None if stored, else why it failed.
+
+        A failure of the store itself (for instance a lock held past the busy timeout) raises:
+        then no row of the batch was stored and every one of them should be retried.
+        """
+        outcomes: list[Exception | None] = [None] * len(tasks)
+        rows: list[StoredRow] = []
+        positions: list[int] = []
+        for position, task in enumerate(tasks):
+            try:
+                rows.append(self._stored_row(task))
+                positions.append(position)
+            except RowError as exc:
+                outcomes[position] = exc
+        if not rows:
+            return outcomes
+        vectors = self._encode([row.text for row in rows], outcomes, positions)
+        keep = [i for i, position in enumerate(positions) if outcomes[position] is None]
+        if keep:
+            self.store.write([rows[i] for i in keep], vectors[keep])
+        return outcomes
+
+    def _encode(self, texts: list[str], outcomes: list[Exception | None], positions: list[int]) -> np.ndarray:
+        """One model call for the batch; if it raises, one call per row to find the bad one."""
+        try:
+            vectors = self.embedder.encode(texts)
+        except Exception:
+            log.warning("batched encode of %d rows failed; encoding them one by one", len(texts), exc_info=True)
+            vectors = np.zeros((len(texts), self.embedder.dimension), dtype=np.float32)
+            for i, text in enumerate(texts):
+                try:
+                    vectors[i] = self.embedder.encode([text])[0]
+                except Exception as exc:  # a model error on one row fails that row alone
+                    outcomes[positions[i]] = RowError(f"the model failed on this row: {type(exc).__name__}: {exc}")
+        for i, vector in enumerate(vectors):
+            if outcomes[positions[i]] is None and (reason := bad_vector_reason(vector)):
+                outcomes[positions[i]] = RowError(reason)
+        return vectors

@@ -1,0 +1,92 @@
+"""The per-row RQ job: what it carries, how it is enqueued, and the function RQ knows it by.
+
+Jobs use RQ's JSON serializer, so user data is never pickled. The batching worker runs many of
+these jobs through one model call; a plain `rq worker` can still run them one at a time through
+`embed_row`, which is how the benchmark's naive baseline works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from rq import Callback, Queue, Retry
+from rq.job import Job
+from rq.queue import EnqueueData
+from rq.serializers import JSONSerializer
+
+from csvembed import defaults
+from csvembed.progress import job_id
+
+SERIALIZER = JSONSerializer
+
+
+@dataclass
+class RowTask:
+    """One CSV row on its way to the store."""
+
+    submission_id: str
+    row_number: int
+    row_id: str
+    text: str
+    values: list[str]
+
+    @classmethod
+    def from_job(cls, job: Job) -> RowTask:
+        return cls(*job.args)
+
+    def enqueue_data(self) -> EnqueueData:
+        return Queue.prepare_data(
+            embed_row,
+            args=(self.submission_id, self.row_number, self.row_id, self.text, self.values),
+            job_id=job_id(self.submission_id, self.row_number),
+            # RQ's default description repeats every argument: the row would be stored twice.
+            description=job_id(self.submission_id, self.row_number),
+            timeout=defaults.JOB_TIMEOUT,
+            result_ttl=defaults.RESULT_TTL,
+            failure_ttl=defaults.FAILURE_TTL,
+            retry=Retry(max=defaults.MAX_RETRIES),
+            on_failure=Callback(row_failed),
+        )
+
+
+def embed_row(submission_id: str, row_number: int, row_id: str, text: str, values: list[str]) -> None:
+    """Embed and store one row: the job body when a plain RQ worker runs it alone."""
+    ingestor = _process_ingestor()
+    task = RowTask(submission_id, row_number, row_id, text, values)
+    (outcome,) = ingestor.ingest([task])
+    if outcome is not None:
+        raise outcome
+    with ingestor.records.connection.pipeline() as pipe:
+        ingestor.records.mark_done(pipe, submission_id, [row_number])
+        pipe.execute()
+
+
+def row_failed(job: Job, connection, exc_type, exc_value, traceback) -> None:
+    """RQ failure callback: record the row as failed once no retry is left.
+
+    RQ calls it on every failed attempt, including rows abandoned by a dead worker.
+    """
+    if job.retries_left:
+        return
+    from csvembed.progress import SubmissionRecords
+
+    task = RowTask.from_job(job)
+    reason = f"{exc_type.__name__}: {exc_value}" if exc_value is not None else "the worker died"
+    SubmissionRecords(connection).mark_failed(None, task.submission_id, task.row_number, task.row_id, reason)
+
+
+@cache
+def _process_ingestor():
+    """One ingestor per process for plain RQ workers, configured from the environment."""
+    from rq import get_current_job
+
+    from csvembed.embedder import SentenceTransformerEmbedder
+    from csvembed.ingest import Ingestor
+    from csvembed.progress import SubmissionRecords
+    from csvembed.settings import Settings
+    from csvembed.store import Store
+
+    settings = Settings.resolve()
+    connection = get_current_job().connection
+    return Ingestor(SentenceTransformerEmbedder(settings.model), Store(settings.db), SubmissionRecords(connection))

@@ -1,0 +1,185 @@
+"""submit: stream a CSV into one RQ job per row, and return a submission id.
+
+Rows flow reader -> TextSpec -> (skip if unchanged in the store) -> length-sorted windows ->
+Queue.enqueue_many in pipelined chunks. A submission that fails part-way is withdrawn whole:
+its jobs are removed from the queue and its record deleted, so nothing half-enqueued remains.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from rq import Queue
+from rq.job import Job
+
+from csvembed import defaults
+from csvembed.jobs import SERIALIZER, RowTask
+from csvembed.progress import RUNNING, SubmissionRecords, job_id, new_submission_id
+from csvembed.reader import CsvFile, Source
+from csvembed.rowtext import TextSpec, id_column_index
+from csvembed.store import Store, content_hash, row_json
+
+# Removes a withdrawn submission's job ids from a queue list in one atomic step.
+_WITHDRAW = """
+local kept = {}
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.sub(id, 1, string.len(ARGV[1])) ~= ARGV[1] then table.insert(kept, id) end
+end
+redis.call('DEL', KEYS[1])
+for i = 1, #kept, 5000 do
+  redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 4999, #kept)))
+end
+return 0
+"""
+
+
+@dataclass
+class SubmitOptions:
+    """How to read the file and what to embed; mirrors the `submit` flags."""
+
+    text_columns: tuple[str, ...] = ()
+    template: str | None = None
+    id_column: str | None = None
+    delimiter: str | None = None
+    encoding: str | None = None
+    collection: str | None = None
+    queue: str = defaults.QUEUE_NAME
+    force: bool = False
+    max_pending: int | None = None
+
+
+@dataclass
+class SubmitResult:
+    id: str
+    collection: str
+    queue: str
+    total: int
+    enqueued: int
+    skipped: int
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id,
+            "collection": self.collection,
+            "queue": self.queue,
+            "rows": self.total,
+            "enqueued": self.enqueued,
+            "skipped": self.skipped,
+        }
+
+
+class Producer:
+    """Enqueues the rows of one source as one submission."""
+
+    def __init__(self, connection: redis.Redis, store_path: Path, model: str) -> None:
+        self.connection = connection
+        self.store_path = store_path
+        self.model = model
+        self.records = SubmissionRecords(connection)
+
+    def submit(
+        self, source: Source, options: SubmitOptions, on_rows: Callable[[int], None] | None = None
+    ) -> SubmitResult:
+        # Everything that can be checked is checked before the first job exists.
+        csv_file = CsvFile(source, delimiter=options.delimiter, encoding=options.encoding)
+        spec = TextSpec(csv_file.columns, options.text_columns, options.template)
+        id_index = id_column_index(csv_file.columns, options.id_column)
+        store = None if options.force else Store.open_existing(self.store_path)
+        queue = Queue(options.queue, connection=self.connection, serializer=SERIALIZER)
+        submission_id = new_submission_id()
+        collection = options.collection or source.stem
+        self.records.create(
+            submission_id,
+            collection=collection,
+            file=source.name,
+            queue=options.queue,
+            model=self.model,
+            columns=csv_file.columns,
+            text=spec.description,
+        )
+        result = SubmitResult(submission_id, collection, options.queue, 0, 0, 0)
+        try:
+            for first_row, rows in csv_file.chunks():
+                tasks = [
+                    RowTask(
+                        submission_id,
+                        first_row + offset,
+                        values[id_index] if id_index is not None else str(first_row + offset),
+                        spec.render(values),
+                        values,
+                    )
+                    for offset, values in enumerate(rows)
+                ]
+                fresh = self._unchanged_removed(store, collection, csv_file.columns, tasks)
+                self._enqueue(queue, submission_id, fresh, len(tasks) - len(fresh), options.max_pending)
+                result.total += len(tasks)
+                result.enqueued += len(fresh)
+                result.skipped += len(tasks) - len(fresh)
+                if on_rows:
+                    on_rows(result.total)
+        except BaseException:
+            self.withdraw(submission_id, queue)
+            raise
+        finally:
+            if store is not None:
+                store.close()
+        self.records.set_state(submission_id, RUNNING)
+        return result
+
+    def _unchanged_removed(
+        self, store: Store | None, collection: str, columns: list[str], tasks: list[RowTask]
+    ) -> list[RowTask]:
+        """Drop rows whose id, text, fields and model are exactly what the store already holds."""
+        if store is None:
+            return tasks
+        stored = store.stored_hashes(collection, [task.row_id for task in tasks])
+        if not stored:
+            return tasks
+        return [
+            task
+            for task in tasks
+            if stored.get(task.row_id) != content_hash(self.model, task.text, row_json(columns, task.values))
+        ]
+
+    def _enqueue(
+        self, queue: Queue, submission_id: str, tasks: list[RowTask], skipped: int, max_pending: int | None
+    ) -> None:
+        # Queue order means nothing to the user, so rows of similar length go together: a worker's
+        # batch then needs little padding, which is what decides the model's speed.
+        tasks.sort(key=lambda task: len(task.text))
+        chunk = defaults.ENQUEUE_CHUNK
+        parts = [tasks[start : start + chunk] for start in range(0, len(tasks), chunk)] or [[]]
+        for index, part in enumerate(parts):
+            if max_pending is not None:
+                self._wait_below(queue, max_pending)
+            with self.connection.pipeline() as pipe:
+                if part:
+                    queue.enqueue_many([task.enqueue_data() for task in part], pipeline=pipe)
+                # The total grows in the same transaction as the queue, so status never counts
+                # a row that is not there.
+                self.records.add_rows(submission_id, len(part), skipped if index == 0 else 0, pipe)
+                pipe.execute()
+
+    @staticmethod
+    def _wait_below(queue: Queue, max_pending: int) -> None:
+        """Backpressure: hold the file while the queue is longer than max_pending."""
+        while queue.count > max_pending:
+            time.sleep(0.2)
+
+    def withdraw(self, submission_id: str, queue: Queue) -> None:
+        """Remove every trace of a rejected submission: queued jobs, job records, progress, rows."""
+        prefix = job_id(submission_id, 0)[:-1]
+        self.connection.register_script(_WITHDRAW)(keys=[queue.key], args=[prefix])
+        last_row = int(self.connection.hget(f"csvembed:sub:{submission_id}", "total") or 0)
+        for start in range(1, last_row + 1, defaults.ENQUEUE_CHUNK):
+            stop = min(start + defaults.ENQUEUE_CHUNK, last_row + 1)
+            self.connection.delete(*(Job.key_for(job_id(submission_id, n)) for n in range(start, stop)))
+        self.records.delete(submission_id)
+        store = Store.open_existing(self.store_path)
+        if store is not None:
+            store.delete_submission(submission_id)
+            store.close()

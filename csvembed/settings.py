@@ -1,0 +1,43 @@
+"""Where csvembed finds Redis, the store and the model: flags, then environment, then defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from csvembed import defaults
+
+ENV_HOME = "CSVEMBED_HOME"
+ENV_REDIS_URL = "CSVEMBED_REDIS_URL"
+ENV_DB = "CSVEMBED_DB"
+ENV_MODEL = "CSVEMBED_MODEL"
+
+
+def default_home() -> Path:
+    """The data directory: the store and the embedded Redis live here unless told otherwise."""
+    if os.environ.get(ENV_HOME):
+        return Path(os.environ[ENV_HOME])
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "csvembed"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The three things every command needs to agree on, so that they find the same work."""
+
+    home: Path
+    db: Path
+    model: str
+    # None means "the embedded redis-server in home", started on demand.
+    redis_url: str | None = None
+
+    @classmethod
+    def resolve(cls, redis_url: str | None = None, db: str | None = None, model: str | None = None) -> Settings:
+        home = default_home()
+        return cls(
+            home=home,
+            db=Path(db) if db else home / "csvembed.db",
+            model=model or defaults.MODEL_NAME,
+            redis_url=redis_url or None,
+        )

@@ -1,0 +1,222 @@
+"""The batching RQ worker: per-row jobs, one model call and one transaction per batch.
+
+It is RQ's SimpleWorker (no fork, so the model is loaded once) with `execute_job` overridden:
+the job RQ dequeued plus up to batch_size - 1 more that are queued *now* are started together,
+embedded together and stored together, then each is finished or failed on its own. The state
+changes of a whole batch go to Redis in one pipeline; RQ's own per-job path costs 2-3 ms of
+CPU per job, which on 2 cores competes with the model.
+
+This reaches into RQ 3.0 internals (executions, the intermediate queue), hence rq==3.0.0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import secrets
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+from rq.results import Result
+from rq.utils import now
+from rq.worker import WorkerStatus
+
+from csvembed import defaults
+from csvembed.errors import RowError
+from csvembed.ingest import Ingestor
+from csvembed.jobs import SERIALIZER, RowTask
+from csvembed.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    """Unique across hosts and restarts: a restarted worker is never refused for its name."""
+    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(2)}"
+
+
+class _Batch:
+    """The jobs a worker holds at once, with their executions."""
+
+    def __init__(self, queue: Queue, jobs: list[Job], executions: list[Execution]) -> None:
+        self.queue = queue
+        self.jobs = jobs
+        self.executions = executions
+
+
+class BatchWorker(SimpleWorker):
+    """A SimpleWorker that runs up to `batch_size` row-jobs through one model call."""
+
+    def __init__(self, queues: Sequence[str], *, ingestor: Ingestor, batch_size: int, **kwargs) -> None:
+        super().__init__(
+            [Queue(name, connection=ingestor.records.connection, serializer=SERIALIZER) for name in queues],
+            connection=ingestor.records.connection,
+            serializer=SERIALIZER,
+            name=kwargs.pop("name", None) or worker_name(),
+            worker_ttl=defaults.WORKER_TTL,
+            maintenance_interval=defaults.REAPER_INTERVAL,
+            **kwargs,
+        )
+        self.ingestor = ingestor
+        self.batch_size = batch_size
+        self._held: _Batch | None = None
+        self._stop_heartbeat = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+
+    # --- liveness -----------------------------------------------------------------------------
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # A short TTL, kept fresh by the heartbeat thread, lets a dead worker's rows be found in
+        # seconds instead of RQ's job timeout + 60 s.
+        return defaults.HEARTBEAT_TTL
+
+    def bootstrap(self, *args, **kwargs) -> None:
+        super().bootstrap(*args, **kwargs)
+        self.connection.hset(self.key, "batch_size", self.batch_size)
+        self._heartbeat_thread = threading.Thread(target=self._keep_alive, name="csvembed-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+
+    def teardown(self) -> None:
+        self._stop_heartbeat.set()
+        super().teardown()
+
+    def _keep_alive(self) -> None:
+        """Refresh the heartbeat of every job in flight, and reap rows of dead workers.
+
+        RQ refreshes only while it waits for a job; during a long batch the main thread is inside
+        the model, so this thread keeps every held job visibly alive.
+        """
+        while not self._stop_heartbeat.wait(defaults.HEARTBEAT_INTERVAL):
+            try:
+                self._refresh_held()
+                self.reap_abandoned()
+            except Exception:  # a Redis hiccup must not kill the thread; the next beat retries
+                log.warning("heartbeat failed", exc_info=True)
+
+    def _refresh_held(self) -> None:
+        batch, ttl = self._held, defaults.HEARTBEAT_TTL
+        with self.connection.pipeline() as pipe:
+            self.heartbeat(defaults.WORKER_TTL + 60, pipeline=pipe)
+            if batch is not None:
+                for job, execution in zip(batch.jobs, batch.executions):
+                    execution.heartbeat(batch.queue.started_job_registry, ttl, pipeline=pipe)
+                    job.heartbeat(now(), ttl, pipeline=pipe, xx=True)
+            pipe.execute()
+
+    def reap_abandoned(self) -> None:
+        """Requeue (or fail, when out of retries) rows whose worker stopped heart-beating."""
+        for queue in self.queues:
+            StartedJobRegistry(queue.name, connection=self.connection, serializer=SERIALIZER).cleanup()
+
+    # --- one batch ----------------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        batch = self._start(queue, [job, *self._take_queued(queue, self.batch_size - 1)])
+        self._held = batch
+        try:
+            tasks = [RowTask.from_job(held) for held in batch.jobs]
+            try:
+                outcomes = self.ingestor.ingest(tasks)
+            except Exception as exc:  # the store failed: nothing was stored, retry them all
+                log.warning("storing a batch of %d rows failed: %s", len(tasks), exc)
+                outcomes = [exc] * len(tasks)
+            self._finish(batch, tasks, outcomes)
+        finally:
+            self._held = None
+        self.set_state(WorkerStatus.IDLE)
+
+    def _take_queued(self, queue: Queue, limit: int) -> list[Job]:
+        """Up to `limit` more jobs that are queued right now; never waits for more to arrive."""
+        if limit <= 0:
+            return []
+        with self.connection.pipeline(transaction=False) as pipe:
+            for _ in range(limit):
+                pipe.lmove(queue.key, queue.intermediate_queue_key)
+            job_ids = [raw.decode() for raw in pipe.execute() if raw is not None]
+        jobs = Job.fetch_many(job_ids, connection=self.connection, serializer=SERIALIZER)
+        missing = [job_id for job_id, job in zip(job_ids, jobs) if job is None]
+        if missing:  # deleted while queued (for instance a withdrawn submission)
+            with self.connection.pipeline() as pipe:
+                for job_id in missing:
+                    pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                pipe.execute()
+        return [job for job in jobs if job is not None]
+
+    def _start(self, queue: Queue, jobs: list[Job]) -> _Batch:
+        """Mark every job STARTED, with an execution and a heartbeat, in one transaction."""
+        ttl = defaults.HEARTBEAT_TTL
+        executions = []
+        with self.connection.pipeline() as pipe:
+            self.heartbeat(defaults.WORKER_TTL + 60, pipeline=pipe)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            for job in jobs:
+                execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+                self.executions[execution.id] = execution
+                executions.append(execution)
+                job.heartbeat(now(), ttl, pipeline=pipe)
+                job.prepare_for_execution(self.name, pipeline=pipe)
+                pipe.persist(job.key)
+                # Out of the intermediate queue and into the started registry atomically, so a
+                # crash at any point leaves the job in one place that RQ's cleanup looks at.
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        return _Batch(queue, jobs, executions)
+
+    def _finish(self, batch: _Batch, tasks: list[RowTask], outcomes: list[Exception | None]) -> None:
+        """Finish the stored rows in one pipeline; fail the others one by one (the rare path)."""
+        stored_rows: dict[str, list[int]] = defaultdict(list)
+        failed = []
+        with self.connection.pipeline() as pipe:
+            for job, execution, task, outcome in zip(batch.jobs, batch.executions, tasks, outcomes):
+                if outcome is None:
+                    stored_rows[task.submission_id].append(task.row_number)
+                    self._delete_finished(job, execution, pipe)
+                else:
+                    failed.append((job, execution, task, outcome))
+            for submission_id, row_numbers in stored_rows.items():
+                self.ingestor.records.mark_done(pipe, submission_id, row_numbers)
+            pipe.hincrby(self.key, "successful_job_count", sum(map(len, stored_rows.values())))
+            pipe.execute()
+        for job, execution, task, outcome in failed:
+            self._fail(batch.queue, job, execution, task, outcome)
+
+    def _delete_finished(self, job: Job, execution: Execution, pipe) -> None:
+        """What RQ's success path does for a job with result_ttl=0, without its per-job round trips."""
+        execution.delete(job=job, pipeline=pipe)
+        self.executions.pop(execution.id, None)
+        job.execution_registry.delete(job=job, pipeline=pipe)
+        pipe.delete(job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id))
+
+    def _fail(self, queue: Queue, job: Job, execution: Execution, task: RowTask, error: Exception) -> None:
+        """Retry a transient failure; record a final one (with its reason) on the submission."""
+        job.ended_at = now()
+        if isinstance(error, RowError):
+            job.retries_left = 0  # the same row would fail the same way again
+        reason = str(error) if isinstance(error, RowError) else f"{type(error).__name__}: {error}"
+        if not job.should_retry:
+            self.ingestor.records.mark_failed(None, task.submission_id, task.row_number, task.row_id, reason)
+        self.handle_job_failure(job, queue, exc_string=reason, execution=execution)
+
+
+def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_size: int) -> bool:
+    """Load the model once, then work until stopped (or until the queues are empty with burst).
+
+    Returns whether any job was processed.
+    """
+    from csvembed.broker import connect
+    from csvembed.embedder import SentenceTransformerEmbedder
+    from csvembed.progress import SubmissionRecords
+    from csvembed.store import Store
+
+    connection = connect(settings)
+    embedder = SentenceTransformerEmbedder(settings.model)
+    ingestor = Ingestor(embedder, Store(settings.db), SubmissionRecords(connection))
+    worker = BatchWorker(queues, ingestor=ingestor, batch_size=batch_size)
+    log.info("worker %s: model %s loaded; listening on %s", worker.name, settings.model, ", ".join(queues))
+    return worker.work(burst=burst, logging_level="WARNING")
