@@ -29,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 
@@ -127,7 +127,8 @@ def worker(
     """
     from csvembed.worker import run_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("csvembed").setLevel(logging.INFO)
     run_worker(_settings(ctx), queue or [defaults.QUEUE_NAME], burst=burst, batch_size=batch_size)
 
 
@@ -240,13 +241,15 @@ def search(
     if not hits:
         err.print("no stored rows match", highlight=False)
         return
-    from rich.table import Table
-
-    table = Table("distance", "collection", "id", "text", show_lines=False, box=None)
+    id_width = max(len(hit.id) for hit in hits)
+    collection_width = max(len(hit.collection) for hit in hits)
+    text_width = max(out.width - id_width - collection_width - 14, 20)
     for hit in hits:
         snippet = " ".join(hit.text.split())
-        table.add_row(f"{hit.distance:.4f}", hit.collection, hit.id, snippet[:100] + ("…" if len(snippet) > 100 else ""))
-    out.print(table)
+        if len(snippet) > text_width:
+            snippet = snippet[: text_width - 1] + "…"
+        out.print(f"{hit.distance:.4f}  {hit.collection:<{collection_width}}  {hit.id:<{id_width}}  {snippet}",
+                  highlight=False, markup=False)
 
 
 def main() -> None:

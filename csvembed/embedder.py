@@ -45,6 +45,10 @@ class SentenceTransformerEmbedder:
         if is_local:
             # A local folder needs no hub; saying so avoids slow network probes on a closed machine.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # Loading bars and INFO lines from transformers would bury csvembed's own output.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TQDM_DISABLE", "1")
         from sentence_transformers import SentenceTransformer
 
         try:

@@ -151,24 +151,29 @@ class Producer:
         # Queue order means nothing to the user, so rows of similar length go together: a worker's
         # batch then needs little padding, which is what decides the model's speed.
         tasks.sort(key=lambda task: len(task.text))
-        chunk = defaults.ENQUEUE_CHUNK
-        parts = [tasks[start : start + chunk] for start in range(0, len(tasks), chunk)] or [[]]
-        for index, part in enumerate(parts):
-            if max_pending is not None:
-                self._wait_below(queue, max_pending)
+        remaining, skipped_left = tasks, skipped
+        while True:
+            room = self._room(queue, max_pending)
+            part, remaining = remaining[:room], remaining[room:]
             with self.connection.pipeline() as pipe:
                 if part:
                     queue.enqueue_many([task.enqueue_data() for task in part], pipeline=pipe)
                 # The total grows in the same transaction as the queue, so status never counts
                 # a row that is not there.
-                self.records.add_rows(submission_id, len(part), skipped if index == 0 else 0, pipe)
+                self.records.add_rows(submission_id, len(part), skipped_left, pipe)
                 pipe.execute()
+            skipped_left = 0
+            if not remaining:
+                return
 
     @staticmethod
-    def _wait_below(queue: Queue, max_pending: int) -> None:
-        """Backpressure: hold the file while the queue is longer than max_pending."""
-        while queue.count > max_pending:
-            time.sleep(0.2)
+    def _room(queue: Queue, max_pending: int | None) -> int:
+        """How many rows may be enqueued now: backpressure holds the file while the queue is full."""
+        if max_pending is None:
+            return defaults.ENQUEUE_CHUNK
+        while (waiting := queue.count) >= max_pending:
+            time.sleep(0.1)
+        return min(defaults.ENQUEUE_CHUNK, max_pending - waiting)
 
     def withdraw(self, submission_id: str, queue: Queue) -> None:
         """Remove every trace of a rejected submission: queued jobs, job records, progress, rows."""

@@ -14,6 +14,7 @@ import codecs
 import csv
 import io
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,8 @@ class CsvFile:
             raise InputError(f"{source.name} is empty: expected a header line and rows")
         self.encoding = encoding or detect_encoding(head)
         self._check_codec()
-        if "\x00" in (text := self._decode_head(head)):
+        wide = codecs.lookup(self.encoding).name.startswith(("utf-16", "utf-32"))
+        if (b"\x00" in head and not wide) or "\x00" in (text := self._decode_head(head)):
             raise InputError(
                 f"{source.name} contains NUL bytes: it looks like a binary file, not CSV text"
                 " (for UTF-16 without a BOM, pass --encoding utf-16-le)"
@@ -173,7 +175,12 @@ class CsvFile:
     def _guard(self, read):
         """Run a pandas read step, turning its errors into one-line input errors."""
         try:
-            return read()
+            with warnings.catch_warnings():
+                # pandas only warns, and drops data, when the first row has an extra field.
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                return read()
+        except pd.errors.ParserWarning:
+            raise InputError(f"{self.source.name}: malformed CSV: row 1 has more fields than the header") from None
         except UnicodeDecodeError as exc:
             raise self._decode_error(exc) from None
         except pd.errors.EmptyDataError:

@@ -1,0 +1,127 @@
+"""Real parts only: a real redis-server started by the suite, the real sqlite-vec and the real model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from csvembed.broker import redis_server_binary
+from csvembed.settings import Settings
+
+
+def start_redis(directory: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """A real redis-server on a unix socket in `directory`; returns the process and its URL."""
+    socket_path = directory / "redis.sock"
+    process = subprocess.Popen(
+        [redis_server_binary(), "--port", "0", "--unixsocket", str(socket_path), "--dir", str(directory),
+         "--save", "", *extra],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"unix://{socket_path}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return process, url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    process, url = start_redis(tmp_path_factory.mktemp("redis"), "--appendonly", "no")
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+@dataclass
+class Env:
+    """One test's world: a clean Redis, its own store file and home, as environment variables."""
+
+    redis_url: str
+    db: Path
+    home: Path
+    connection: redis.Redis
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(home=self.home, db=self.db, model="all-MiniLM-L6-v2", redis_url=self.redis_url)
+
+    @property
+    def environ(self) -> dict[str, str]:
+        return {**os.environ, "CSVEMBED_REDIS_URL": self.redis_url, "CSVEMBED_DB": str(self.db),
+                "CSVEMBED_HOME": str(self.home)}
+
+
+@pytest.fixture
+def env(redis_url, tmp_path, monkeypatch) -> Env:
+    connection = redis.Redis.from_url(redis_url)
+    connection.flushall()
+    world = Env(redis_url, tmp_path / "store.db", tmp_path / "home", connection)
+    for key, value in world.environ.items():
+        if key.startswith("CSVEMBED_"):
+            monkeypatch.setenv(key, value)
+    return world
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real packaged model, loaded once for the whole suite."""
+    from csvembed.embedder import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder("all-MiniLM-L6-v2")
+
+
+def run_cli(env: Env, *args: str, input: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real entry point in a subprocess, as a user or a script runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "csvembed", *args], input=input, capture_output=True, env=env.environ,
+        timeout=timeout,
+    )
+
+
+def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.fixture
+def drain(env, embedder):
+    """Run an in-process burst worker (the real BatchWorker) until the queue is empty."""
+    from csvembed.ingest import Ingestor
+    from csvembed.progress import SubmissionRecords
+    from csvembed.store import Store
+    from csvembed.worker import BatchWorker
+
+    def run(batch_size: int = 64, model=None, queues: tuple[str, ...] = ("csvembed",)) -> BatchWorker:
+        store = Store(env.db)
+        ingestor = Ingestor(model or embedder, store, SubmissionRecords(env.connection))
+        worker = BatchWorker(list(queues), ingestor=ingestor, batch_size=batch_size)
+        worker.work(burst=True, logging_level="WARNING")
+        store.close()
+        return worker
+
+    return run
+
+
+@pytest.fixture
+def submit(env):
+    """Submit a CSV file in-process through the real Producer; returns the SubmitResult."""
+    from csvembed.producer import Producer, SubmitOptions
+    from csvembed.reader import open_source
+
+    def run(path: Path, **options):
+        return Producer(env.connection, env.db, "all-MiniLM-L6-v2").submit(open_source(str(path)), SubmitOptions(**options))
+
+    return run
