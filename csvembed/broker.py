@@ -116,7 +116,8 @@ def stop_local_redis(settings: Settings) -> bool:
     """Shut the embedded server down (saving its data). Returns False if it was not running."""
     connection = _from_url(f"unix://{local_socket(settings.home / 'redis')}")
     try:
-        connection.shutdown(save=True)
+        connection.ping()
     except redis.ConnectionError:
         return False
+    connection.shutdown(save=True)
     return True

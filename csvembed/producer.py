@@ -8,7 +8,6 @@ its jobs are removed from the queue and its record deleted, so nothing half-enqu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,14 +80,13 @@ class Producer:
         self.model = model
         self.records = SubmissionRecords(connection)
 
-    def submit(
-        self, source: Source, options: SubmitOptions, on_rows: Callable[[int], None] | None = None
-    ) -> SubmitResult:
+    def submit(self, source: Source, options: SubmitOptions) -> SubmitResult:
         # Everything that can be checked is checked before the first job exists.
         csv_file = CsvFile(source, delimiter=options.delimiter, encoding=options.encoding)
         spec = TextSpec(csv_file.columns, options.text_columns, options.template)
         id_index = id_column_index(csv_file.columns, options.id_column)
-        store = None if options.force else Store.open_existing(self.store_path)
+        # Opening the store up front reports an unusable --db before anything is enqueued.
+        store = Store(self.store_path)
         queue = Queue(options.queue, connection=self.connection, serializer=SERIALIZER)
         submission_id = new_submission_id()
         collection = options.collection or source.stem
@@ -114,27 +112,24 @@ class Producer:
                     )
                     for offset, values in enumerate(rows)
                 ]
-                fresh = self._unchanged_removed(store, collection, csv_file.columns, tasks)
+                fresh = self._unchanged_removed(store, collection, csv_file.columns, tasks, options.force)
                 self._enqueue(queue, submission_id, fresh, len(tasks) - len(fresh), options.max_pending)
                 result.total += len(tasks)
                 result.enqueued += len(fresh)
                 result.skipped += len(tasks) - len(fresh)
-                if on_rows:
-                    on_rows(result.total)
         except BaseException:
-            self.withdraw(submission_id, queue)
+            self.withdraw(submission_id, queue, store)
             raise
         finally:
-            if store is not None:
-                store.close()
+            store.close()
         self.records.set_state(submission_id, RUNNING)
         return result
 
     def _unchanged_removed(
-        self, store: Store | None, collection: str, columns: list[str], tasks: list[RowTask]
+        self, store: Store, collection: str, columns: list[str], tasks: list[RowTask], force: bool
     ) -> list[RowTask]:
         """Drop rows whose id, text, fields and model are exactly what the store already holds."""
-        if store is None:
+        if force:
             return tasks
         stored = store.stored_hashes(collection, [task.row_id for task in tasks])
         if not stored:
@@ -175,7 +170,7 @@ class Producer:
             time.sleep(0.1)
         return min(defaults.ENQUEUE_CHUNK, max_pending - waiting)
 
-    def withdraw(self, submission_id: str, queue: Queue) -> None:
+    def withdraw(self, submission_id: str, queue: Queue, store: Store) -> None:
         """Remove every trace of a rejected submission: queued jobs, job records, progress, rows."""
         prefix = job_id(submission_id, 0)[:-1]
         self.connection.register_script(_WITHDRAW)(keys=[queue.key], args=[prefix])
@@ -184,7 +179,5 @@ class Producer:
             stop = min(start + defaults.ENQUEUE_CHUNK, last_row + 1)
             self.connection.delete(*(Job.key_for(job_id(submission_id, n)) for n in range(start, stop)))
         self.records.delete(submission_id)
-        store = Store.open_existing(self.store_path)
-        if store is not None:
-            store.delete_submission(submission_id)
-            store.close()
+        # Workers may have stored early rows while later ones were still being read.
+        store.delete_submission(submission_id)

@@ -18,7 +18,7 @@ class TextSpec:
         if template is not None:
             fields = _template_fields(template)
             _require_columns(self.columns, fields, "template field")
-            self._render = lambda row: template.format_map(row)
+            self._render = lambda row: _format(template, row)
             self.description = f"template {template!r}"
         elif text_columns:
             _require_columns(self.columns, text_columns, "--text-column")
@@ -31,6 +31,13 @@ class TextSpec:
 
     def render(self, values: Sequence[str]) -> str:
         return self._render(dict(zip(self.columns, values)))
+
+
+def _format(template: str, row: dict[str, str]) -> str:
+    try:
+        return template.format_map(row)
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise InputError(f"--template {template!r} cannot be applied to a row: {exc}") from None
 
 
 def _template_fields(template: str) -> list[str]:

@@ -93,7 +93,10 @@ class Hit:
 
 def _connect(path: Path) -> apsw.Connection:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            if path.parent.exists():
+                raise ServiceUnavailable(f"cannot use the store {path}: {path.parent} is not a directory")
+            path.parent.mkdir(parents=True)
         connection = apsw.Connection(str(path))
         connection.enable_load_extension(True)
         connection.load_extension(sqlite_vec.loadable_path())

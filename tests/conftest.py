@@ -60,8 +60,12 @@ class Env:
 
     @property
     def environ(self) -> dict[str, str]:
-        return {**os.environ, "CSVEMBED_REDIS_URL": self.redis_url, "CSVEMBED_DB": str(self.db),
-                "CSVEMBED_HOME": str(self.home)}
+        """The environment a CLI subprocess gets; an empty redis_url means the embedded default."""
+        base = {key: value for key, value in os.environ.items() if not key.startswith("CSVEMBED_")}
+        ours = {"CSVEMBED_DB": str(self.db), "CSVEMBED_HOME": str(self.home)}
+        if self.redis_url:
+            ours["CSVEMBED_REDIS_URL"] = self.redis_url
+        return {**base, **ours}
 
 
 @pytest.fixture
