@@ -103,6 +103,9 @@ def _start_server(data_dir: Path, socket_path: Path) -> None:
             "--dir", str(data_dir),
             "--appendonly", "yes",
             "--appendfsync", "everysec",
+            # An RQ job hash holds one field over 64 bytes (the row); allowing the compact encoding
+            # for larger values cuts a queued row from about 2 KB to about 0.6 KB.
+            "--hash-max-ziplist-value", "8192",
             "--daemonize", "yes",
             "--pidfile", str(data_dir / "redis.pid"),
             "--logfile", str(data_dir / "redis.log"),

@@ -190,8 +190,10 @@ class BatchWorker(SimpleWorker):
         """What RQ's success path does for a job with result_ttl=0, without its per-job round trips."""
         execution.delete(job=job, pipeline=pipe)
         self.executions.pop(execution.id, None)
-        job.execution_registry.delete(job=job, pipeline=pipe)
-        pipe.delete(job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id))
+        # The job's execution registry holds only this execution; RQ's own delete() would first
+        # read every execution back, one round trip per job.
+        pipe.delete(job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id),
+                    job.execution_registry.key)
 
     def _fail(self, queue: Queue, job: Job, execution: Execution, task: RowTask, error: Exception) -> None:
         """Retry a transient failure; record a final one (with its reason) on the submission."""
