@@ -7,23 +7,59 @@ there, so submit, worker, status and search all find the same server without any
 from __future__ import annotations
 
 import fcntl
+import logging
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from csvembed import defaults
 from csvembed.errors import ServiceUnavailable
 from csvembed.settings import Settings
 
+log = logging.getLogger(__name__)
 
-def connect(settings: Settings) -> redis.Redis:
-    """A checked connection: a configured URL is used as given, never started or stopped here."""
+
+class PatientRetry(Retry):
+    """Retries lost connections with exponential backoff, saying what it is waiting for.
+
+    A worker waits forever (retries=-1): a Redis restart must not kill it. Commands people
+    run wait a bounded time, then fail with a one-line error.
+    """
+
+    def __init__(self, described_as: str, retries: int) -> None:
+        super().__init__(
+            ExponentialBackoff(cap=defaults.REDIS_RETRY_CAP, base=defaults.REDIS_RETRY_BASE),
+            retries,
+            (redis.ConnectionError, redis.TimeoutError),
+        )
+        self.described_as = described_as
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[override]
+        def say_and_fail(error: Exception, *failures: int):
+            log.warning("waiting for Redis at %s: %s", self.described_as, error)
+            return fail(error, *failures)
+
+        return super().call_with_retry(do, say_and_fail, is_retryable, with_failure_count)
+
+
+def connect(settings: Settings, wait_forever: bool = False) -> redis.Redis:
+    """A checked connection that then rides out Redis restarts (forever, for workers).
+
+    A configured URL is used as given, never started or stopped here.
+    """
     if settings.redis_url:
-        return _ping(_from_url(settings.redis_url), settings.redis_url)
-    return ensure_local_redis(settings.home / "redis")
+        connection, described_as = _ping(_from_url(settings.redis_url), settings.redis_url), settings.redis_url
+    else:
+        connection = ensure_local_redis(settings.home / "redis")
+        described_as = str(local_socket(settings.home / "redis"))
+    retries = -1 if wait_forever else defaults.REDIS_RETRIES
+    connection.set_retry(PatientRetry(described_as, retries))
+    return connection
 
 
 def _from_url(url: str) -> redis.Redis:

@@ -127,7 +127,7 @@ def worker(
     """
     from csvembed.worker import run_worker
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr, force=True)
     logging.getLogger("csvembed").setLevel(logging.INFO)
     run_worker(_settings(ctx), queue or [defaults.QUEUE_NAME], burst=burst, batch_size=batch_size)
 
@@ -221,6 +221,22 @@ def failures(
 
 
 @app.command()
+def retry(
+    ctx: typer.Context,
+    submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print {requeued, expired} row numbers as JSON.")] = False,
+) -> None:
+    """Put a submission's failed rows back in the queue (each with a fresh retry budget)."""
+    from csvembed.retry import retry_failed
+
+    result = retry_failed(_connection(_settings(ctx)), submission_id)
+    if as_json:
+        out.print_json(json.dumps(result.__dict__))
+    expired = f"; {len(result.expired)} had expired and need a new submit" if result.expired else ""
+    err.print(f"requeued {len(result.requeued)} failed rows{expired}", highlight=False)
+
+
+@app.command()
 def search(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(help="What to look for.")],
@@ -254,8 +270,11 @@ def search(
 
 def main() -> None:
     """Entry point: one-line errors and meaningful exit codes, never a traceback for bad input."""
+    logging.basicConfig(level=logging.WARNING, format="csvembed: %(message)s", stream=sys.stderr)
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
     except CsvembedError as exc:
         err.print(f"csvembed: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -263,11 +282,12 @@ def main() -> None:
         err.print(f"csvembed: error: lost the connection to Redis: {exc}", highlight=False, markup=False,
                   soft_wrap=True)
         sys.exit(ServiceUnavailable.exit_code)
+    except redis.RedisError as exc:
+        err.print(f"csvembed: error: Redis: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(ServiceUnavailable.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted; queued work goes on", highlight=False)
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors arrive as ClickException subclasses
         import click
 

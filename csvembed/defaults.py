@@ -33,13 +33,20 @@ HEARTBEAT_TTL = 15
 HEARTBEAT_INTERVAL = 5
 # How often a worker looks for rows abandoned by dead workers (RQ's default is 600 s).
 REAPER_INTERVAL = 5
-WORKER_TTL = 30
+# RQ blocks an idle worker on the queue for WORKER_TTL - 15 s between maintenance runs, so this
+# bounds how long an idle worker takes to notice abandoned rows.
+WORKER_TTL = 20
 
 # SQLite: wait this long for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # How long commands wait for Redis before giving up on it.
 REDIS_CONNECT_TIMEOUT = 5.0
+# After a lost connection: exponential backoff from BASE up to CAP seconds. Commands people run give
+# up after REDIS_RETRIES attempts (about half a minute); workers never give up.
+REDIS_RETRY_BASE = 0.2
+REDIS_RETRY_CAP = 5.0
+REDIS_RETRIES = 8
 # The embedded redis-server: how long to wait for it to accept connections.
 LOCAL_REDIS_START_TIMEOUT = 10.0
 

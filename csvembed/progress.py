@@ -147,6 +147,13 @@ class SubmissionRecords:
         self._mark_failed(keys=keys, args=[row_number, record], client=pipeline or self.connection)
         (pipeline or self.connection).hset(_key(submission_id), "updated_at", time.time())
 
+    def clear_failure(self, submission_id: str, row_number: int) -> None:
+        """Make a failed row pending again (before it is retried)."""
+        with self.connection.pipeline() as pipe:
+            pipe.setbit(_key(submission_id, "failed"), row_number, 0)
+            pipe.hdel(_key(submission_id, "errors"), row_number)
+            pipe.execute()
+
     def failures(self, submission_id: str) -> list[dict]:
         records = [json.loads(raw) for raw in self.connection.hvals(_key(submission_id, "errors"))]
         return sorted(records, key=lambda record: record["row_number"])

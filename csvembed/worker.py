@@ -16,13 +16,13 @@ import os
 import socket
 import secrets
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
-from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import now
 from rq.worker import WorkerStatus
@@ -87,15 +87,16 @@ class BatchWorker(SimpleWorker):
         super().teardown()
 
     def _keep_alive(self) -> None:
-        """Refresh the heartbeat of every job in flight, and reap rows of dead workers.
+        """Refresh the heartbeat of every job in flight.
 
         RQ refreshes only while it waits for a job; during a long batch the main thread is inside
-        the model, so this thread keeps every held job visibly alive.
+        the model, so this thread keeps every held job visibly alive. Rows of dead workers are
+        reaped by RQ's maintenance in the main thread (every REAPER_INTERVAL seconds, between
+        batches and while idle): its failure callbacks need the main thread's SIGALRM.
         """
         while not self._stop_heartbeat.wait(defaults.HEARTBEAT_INTERVAL):
             try:
                 self._refresh_held()
-                self.reap_abandoned()
             except Exception:  # a Redis hiccup must not kill the thread; the next beat retries
                 log.warning("heartbeat failed", exc_info=True)
 
@@ -109,24 +110,26 @@ class BatchWorker(SimpleWorker):
                     job.heartbeat(now(), ttl, pipeline=pipe, xx=True)
             pipe.execute()
 
-    def reap_abandoned(self) -> None:
-        """Requeue (or fail, when out of retries) rows whose worker stopped heart-beating."""
-        for queue in self.queues:
-            StartedJobRegistry(queue.name, connection=self.connection, serializer=SERIALIZER).cleanup()
-
     # --- one batch ----------------------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        # BUSY before taking more jobs: a SIGTERM now waits for this batch instead of raising
+        # StopRequested between taking jobs and starting them.
+        self.set_state(WorkerStatus.BUSY)
         batch = self._start(queue, [job, *self._take_queued(queue, self.batch_size - 1)])
         self._held = batch
         try:
             tasks = [RowTask.from_job(held) for held in batch.jobs]
+            started = time.perf_counter()
             try:
                 outcomes = self.ingestor.ingest(tasks)
             except Exception as exc:  # the store failed: nothing was stored, retry them all
                 log.warning("storing a batch of %d rows failed: %s", len(tasks), exc)
                 outcomes = [exc] * len(tasks)
             self._finish(batch, tasks, outcomes)
+            failed = sum(outcome is not None for outcome in outcomes)
+            log.info("%d rows stored, %d failed, in %.1f s", len(tasks) - failed, failed,
+                     time.perf_counter() - started)
         finally:
             self._held = None
         self.set_state(WorkerStatus.IDLE)
@@ -216,7 +219,7 @@ def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_siz
     from csvembed.progress import SubmissionRecords
     from csvembed.store import Store
 
-    connection = connect(settings)
+    connection = connect(settings, wait_forever=True)
     embedder = SentenceTransformerEmbedder(settings.model)
     ingestor = Ingestor(embedder, Store(settings.db), SubmissionRecords(connection))
     worker = BatchWorker(queues, ingestor=ingestor, batch_size=batch_size)

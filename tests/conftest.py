@@ -108,8 +108,8 @@ def drain(env, embedder):
     from csvembed.store import Store
     from csvembed.worker import BatchWorker
 
-    def run(batch_size: int = 64, model=None, queues: tuple[str, ...] = ("csvembed",)) -> BatchWorker:
-        store = Store(env.db)
+    def run(batch_size: int = 64, model=None, queues: tuple[str, ...] = ("csvembed",), store=None) -> BatchWorker:
+        store = store or Store(env.db)
         ingestor = Ingestor(model or embedder, store, SubmissionRecords(env.connection))
         worker = BatchWorker(list(queues), ingestor=ingestor, batch_size=batch_size)
         worker.work(burst=True, logging_level="WARNING")

@@ -1,0 +1,131 @@
+"""Nothing lost: real worker processes killed, real Redis restarted, and every row stored exactly once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import redis
+from rq.registry import StartedJobRegistry
+
+from conftest import start_redis, write_csv
+from csvembed.progress import SubmissionRecords
+from csvembed.store import Store
+
+
+def rows_csv(path, count: int, words: int = 40) -> None:
+    """Rows long enough that a batch takes a few seconds to embed on 2 cores."""
+    body = " ".join(f"word{i}" for i in range(words))
+    write_csv(path, "id,text\n" + "".join(f"r{i},row {i}: {body}\n" for i in range(1, count + 1)))
+
+
+def start_worker(env, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "csvembed", "worker", *args], env=env.environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+    return value
+
+
+def assert_stored_exactly_once(db, count: int) -> None:
+    store = Store(db)
+    try:
+        assert store.counts() == (count, count)
+        ids = [row_id for (row_id,) in store.connection.execute("SELECT id FROM rows")]
+        assert sorted(ids) == sorted(f"r{i}" for i in range(1, count + 1))
+        assert store.connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        store.close()
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(env, submit):
+    path = env.db.parent / "kill.csv"
+    rows_csv(path, 300)
+    result = submit(path, id_column="id", text_columns=("text",))
+    records = SubmissionRecords(env.connection)
+    started = StartedJobRegistry("csvembed", connection=env.connection)
+    victim = start_worker(env, "--batch-size", "100")
+    # Kill it while it holds a batch, after it already stored one.
+    wait_for(lambda: records.snapshot(result.id).done >= 100 and started.count > 0, 120, "a batch in flight")
+    held = started.count
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = time.monotonic()
+    assert 0 < held <= 100 and records.snapshot(result.id).done < 300
+
+    survivor = start_worker(env, "--batch-size", "100")
+    try:
+        wait_for(lambda: env.connection.keys("rq:worker:*"), 60, "the second worker to load its model")
+        loaded_after = time.monotonic() - killed_at
+        snapshot = wait_for(lambda: (s := records.snapshot(result.id)).state == "done" and s, 120, "all rows done")
+        recovered_in = time.monotonic() - killed_at
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        assert survivor.wait(60) == 0
+    # 30 s to notice and requeue, plus loading the model and embedding at most 200 rows.
+    assert recovered_in < 30 + loaded_after + 15, (recovered_in, loaded_after)
+    assert (snapshot.done, snapshot.failed, snapshot.total) == (300, 0, 300)
+    assert_stored_exactly_once(env.db, 300)
+
+
+def test_sigterm_finishes_the_batch_and_exits_0(env, submit):
+    path = env.db.parent / "term.csv"
+    rows_csv(path, 300)
+    result = submit(path, id_column="id", text_columns=("text",))
+    records = SubmissionRecords(env.connection)
+    started = StartedJobRegistry("csvembed", connection=env.connection)
+    worker = start_worker(env, "--batch-size", "50")
+    wait_for(lambda: started.count > 0, 120, "a batch in flight", poll=0.01)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, worker.stderr.read().decode()
+    snapshot = records.snapshot(result.id)
+    assert snapshot.done % 50 == 0 and 50 <= snapshot.done < 300  # whole batches, the held one finished
+    assert (snapshot.failed, snapshot.pending) == (0, 300 - snapshot.done)
+    assert started.count == 0
+    assert env.connection.llen("rq:queue:csvembed") == 300 - snapshot.done
+    assert env.connection.llen("rq:queue:csvembed:intermediate") == 0
+
+
+def test_rows_survive_redis_restarts_before_and_during_the_run(env, tmp_path):
+    directory = tmp_path / "own-redis"
+    directory.mkdir()
+    server, url = start_redis(directory, "--appendonly", "yes", "--appendfsync", "always")
+    env.redis_url = url
+    path = tmp_path / "restart.csv"
+    rows_csv(path, 240)
+    submitted = subprocess.run([sys.executable, "-m", "csvembed", "submit", str(path), "--id-column", "id",
+                                "--text-column", "text"], env=env.environ, capture_output=True, check=True)
+    submission_id = submitted.stdout.decode().strip()
+
+    server.terminate()  # a restart between submit and worker
+    server.wait(10)
+    server, _ = start_redis(directory, "--appendonly", "yes", "--appendfsync", "always")
+    connection = redis.Redis.from_url(url)
+    assert connection.llen("rq:queue:csvembed") == 240
+
+    worker = start_worker(env, "--batch-size", "40")
+    records = SubmissionRecords(connection)
+    try:
+        wait_for(lambda: records.snapshot(submission_id).done >= 40, 120, "the first rows")
+        server.terminate()  # and a restart mid-run
+        server.wait(10)
+        time.sleep(2)
+        server, _ = start_redis(directory, "--appendonly", "yes", "--appendfsync", "always")
+        records = SubmissionRecords(redis.Redis.from_url(url))
+        snapshot = wait_for(lambda: (s := records.snapshot(submission_id)).state == "done" and s, 120, "all rows")
+        assert worker.poll() is None  # it waited for Redis instead of dying
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        server.terminate()
+        server.wait(10)
+    assert (snapshot.done, snapshot.failed, snapshot.total) == (240, 0, 240)
+    assert b"waiting for Redis at" in worker.stderr.read()
+    assert_stored_exactly_once(env.db, 240)
