@@ -16,6 +16,7 @@ from rq import Queue
 from rq.job import Job
 
 from csvembed import defaults
+from csvembed.enqueue import RowEnqueuer
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.progress import RUNNING, SubmissionRecords, job_id, new_submission_id
 from csvembed.reader import CsvFile, Source
@@ -146,13 +147,13 @@ class Producer:
         # Queue order means nothing to the user, so rows of similar length go together: a worker's
         # batch then needs little padding, which is what decides the model's speed.
         tasks.sort(key=lambda task: len(task.text))
+        enqueuer = RowEnqueuer(queue)
         remaining, skipped_left = tasks, skipped
         while True:
             room = self._room(queue, max_pending)
             part, remaining = remaining[:room], remaining[room:]
             with self.connection.pipeline() as pipe:
-                if part:
-                    queue.enqueue_many([task.enqueue_data() for task in part], pipeline=pipe)
+                enqueuer.enqueue(part, pipe)
                 # The total grows in the same transaction as the queue, so status never counts
                 # a row that is not there.
                 self.records.add_rows(submission_id, len(part), skipped_left, pipe)
