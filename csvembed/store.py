@@ -177,20 +177,26 @@ class Store:
         with self._immediate():
             self._ensure_vectors_table(vectors.shape[1])
             for row, vector in zip(rows, vectors, strict=True):
-                (rowid,) = self.connection.execute(
+                # Within one submission the later row of a duplicated id wins, whatever order the
+                # workers took them in; a row from another submission replaces the stored one.
+                written = self.connection.execute(
                     "INSERT INTO rows(collection, id, submission, row_number, text, row_json, content_hash, model,"
                     " stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(collection, id) DO UPDATE SET submission = excluded.submission,"
                     " row_number = excluded.row_number, text = excluded.text, row_json = excluded.row_json,"
                     " content_hash = excluded.content_hash, model = excluded.model, stored_at = excluded.stored_at"
+                    " WHERE rows.submission != excluded.submission OR excluded.row_number >= rows.row_number"
                     " RETURNING rowid",
                     (row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
                      row.content_hash, row.model, now),
                 ).fetchone()
-                self.connection.execute("DELETE FROM vectors WHERE rowid = ?", (rowid,))
+                if written is None:  # superseded by a later row with the same id
+                    continue
+                self.connection.execute("DELETE FROM vectors WHERE rowid = ?", written)
                 self.connection.execute(
                     "INSERT INTO vectors(rowid, embedding, collection, submission) VALUES (?, ?, ?, ?)",
-                    (rowid, np.ascontiguousarray(vector, dtype=np.float32).tobytes(), row.collection, row.submission),
+                    (written[0], np.ascontiguousarray(vector, dtype=np.float32).tobytes(), row.collection,
+                     row.submission),
                 )
 
     def stored_hashes(self, collection: str, ids: Sequence[str]) -> dict[str, str]:

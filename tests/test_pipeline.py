@@ -159,3 +159,17 @@ def test_resubmitting_skips_unchanged_rows_and_updates_changed_ones(env, submit,
     assert (forced.enqueued, forced.skipped) == (4, 0)
     other_model = run_cli(env, "--model", "/nonexistent/model", "submit", str(path), "--id-column", "id")
     assert other_model.returncode == 0, other_model.stderr  # the model is only loaded by workers
+
+
+def test_a_duplicated_id_keeps_the_later_row_whatever_the_processing_order(env, submit, drain):
+    # Row 3 is shorter, so submit's length sort puts it first in the queue and in the batch.
+    path = write_csv(env.db.parent / "d.csv",
+                     "id,text\nk,the first and much longer version of this row\nm,other\nk,second\n")
+    result = submit(path, id_column="id", text_columns=("text",))
+    for batch_size in (64, 1):
+        drain(batch_size=batch_size)
+        rows = {row_id: (number, text) for row_id, number, text, _, _ in stored(env)}
+        assert rows == {"k": (3, "second"), "m": (2, "other")}
+        snapshot = SubmissionRecords(env.connection).snapshot(result.id)
+        assert (snapshot.done, snapshot.failed, snapshot.total) == (3, 0, 3)
+        result = submit(path, id_column="id", text_columns=("text",), force=True)
