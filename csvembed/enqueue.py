@@ -18,6 +18,7 @@ from rq import Queue
 from rq.job import Job
 
 from csvembed.jobs import SERIALIZER, RowTask
+from csvembed.progress import job_id
 
 _ENQUEUE = """
 local shared_count = tonumber(ARGV[1])
@@ -32,6 +33,31 @@ if #ids > 0 then redis.call('RPUSH', KEYS[1], unpack(ids)) end
 redis.call('SADD', KEYS[2], KEYS[1])
 return #ids
 """
+
+
+# Removes a submission's job ids from a queue list in one atomic step.
+_WITHDRAW = """
+local kept, removed = {}, 0
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.sub(id, 1, string.len(ARGV[1])) == ARGV[1] then removed = removed + 1 else kept[#kept + 1] = id end
+end
+if removed > 0 then
+  redis.call('DEL', KEYS[1])
+  for i = 1, #kept, 5000 do redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 4999, #kept))) end
+end
+return removed
+"""
+
+
+def withdraw(queue: Queue, submission_id: str, last_row: int) -> int:
+    """Take a submission's jobs off the queue and delete them; returns how many job records existed."""
+    prefix = job_id(submission_id, 0)[:-1]
+    queue.connection.register_script(_WITHDRAW)(keys=[queue.key], args=[prefix])
+    deleted = 0
+    for start in range(1, last_row + 1, 1000):
+        keys = [Job.key_for(job_id(submission_id, n)) for n in range(start, min(start + 1000, last_row + 1))]
+        deleted += queue.connection.delete(*keys)
+    return deleted
 
 
 class RowEnqueuer:

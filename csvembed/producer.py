@@ -13,29 +13,15 @@ from pathlib import Path
 
 import redis
 from rq import Queue
-from rq.job import Job
 
 from csvembed import defaults
+from csvembed.delete import delete_submission
 from csvembed.enqueue import RowEnqueuer
 from csvembed.jobs import SERIALIZER, RowTask
-from csvembed.progress import RUNNING, SubmissionRecords, job_id, new_submission_id
+from csvembed.progress import RUNNING, SubmissionRecords, new_submission_id
 from csvembed.reader import CsvFile, Source
 from csvembed.rowtext import TextSpec, id_column_index
 from csvembed.store import Store, content_hash, row_json
-
-# Removes a withdrawn submission's job ids from a queue list in one atomic step.
-_WITHDRAW = """
-local kept = {}
-for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if string.sub(id, 1, string.len(ARGV[1])) ~= ARGV[1] then table.insert(kept, id) end
-end
-redis.call('DEL', KEYS[1])
-for i = 1, #kept, 5000 do
-  redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 4999, #kept)))
-end
-return 0
-"""
-
 
 @dataclass
 class SubmitOptions:
@@ -119,7 +105,8 @@ class Producer:
                 result.enqueued += len(fresh)
                 result.skipped += len(tasks) - len(fresh)
         except BaseException:
-            self.withdraw(submission_id, queue, store)
+            # Rejected part-way: take back every job, and any row a worker already stored.
+            delete_submission(self.connection, store, submission_id)
             raise
         finally:
             store.close()
@@ -170,15 +157,3 @@ class Producer:
         while (waiting := queue.count) >= max_pending:
             time.sleep(0.1)
         return min(defaults.ENQUEUE_CHUNK, max_pending - waiting)
-
-    def withdraw(self, submission_id: str, queue: Queue, store: Store) -> None:
-        """Remove every trace of a rejected submission: queued jobs, job records, progress, rows."""
-        prefix = job_id(submission_id, 0)[:-1]
-        self.connection.register_script(_WITHDRAW)(keys=[queue.key], args=[prefix])
-        last_row = int(self.connection.hget(f"csvembed:sub:{submission_id}", "total") or 0)
-        for start in range(1, last_row + 1, defaults.ENQUEUE_CHUNK):
-            stop = min(start + defaults.ENQUEUE_CHUNK, last_row + 1)
-            self.connection.delete(*(Job.key_for(job_id(submission_id, n)) for n in range(start, stop)))
-        self.records.delete(submission_id)
-        # Workers may have stored early rows while later ones were still being read.
-        store.delete_submission(submission_id)

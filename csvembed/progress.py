@@ -79,6 +79,35 @@ class Snapshot:
         return asdict(self)
 
 
+def _snapshot(submission_id: str, record: dict, done: int, failed: int) -> Snapshot | None:
+    if not record:
+        return None
+    fields = {key.decode(): value.decode() for key, value in record.items()}
+    total, skipped = int(fields["total"]), int(fields["skipped"])
+    pending = max(total - skipped - done - failed, 0)
+    state = fields["state"]
+    if state == RUNNING and pending == 0:
+        state = FAILED if failed else DONE
+    return Snapshot(
+        id=submission_id,
+        state=state,
+        total=total,
+        done=done,
+        failed=failed,
+        skipped=skipped,
+        pending=pending,
+        collection=fields["collection"],
+        file=fields["file"],
+        queue=fields["queue"],
+        model=fields["model"],
+        created_at=float(fields["created_at"]),
+        started_at=float(fields["started_at"]) if "started_at" in fields else None,
+        updated_at=float(fields["updated_at"]) if "updated_at" in fields else None,
+        columns=json.loads(fields["columns"]),
+        text=fields["text"],
+    )
+
+
 class SubmissionRecords:
     """Reads and writes every submission's Redis record; the worker and the CLI share it."""
 
@@ -172,38 +201,17 @@ class SubmissionRecords:
         return bool(self.connection.exists(_key(submission_id)))
 
     def snapshot(self, submission_id: str) -> Snapshot | None:
-        """Read one submission in a single round trip: its hash and two BITCOUNTs."""
+        return self.snapshots([submission_id])[0]
+
+    def snapshots(self, submission_ids: list[str]) -> list[Snapshot | None]:
+        """Read submissions in a single round trip: per submission, its hash and two BITCOUNTs."""
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hgetall(_key(submission_id))
-            pipe.bitcount(_key(submission_id, "done"))
-            pipe.bitcount(_key(submission_id, "failed"))
-            record, done, failed = pipe.execute()
-        if not record:
-            return None
-        fields = {key.decode(): value.decode() for key, value in record.items()}
-        total, skipped = int(fields["total"]), int(fields["skipped"])
-        pending = max(total - skipped - done - failed, 0)
-        state = fields["state"]
-        if state == RUNNING and pending == 0:
-            state = FAILED if failed else DONE
-        return Snapshot(
-            id=submission_id,
-            state=state,
-            total=total,
-            done=done,
-            failed=failed,
-            skipped=skipped,
-            pending=pending,
-            collection=fields["collection"],
-            file=fields["file"],
-            queue=fields["queue"],
-            model=fields["model"],
-            created_at=float(fields["created_at"]),
-            started_at=float(fields["started_at"]) if "started_at" in fields else None,
-            updated_at=float(fields["updated_at"]) if "updated_at" in fields else None,
-            columns=json.loads(fields["columns"]),
-            text=fields["text"],
-        )
+            for submission_id in submission_ids:
+                pipe.hgetall(_key(submission_id))
+                pipe.bitcount(_key(submission_id, "done"))
+                pipe.bitcount(_key(submission_id, "failed"))
+            replies = pipe.execute()
+        return [_snapshot(submission_id, *replies[i * 3 : i * 3 + 3]) for i, submission_id in enumerate(submission_ids)]
 
     def recent(self, count: int) -> list[str]:
         return [raw.decode() for raw in self.connection.zrevrange(SUBMISSIONS_KEY, 0, count - 1)]

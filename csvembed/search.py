@@ -8,7 +8,12 @@ from csvembed.store import Hit, Store
 
 
 def search(
-    settings: Settings, query: str, k: int, collection: str | None = None, submission: str | None = None
+    settings: Settings,
+    query: str,
+    k: int,
+    collection: str | None = None,
+    submission: str | None = None,
+    where: dict[str, str] | None = None,
 ) -> list[Hit]:
     """The k stored rows nearest to the query, nearest first; empty if nothing is stored yet."""
     store = Store.open_existing(settings.db)
@@ -18,6 +23,6 @@ def search(
         if store.dimension is None:
             return []
         vector = SentenceTransformerEmbedder(settings.model).encode([query])[0]
-        return store.search(vector, k, collection=collection, submission=submission)
+        return store.search(vector, k, collection=collection, submission=submission, where=where)
     finally:
         store.close()

@@ -57,6 +57,11 @@ def content_hash(model: str, text: str, row_json: str) -> str:
     return digest.hexdigest()
 
 
+def _json_path(column: str) -> str:
+    """A JSON path that selects one key, whatever characters the column name has."""
+    return "$." + json.dumps(column)
+
+
 def row_json(columns: Sequence[str], values: Sequence[str]) -> str:
     return json.dumps(dict(zip(columns, values)), ensure_ascii=False)
 
@@ -214,33 +219,58 @@ class Store:
         return found
 
     def search(
-        self, query: np.ndarray, k: int, collection: str | None = None, submission: str | None = None
+        self,
+        query: np.ndarray,
+        k: int,
+        collection: str | None = None,
+        submission: str | None = None,
+        where: dict[str, str] | None = None,
     ) -> list[Hit]:
-        """The k nearest rows by cosine distance, nearest first, optionally within one collection or submission."""
+        """The k nearest rows by cosine distance, nearest first, within the filters given.
+
+        collection and submission are vec0 metadata columns, filtered inside the KNN scan. A
+        `where` on original columns selects rows first, then ranks exactly those rows.
+        """
         if self.dimension is None:
             return []
-        filters, params = "", [np.ascontiguousarray(query, dtype=np.float32).tobytes(), k]
+        vector = np.ascontiguousarray(query, dtype=np.float32).tobytes()
+        filters, params = "", []
         for column, value in (("collection", collection), ("submission", submission)):
             if value is not None:
                 filters += f" AND {column} = ?"
                 params.append(value)
-        # sqlite-vec KNN must be written `MATCH ? AND k = ?`: the LIMIT form fails on older SQLite.
+        if where:
+            for column, value in where.items():
+                filters += " AND rowid IN (SELECT rowid FROM rows WHERE json_extract(row_json, ?) = ?)"
+                params += [_json_path(column), value]
+            nearest = (f"SELECT rowid, vec_distance_cosine(embedding, ?) AS distance FROM vectors"
+                       f" WHERE 1{filters} ORDER BY distance LIMIT ?")
+            params = [vector, *params, k]
+        else:
+            # sqlite-vec KNN must be written `MATCH ? AND k = ?`: the LIMIT form fails on older SQLite.
+            nearest = f"SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ?{filters}"
+            params = [vector, k, *params]
         found = self.connection.execute(
             "SELECT r.collection, r.submission, r.row_number, r.id, v.distance, r.text, r.row_json"
-            f" FROM (SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ?{filters}) v"
-            " JOIN rows r ON r.rowid = v.rowid ORDER BY v.distance",
+            f" FROM ({nearest}) v JOIN rows r ON r.rowid = v.rowid ORDER BY v.distance",
             params,
         )
         return [Hit(c, s, n, i, d, t, json.loads(j)) for c, s, n, i, d, t, j in found]
 
-    def rows_of_submission(self, submission: str) -> list[tuple[str, int, str, str, np.ndarray]]:
-        """(id, row_number, text, row_json, vector) of a submission's rows, in row order."""
+    def rows_of_submission(self, submission: str) -> Iterator[tuple[str, int, str, str, np.ndarray]]:
+        """(id, row_number, text, row_json, vector) of the rows a submission last wrote, in row order."""
         found = self.connection.execute(
             "SELECT r.id, r.row_number, r.text, r.row_json, v.embedding FROM rows r"
             " JOIN vectors v ON v.rowid = r.rowid WHERE r.submission = ? ORDER BY r.row_number",
             (submission,),
         )
-        return [(i, n, t, j, np.frombuffer(e, dtype=np.float32)) for i, n, t, j, e in found]
+        for row_id, number, text, row_json_text, embedding in found:
+            yield row_id, number, text, row_json_text, np.frombuffer(embedding, dtype=np.float32)
+
+    def collection_of(self, submission: str) -> str:
+        found = self.connection.execute("SELECT collection FROM rows WHERE submission = ? LIMIT 1",
+                                        (submission,)).fetchone()
+        return found[0] if found else ""
 
     def delete_submission(self, submission: str) -> int:
         """Remove the rows (and vectors) last written by a submission; returns how many."""

@@ -1,0 +1,126 @@
+"""status, list and workers: what is happening, live for people and as JSON for scripts."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import redis
+import typer
+
+from csvembed import defaults
+from csvembed.cli.app import JsonOption, app, connection_of, err, out, print_json
+from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, UnknownSubmission
+from csvembed.monitor import Monitor, Reading
+from csvembed.status_view import StatusView, wait_plain, watch
+
+
+def _require(monitor: Monitor, submission_id: str) -> None:
+    if not monitor.records.exists(submission_id):
+        raise UnknownSubmission(f"no submission with id {submission_id!r}")
+
+
+def _exit_code(reading: Reading) -> int:
+    return EXIT_ROWS_FAILED if any(snapshot.failed for snapshot in reading.snapshots) else EXIT_OK
+
+
+def follow(connection: redis.Redis, submission_id: str) -> int:
+    """Live bars on a terminal, plain lines otherwise, until the submission is finished; its exit code."""
+    monitor = Monitor(connection)
+    _require(monitor, submission_id)
+
+    def read() -> Reading:
+        reading = monitor.read([submission_id])
+        if not reading.snapshots:  # deleted while we watched
+            raise UnknownSubmission(f"no submission with id {submission_id!r}")
+        return reading
+
+    if err.is_terminal:
+        reading = watch(read, lambda sid: monitor.records.recent_failures(sid, defaults.RECENT_FAILURES), err)
+    else:
+        reading = wait_plain(read, err)
+    return _exit_code(reading)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    submission_id: Annotated[Optional[str], typer.Argument(
+        metavar="ID", help="A submission id. Without it: the recent submissions, one bar each.")] = None,
+    as_json: JsonOption = False,
+    wait: Annotated[bool, typer.Option(
+        help="Block until nothing is pending; exit 0 if every row is done, 1 if any failed.")] = False,
+    watch_view: Annotated[bool, typer.Option("--watch", help="Keep the live view open (until Ctrl-C).")] = False,
+) -> None:
+    """Progress: done, failed, in progress, pending, rows/s, elapsed and ETA.
+
+    In a terminal, `status ID` shows live bars until the submission is finished (Ctrl-C leaves the
+    work running). Piped, it prints one plain line per submission. --json prints one snapshot with
+    id, state, total, done, failed, skipped, pending, rate, eta, in_progress and workers. Exit
+    codes: 0; 1 with --wait if rows failed; 2 for an unknown id.
+    """
+    connection = connection_of(ctx)
+    monitor = Monitor(connection)
+    ids = [submission_id] if submission_id else monitor.records.recent(defaults.RECENT_SUBMISSIONS)
+    if submission_id:
+        _require(monitor, submission_id)
+    if wait and submission_id:
+        code = follow(connection, submission_id)
+        if as_json:
+            _print_lines(monitor, ids, as_json=True)
+        raise typer.Exit(code)
+    if as_json or not err.is_terminal:
+        _print_lines(monitor, ids, as_json)
+        return
+    reading = watch(lambda: monitor.read(ids),
+                    lambda sid: monitor.records.recent_failures(sid, defaults.RECENT_FAILURES), err,
+                    until_finished=not watch_view)
+    raise typer.Exit(_exit_code(reading) if wait else EXIT_OK)
+
+
+def _print_lines(monitor: Monitor, ids: list[str], as_json: bool) -> None:
+    view = StatusView()
+    reading = monitor.read(ids)
+    lines = view.lines(reading, time.time())
+    if as_json:
+        print_json(lines[0].as_json() if len(ids) == 1 and lines else [line.as_json() for line in lines])
+        return
+    for text in view.plain(reading, time.time()):
+        out.print(text, highlight=False, markup=False)
+    for queue in reading.queues.values():
+        err.print(f"queue {queue.name}: {queue.waiting} waiting, {queue.in_progress} in progress,"
+                  f" {queue.workers} workers", highlight=False)
+
+
+@app.command("list")
+def list_submissions(
+    ctx: typer.Context,
+    as_json: JsonOption = False,
+    limit: Annotated[int, typer.Option(help="How many of the most recent submissions.", min=1)] = 50,
+) -> None:
+    """The submissions, newest first: id, file, created, total, done, failed and state."""
+    monitor = Monitor(connection_of(ctx))
+    snapshots = monitor.read(monitor.records.recent(limit)).snapshots
+    if as_json:
+        print_json([{key: s.as_json()[key] for key in ("id", "collection", "file", "created_at", "total", "done",
+                                                        "failed", "skipped", "pending", "state")}
+                    for s in snapshots])
+        return
+    for s in snapshots:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at))
+        out.print(f"{s.id}  {created}  {s.state:<10} {s.done:>8}/{s.total - s.skipped:<8} done  {s.failed:>6} failed"
+                  f"  {s.collection}  {s.file}", highlight=False, markup=False)
+
+
+@app.command()
+def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The live workers: name (host.pid.suffix), queues, batch size, rows done and state."""
+    found = Monitor(connection_of(ctx)).workers()
+    if as_json:
+        print_json([info.as_json() for info in found])
+        return
+    for info in found:
+        out.print(f"{info.name}  {info.state:<9} queues {','.join(info.queues)}  batch {info.batch_size}"
+                  f"  {info.rows_done} rows done, {info.rows_failed} failed", highlight=False, markup=False)
+    err.print(f"{len(found)} workers", highlight=False)
+
