@@ -96,8 +96,8 @@ def _process_ingestor():
     from csvembed.ingest import Ingestor
     from csvembed.progress import SubmissionRecords
     from csvembed.settings import Settings
-    from csvembed.store import Store
+    from csvembed.store import open_store
 
     settings = Settings.resolve()
     connection = get_current_job().connection
-    return Ingestor(SentenceTransformerEmbedder(settings.model), Store(settings.db), SubmissionRecords(connection))
+    return Ingestor(SentenceTransformerEmbedder(settings.model), open_store(settings.db), SubmissionRecords(connection))

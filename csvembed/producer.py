@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 from rq import Queue
@@ -21,7 +20,7 @@ from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.progress import RUNNING, SubmissionRecords, new_submission_id
 from csvembed.reader import CsvFile, Source
 from csvembed.rowtext import TextSpec, id_column_index
-from csvembed.store import Store, content_hash, row_json
+from csvembed.store import Store, content_hash, open_store, row_json
 
 @dataclass
 class SubmitOptions:
@@ -61,9 +60,9 @@ class SubmitResult:
 class Producer:
     """Enqueues the rows of one source as one submission."""
 
-    def __init__(self, connection: redis.Redis, store_path: Path, model: str) -> None:
+    def __init__(self, connection: redis.Redis, db: str, model: str) -> None:
         self.connection = connection
-        self.store_path = store_path
+        self.db = db
         self.model = model
         self.records = SubmissionRecords(connection)
 
@@ -73,7 +72,7 @@ class Producer:
         spec = TextSpec(csv_file.columns, options.text_columns, options.template)
         id_index = id_column_index(csv_file.columns, options.id_column)
         # Opening the store up front reports an unusable --db before anything is enqueued.
-        store = Store(self.store_path)
+        store = open_store(self.db)
         queue = Queue(options.queue, connection=self.connection, serializer=SERIALIZER)
         submission_id = new_submission_id()
         collection = options.collection or source.stem

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from csvembed.embedder import SentenceTransformerEmbedder
 from csvembed.settings import Settings
-from csvembed.store import Hit, Store
+from csvembed.store import Hit, open_existing_store
 
 
 def search(
@@ -16,7 +16,7 @@ def search(
     where: dict[str, str] | None = None,
 ) -> list[Hit]:
     """The k stored rows nearest to the query, nearest first; empty if nothing is stored yet."""
-    store = Store.open_existing(settings.db)
+    store = open_existing_store(settings.db)
     if store is None:
         return []
     try:

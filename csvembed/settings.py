@@ -27,7 +27,8 @@ class Settings:
     """The three things every command needs to agree on, so that they find the same work."""
 
     home: Path
-    db: Path
+    # A SQLite file path, or a postgresql:// URL.
+    db: str
     model: str
     # None means "the embedded redis-server in home", started on demand.
     redis_url: str | None = None
@@ -37,7 +38,7 @@ class Settings:
         home = default_home()
         return cls(
             home=home,
-            db=Path(db) if db else home / "csvembed.db",
+            db=db or str(home / "csvembed.db"),
             model=model or defaults.MODEL_NAME,
             redis_url=redis_url or None,
         )

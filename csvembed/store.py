@@ -1,51 +1,20 @@
-"""The vector store: one SQLite file with sqlite-vec, shared safely by several worker processes.
+"""The store interface and what every backend shares: the row to write, the hit found, the hashes.
 
-Identity: a collection holds rows keyed by id (the --id-column value, else the row number). The
-`rows` table's UNIQUE(collection, id) owns the rowid, and the vec0 table `vectors` uses the same
-rowid. vec0 has no upsert, so a write upserts the row, then deletes and re-inserts its vector, all
-in one BEGIN IMMEDIATE transaction: a retried or duplicated job leaves one row and one vector.
-
-apsw is the binding because this Python's stdlib sqlite3 cannot load extensions, and apsw
-bundles a current SQLite (3.54) with extension loading; it also leaves transactions to us, which
-is what BEGIN IMMEDIATE needs.
+Backends: sqlite_store (a file with sqlite-vec, the default) and postgres_store (PostgreSQL with
+pgvector, for many hosts). `open_store` picks one from the --db value; a third backend is one
+new module that satisfies `Store`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-import apsw
 import numpy as np
-import sqlite_vec
-
-from csvembed import defaults
-from csvembed.errors import InputError, ServiceUnavailable
-
-SCHEMA_VERSION = "1"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS csvembed_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS rows(
-    rowid INTEGER PRIMARY KEY,
-    collection TEXT NOT NULL,
-    id TEXT NOT NULL,
-    submission TEXT NOT NULL,
-    row_number INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    row_json TEXT NOT NULL,
-    content_hash TEXT NOT NULL,
-    model TEXT NOT NULL,
-    stored_at REAL NOT NULL,
-    UNIQUE(collection, id)
-);
-CREATE INDEX IF NOT EXISTS rows_by_submission ON rows(submission, row_number);
-"""
 
 
 def content_hash(model: str, text: str, row_json: str) -> str:
@@ -55,11 +24,6 @@ def content_hash(model: str, text: str, row_json: str) -> str:
         digest.update(part.encode())
         digest.update(b"\x00")
     return digest.hexdigest()
-
-
-def _json_path(column: str) -> str:
-    """A JSON path that selects one key, whatever characters the column name has."""
-    return "$." + json.dumps(column)
 
 
 def row_json(columns: Sequence[str], values: Sequence[str]) -> str:
@@ -96,199 +60,48 @@ class Hit:
     row: dict
 
 
-def _connect(path: Path) -> apsw.Connection:
-    try:
-        if not path.parent.is_dir():
-            if path.parent.exists():
-                raise ServiceUnavailable(f"cannot use the store {path}: {path.parent} is not a directory")
-            path.parent.mkdir(parents=True)
-        connection = apsw.Connection(str(path))
-        connection.enable_load_extension(True)
-        connection.load_extension(sqlite_vec.loadable_path())
-        connection.enable_load_extension(False)
-        connection.set_busy_timeout(defaults.SQLITE_BUSY_TIMEOUT_MS)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-    except (apsw.CantOpenError, apsw.ReadOnlyError, apsw.NotADBError, apsw.IOError, OSError) as exc:
-        raise ServiceUnavailable(f"cannot use the store {path}: {exc}") from None
-    return connection
+class Store(Protocol):
+    """What the producer, the worker, search, export and delete need from a backend."""
 
-
-class Store:
-    """The SQLite + sqlite-vec store. One instance per process; it owns one connection."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.connection = _connect(path)
-        self._check_or_create_schema()
-
-    @classmethod
-    def open_existing(cls, path: Path) -> Store | None:
-        """The store if its file exists; readers use this so they never create an empty one."""
-        return cls(path) if path.exists() else None
-
-    def _check_or_create_schema(self) -> None:
-        try:
-            tables = {name for (name,) in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if tables and "csvembed_meta" not in tables:
-                raise ServiceUnavailable(f"{self.path} is not a csvembed database (it has other tables)")
-            with self._immediate():
-                self.connection.execute(SCHEMA)
-                self.connection.execute(
-                    "INSERT OR IGNORE INTO csvembed_meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-                )
-        except (apsw.NotADBError, apsw.ReadOnlyError, apsw.CantOpenError, apsw.IOError) as exc:
-            raise ServiceUnavailable(f"cannot use the store {self.path}: {exc}") from None
-
-    @contextmanager
-    def _immediate(self) -> Iterator[None]:
-        # BEGIN IMMEDIATE takes the write lock up front: a plain BEGIN that reads and then writes
-        # fails with "database is locked" under concurrent writers instead of waiting.
-        self.connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.connection.execute("ROLLBACK")
-            raise
-        self.connection.execute("COMMIT")
-
-    def _meta(self, key: str) -> str | None:
-        found = self.connection.execute("SELECT value FROM csvembed_meta WHERE key = ?", (key,)).fetchone()
-        return found[0] if found else None
+    path: object  # how messages name the store
 
     @property
-    def dimension(self) -> int | None:
-        value = self._meta("dimension")
-        return int(value) if value else None
-
-    def _ensure_vectors_table(self, dimension: int) -> None:
-        """The vec0 table's dimension is fixed by the first model that writes to the store."""
-        existing = self.dimension
-        if existing is None:
-            self.connection.execute(
-                f"CREATE VIRTUAL TABLE IF NOT EXISTS vectors USING vec0("
-                f"embedding float[{dimension}] distance_metric=cosine, collection text, submission text)"
-            )
-            self.connection.execute("INSERT INTO csvembed_meta(key, value) VALUES ('dimension', ?)", (str(dimension),))
-        elif existing != dimension:
-            raise InputError(
-                f"the store {self.path} holds {existing}-dimensional vectors, but the model gives {dimension}:"
-                " use another --db for another model"
-            )
+    def dimension(self) -> int | None: ...
 
     def write(self, rows: Sequence[StoredRow], vectors: np.ndarray) -> None:
-        """Store rows and their vectors in one transaction; re-writing a row replaces it."""
-        now = time.time()
-        with self._immediate():
-            self._ensure_vectors_table(vectors.shape[1])
-            for row, vector in zip(rows, vectors, strict=True):
-                # Within one submission the later row of a duplicated id wins, whatever order the
-                # workers took them in; a row from another submission replaces the stored one.
-                written = self.connection.execute(
-                    "INSERT INTO rows(collection, id, submission, row_number, text, row_json, content_hash, model,"
-                    " stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT(collection, id) DO UPDATE SET submission = excluded.submission,"
-                    " row_number = excluded.row_number, text = excluded.text, row_json = excluded.row_json,"
-                    " content_hash = excluded.content_hash, model = excluded.model, stored_at = excluded.stored_at"
-                    " WHERE rows.submission != excluded.submission OR excluded.row_number >= rows.row_number"
-                    " RETURNING rowid",
-                    (row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
-                     row.content_hash, row.model, now),
-                ).fetchone()
-                if written is None:  # superseded by a later row with the same id
-                    continue
-                self.connection.execute("DELETE FROM vectors WHERE rowid = ?", written)
-                self.connection.execute(
-                    "INSERT INTO vectors(rowid, embedding, collection, submission) VALUES (?, ?, ?, ?)",
-                    (written[0], np.ascontiguousarray(vector, dtype=np.float32).tobytes(), row.collection,
-                     row.submission),
-                )
+        """Store rows and vectors in one transaction; re-writing an id replaces it (later row wins)."""
 
-    def stored_hashes(self, collection: str, ids: Sequence[str]) -> dict[str, str]:
-        """The content hash of each of these ids already stored in the collection."""
-        found: dict[str, str] = {}
-        # SQLite allows 32766 parameters; stay far below.
-        for start in range(0, len(ids), 900):
-            part = ids[start : start + 900]
-            marks = ",".join("?" * len(part))
-            found.update(
-                self.connection.execute(
-                    f"SELECT id, content_hash FROM rows WHERE collection = ? AND id IN ({marks})", (collection, *part)
-                )
-            )
-        return found
+    def stored_hashes(self, collection: str, ids: Sequence[str]) -> dict[str, str]: ...
 
-    def search(
-        self,
-        query: np.ndarray,
-        k: int,
-        collection: str | None = None,
-        submission: str | None = None,
-        where: dict[str, str] | None = None,
-    ) -> list[Hit]:
-        """The k nearest rows by cosine distance, nearest first, within the filters given.
+    def search(self, query: np.ndarray, k: int, collection: str | None = None, submission: str | None = None,
+               where: dict[str, str] | None = None) -> list[Hit]: ...
 
-        collection and submission are vec0 metadata columns, filtered inside the KNN scan. A
-        `where` on original columns selects rows first, then ranks exactly those rows.
-        """
-        if self.dimension is None:
-            return []
-        vector = np.ascontiguousarray(query, dtype=np.float32).tobytes()
-        filters, params = "", []
-        for column, value in (("collection", collection), ("submission", submission)):
-            if value is not None:
-                filters += f" AND {column} = ?"
-                params.append(value)
-        if where:
-            for column, value in where.items():
-                filters += " AND rowid IN (SELECT rowid FROM rows WHERE json_extract(row_json, ?) = ?)"
-                params += [_json_path(column), value]
-            nearest = (f"SELECT rowid, vec_distance_cosine(embedding, ?) AS distance FROM vectors"
-                       f" WHERE 1{filters} ORDER BY distance LIMIT ?")
-            params = [vector, *params, k]
-        else:
-            # sqlite-vec KNN must be written `MATCH ? AND k = ?`: the LIMIT form fails on older SQLite.
-            nearest = f"SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ?{filters}"
-            params = [vector, k, *params]
-        found = self.connection.execute(
-            "SELECT r.collection, r.submission, r.row_number, r.id, v.distance, r.text, r.row_json"
-            f" FROM ({nearest}) v JOIN rows r ON r.rowid = v.rowid ORDER BY v.distance",
-            params,
-        )
-        return [Hit(c, s, n, i, d, t, json.loads(j)) for c, s, n, i, d, t, j in found]
+    def rows_of_submission(self, submission: str) -> Iterator[tuple[str, int, str, str, np.ndarray]]: ...
 
-    def rows_of_submission(self, submission: str) -> Iterator[tuple[str, int, str, str, np.ndarray]]:
-        """(id, row_number, text, row_json, vector) of the rows a submission last wrote, in row order."""
-        found = self.connection.execute(
-            "SELECT r.id, r.row_number, r.text, r.row_json, v.embedding FROM rows r"
-            " JOIN vectors v ON v.rowid = r.rowid WHERE r.submission = ? ORDER BY r.row_number",
-            (submission,),
-        )
-        for row_id, number, text, row_json_text, embedding in found:
-            yield row_id, number, text, row_json_text, np.frombuffer(embedding, dtype=np.float32)
+    def collection_of(self, submission: str) -> str: ...
 
-    def collection_of(self, submission: str) -> str:
-        found = self.connection.execute("SELECT collection FROM rows WHERE submission = ? LIMIT 1",
-                                        (submission,)).fetchone()
-        return found[0] if found else ""
+    def delete_submission(self, submission: str) -> int: ...
 
-    def delete_submission(self, submission: str) -> int:
-        """Remove the rows (and vectors) last written by a submission; returns how many."""
-        with self._immediate():
-            rowids = [rowid for (rowid,) in self.connection.execute(
-                "SELECT rowid FROM rows WHERE submission = ?", (submission,))]
-            if self.dimension is not None:
-                self.connection.executemany("DELETE FROM vectors WHERE rowid = ?", [(r,) for r in rowids])
-            self.connection.execute("DELETE FROM rows WHERE submission = ?", (submission,))
-        return len(rowids)
+    def counts(self) -> tuple[int, int]: ...
 
-    def counts(self) -> tuple[int, int]:
-        """(rows, vectors): equal in a healthy store."""
-        (rows,) = self.connection.execute("SELECT count(*) FROM rows").fetchone()
-        vectors = 0
-        if self.dimension is not None:
-            (vectors,) = self.connection.execute("SELECT count(*) FROM vectors").fetchone()
-        return rows, vectors
+    def close(self) -> None: ...
 
-    def close(self) -> None:
-        self.connection.close()
+
+def open_store(db: str) -> Store:
+    """The store named by --db: a postgresql:// URL, else a SQLite file path (created if missing)."""
+    from csvembed.postgres_store import PostgresStore, is_postgres_url
+
+    if is_postgres_url(db):
+        return PostgresStore(db)
+    from csvembed.sqlite_store import SqliteStore
+
+    return SqliteStore(Path(db))
+
+
+def open_existing_store(db: str) -> Store | None:
+    """The store, or None if nothing was ever stored there; readers never create an empty file."""
+    from csvembed.postgres_store import is_postgres_url
+
+    if is_postgres_url(db) or Path(db).exists():
+        return open_store(db)
+    return None

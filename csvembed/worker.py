@@ -217,11 +217,11 @@ def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_siz
     from csvembed.broker import connect
     from csvembed.embedder import SentenceTransformerEmbedder
     from csvembed.progress import SubmissionRecords
-    from csvembed.store import Store
+    from csvembed.store import open_store
 
     connection = connect(settings, wait_forever=True)
     embedder = SentenceTransformerEmbedder(settings.model)
-    ingestor = Ingestor(embedder, Store(settings.db), SubmissionRecords(connection))
+    ingestor = Ingestor(embedder, open_store(settings.db), SubmissionRecords(connection))
     worker = BatchWorker(queues, ingestor=ingestor, batch_size=batch_size)
     log.info("worker %s: model %s loaded; listening on %s", worker.name, settings.model, ", ".join(queues))
     return worker.work(burst=burst, logging_level="WARNING")

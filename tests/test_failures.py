@@ -6,10 +6,15 @@ import json
 
 import apsw
 
-from conftest import run_cli, write_csv
+import pytest
+
+from conftest import STORES, run_cli, write_csv
 from csvembed import defaults
 from csvembed.progress import SubmissionRecords
-from csvembed.store import Store
+from csvembed.store import Store, open_store
+
+
+pytestmark = pytest.mark.parametrize("env", STORES, indirect=True)
 
 
 class LockedStoreDouble:
@@ -30,9 +35,9 @@ class LockedStoreDouble:
 
 
 def test_retried_to_the_limit_then_listed_then_retried_after_the_fix(env, submit, drain):
-    path = write_csv(env.db.parent / "f.csv", "id,text\nx1,a row that will be unlucky\n")
+    path = write_csv(env.dir / "f.csv", "id,text\nx1,a row that will be unlucky\n")
     result = submit(path, id_column="id", text_columns=("text",))
-    locked = LockedStoreDouble(Store(env.db), failures=100)
+    locked = LockedStoreDouble(open_store(env.db), failures=100)
     drain(store=locked)
     assert locked.attempts == 1 + defaults.MAX_RETRIES  # the first try and every retry
     records = SubmissionRecords(env.connection)
@@ -51,11 +56,11 @@ def test_retried_to_the_limit_then_listed_then_retried_after_the_fix(env, submit
     snapshot = records.snapshot(result.id)
     assert (snapshot.state, snapshot.done, snapshot.failed, snapshot.pending) == ("running", 0, 0, 1)
 
-    fixed = LockedStoreDouble(Store(env.db), failures=1)  # one more transient error, then it works
+    fixed = LockedStoreDouble(open_store(env.db), failures=1)  # one more transient error, then it works
     drain(store=fixed)
     assert fixed.attempts == 2
     snapshot = records.snapshot(result.id)
     assert (snapshot.state, snapshot.done, snapshot.failed, snapshot.pending) == ("done", 1, 0, 0)
     assert records.failures(result.id) == []
     assert run_cli(env, "status", result.id, "--wait").returncode == 0
-    assert Store(env.db).counts() == (1, 1)
+    assert open_store(env.db).counts() == (1, 1)

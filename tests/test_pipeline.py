@@ -9,25 +9,25 @@ from pathlib import Path
 import numpy as np
 from rq import Queue
 
-from conftest import run_cli, write_csv
+import pytest
+
+from conftest import STORES, run_cli, stored_rows, write_csv
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.progress import SubmissionRecords
-from csvembed.store import Store
+from csvembed.store import open_store
+
+pytestmark = pytest.mark.parametrize("env", STORES, indirect=True)
 
 SAMPLE = Path(__file__).parent.parent / "sample_data" / "products.csv"
 
 
 def stored(env) -> list[tuple[str, int, str, str, np.ndarray]]:
-    store = Store(env.db)
-    try:
-        return [row for (sub,) in store.connection.execute("SELECT DISTINCT submission FROM rows")
-                for row in store.rows_of_submission(sub)]
-    finally:
-        store.close()
+    """(id, row_number, text, row_json, vector) of every stored row."""
+    return [row[1:] for row in stored_rows(env)]
 
 
 def counts(env) -> tuple[int, int]:
-    store = Store(env.db)
+    store = open_store(env.db)
     try:
         return store.counts()
     finally:
@@ -102,14 +102,14 @@ def test_stdin_template_and_exact_fields(env, drain):
 
 
 def test_default_text_is_every_column_as_name_value_lines(env, submit, drain):
-    path = write_csv(env.db.parent / "two.csv", "a,b\n1,x y\n")
+    path = write_csv(env.dir / "two.csv", "a,b\n1,x y\n")
     submit(path)
     drain()
     assert [text for _, _, text, _, _ in stored(env)] == ["a: 1\nb: x y"]
 
 
 def test_a_job_run_twice_leaves_one_row_and_one_vector(env, submit, drain):
-    path = write_csv(env.db.parent / "t.csv", "id,text\n1,alpha beta\n2,gamma delta\n")
+    path = write_csv(env.dir / "t.csv", "id,text\n1,alpha beta\n2,gamma delta\n")
     result = submit(path, id_column="id", text_columns=("text",))
     drain()
     queue = Queue("csvembed", connection=env.connection, serializer=SERIALIZER)
@@ -122,7 +122,7 @@ def test_a_job_run_twice_leaves_one_row_and_one_vector(env, submit, drain):
 
 def test_batch_sizes_store_identical_vectors(env, submit, drain):
     lines = "".join(f"{i},row number {i} says {'many words ' * (i % 9)}\n" for i in range(1, 41))
-    path = write_csv(env.db.parent / "b.csv", "id,text\n" + lines)
+    path = write_csv(env.dir / "b.csv", "id,text\n" + lines)
     vectors = {}
     for batch_size in (1, 7, 64):
         submit(path, id_column="id", text_columns=("text",), force=True)
@@ -135,7 +135,7 @@ def test_batch_sizes_store_identical_vectors(env, submit, drain):
 
 
 def test_resubmitting_skips_unchanged_rows_and_updates_changed_ones(env, submit, drain):
-    path = write_csv(env.db.parent / "r.csv", "id,text,price\n1,red shoe,10\n2,blue hat,20\n3,green scarf,30\n")
+    path = write_csv(env.dir / "r.csv", "id,text,price\n1,red shoe,10\n2,blue hat,20\n3,green scarf,30\n")
     first = submit(path, id_column="id", text_columns=("text",))
     drain()
     again = submit(path, id_column="id", text_columns=("text",))
@@ -148,10 +148,7 @@ def test_resubmitting_skips_unchanged_rows_and_updates_changed_ones(env, submit,
     changed = submit(path, id_column="id", text_columns=("text",))
     assert (changed.total, changed.enqueued, changed.skipped) == (4, 2, 2)
     drain()
-    store = Store(env.db)
-    rows = {row_id: (sub, json.loads(row_json)["price"])
-            for row_id, sub, row_json in store.connection.execute("SELECT id, submission, row_json FROM rows")}
-    store.close()
+    rows = {row_id: (sub, json.loads(row_json)["price"]) for sub, row_id, _, _, row_json, _ in stored_rows(env)}
     assert rows == {"1": (first.id, "10"), "2": (changed.id, "25"), "3": (first.id, "30"), "4": (changed.id, "5")}
     assert counts(env) == (4, 4)
 
@@ -163,7 +160,7 @@ def test_resubmitting_skips_unchanged_rows_and_updates_changed_ones(env, submit,
 
 def test_a_duplicated_id_keeps_the_later_row_whatever_the_processing_order(env, submit, drain):
     # Row 3 is shorter, so submit's length sort puts it first in the queue and in the batch.
-    path = write_csv(env.db.parent / "d.csv",
+    path = write_csv(env.dir / "d.csv",
                      "id,text\nk,the first and much longer version of this row\nm,other\nk,second\n")
     result = submit(path, id_column="id", text_columns=("text",))
     for batch_size in (64, 1):

@@ -9,9 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli, write_csv
+from conftest import STORES, run_cli, write_csv
 from csvembed.progress import SubmissionRecords
-from csvembed.store import Store
+from csvembed.store import open_store
+
+pytestmark = pytest.mark.parametrize("env", STORES, indirect=True)
 
 CATALOGUE = (
     "sku,title,colour,body\n"
@@ -26,7 +28,7 @@ CATALOGUE = (
 @pytest.fixture
 def catalogue(env, submit, drain):
     """The catalogue submitted and worked; row 5 fails (empty text)."""
-    path = write_csv(env.db.parent / "catalogue.csv", CATALOGUE)
+    path = write_csv(env.dir / "catalogue.csv", CATALOGUE)
     result = submit(path, id_column="sku", text_columns=("body",))
     drain()
     return path, result.id
@@ -63,7 +65,7 @@ def test_status_list_and_workers_json(env, catalogue):
 def test_wait_exit_codes(env, catalogue, submit, drain):
     _, failed_id = catalogue
     assert run_cli(env, "status", failed_id, "--wait").returncode == 1
-    good = submit(write_csv(env.db.parent / "good.csv", "a\nfine row\n"))
+    good = submit(write_csv(env.dir / "good.csv", "a\nfine row\n"))
     drain()
     waited = run_cli(env, "status", good.id, "--wait", "--json")
     assert waited.returncode == 0
@@ -96,7 +98,7 @@ def test_export_round_trips_in_every_format(env, catalogue, tmp_path):
     path, submission_id = catalogue
     with path.open(newline="") as fh:
         expected_rows = [row for row in csv.DictReader(fh)][:4]  # row 5 failed, so it was not stored
-    store = Store(env.db)
+    store = open_store(env.db)
     expected_vectors = np.stack([vector for *_, vector in store.rows_of_submission(submission_id)])
     store.close()
 
@@ -128,7 +130,7 @@ def test_export_round_trips_in_every_format(env, catalogue, tmp_path):
 
 def test_search_filters(env, catalogue, submit, drain):
     _, first_id = catalogue
-    other = submit(write_csv(env.db.parent / "more.csv", "sku,title,colour,body\n9,Hiking sock,red,Wool sock for hiking\n"),
+    other = submit(write_csv(env.dir / "more.csv", "sku,title,colour,body\n9,Hiking sock,red,Wool sock for hiking\n"),
                    id_column="sku", text_columns=("body",), collection="catalogue")
     drain()
     everything, _ = cli_json(env, "search", "waterproof hiking", "-k", "10", "--json")
@@ -159,7 +161,7 @@ def test_delete_removes_rows_vectors_and_records(env, catalogue):
     _, submission_id = catalogue
     deleted, _ = cli_json(env, "delete", submission_id, "--json")
     assert deleted == {"id": submission_id, "rows": 4, "jobs": 1}  # row 5's failed job
-    assert Store(env.db).counts() == (0, 0)
+    assert open_store(env.db).counts() == (0, 0)
     assert SubmissionRecords(env.connection).snapshot(submission_id) is None
     assert env.connection.keys(f"csvembed:sub:{submission_id}*") == []
     assert env.connection.keys("rq:job:*") == []

@@ -10,11 +10,11 @@ import pytest
 from rq import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from conftest import write_csv
+from conftest import stored_rows, write_csv
 from csvembed import defaults
 from csvembed.jobs import SERIALIZER
 from csvembed.progress import SubmissionRecords
-from csvembed.store import Store
+from csvembed.store import open_store
 
 
 class PoisonTextEmbedderDouble:
@@ -47,15 +47,11 @@ class SlowEmbedderDouble:
 
 
 def stored_ids(env) -> list[str]:
-    store = Store(env.db)
-    try:
-        return sorted(row_id for (row_id,) in store.connection.execute("SELECT id FROM rows"))
-    finally:
-        store.close()
+    return sorted(row_id for _, row_id, *_ in stored_rows(env))
 
 
 def test_an_empty_row_fails_alone_with_its_reason(env, submit, drain):
-    path = write_csv(env.db.parent / "p.csv", "id,text\na,first row\nb,   \nc,third row\n")
+    path = write_csv(env.dir / "p.csv", "id,text\na,first row\nb,   \nc,third row\n")
     result = submit(path, id_column="id", text_columns=("text",))
     drain(batch_size=64)
     assert stored_ids(env) == ["a", "c"]
@@ -71,7 +67,7 @@ def test_an_empty_row_fails_alone_with_its_reason(env, submit, drain):
 
 def test_a_row_that_breaks_the_batched_call_is_isolated(env, submit, drain, embedder):
     rows = "".join(f"{i},ordinary row {i}\n" for i in range(1, 11)) + "11,POISON\n"
-    result = submit(write_csv(env.db.parent / "p.csv", "id,text\n" + rows), id_column="id", text_columns=("text",))
+    result = submit(write_csv(env.dir / "p.csv", "id,text\n" + rows), id_column="id", text_columns=("text",))
     double = PoisonTextEmbedderDouble(embedder, "POISON")
     drain(batch_size=64, model=double)
     assert stored_ids(env) == sorted(str(i) for i in range(1, 11))
@@ -84,7 +80,7 @@ def test_a_row_that_breaks_the_batched_call_is_isolated(env, submit, drain, embe
 def test_a_batch_that_outlives_the_heartbeat_ttl_is_not_abandoned(env, submit, drain, embedder, monkeypatch):
     monkeypatch.setattr(defaults, "HEARTBEAT_TTL", 2)
     monkeypatch.setattr(defaults, "HEARTBEAT_INTERVAL", 0.5)
-    result = submit(write_csv(env.db.parent / "s.csv", "id,text\n1,slow one\n2,slow two\n3,slow three\n"),
+    result = submit(write_csv(env.dir / "s.csv", "id,text\n1,slow one\n2,slow two\n3,slow three\n"),
                     id_column="id", text_columns=("text",))
     double = SlowEmbedderDouble(embedder, seconds=5)
     registry = StartedJobRegistry("csvembed", connection=env.connection, serializer=SERIALIZER)
@@ -112,7 +108,7 @@ def test_a_batch_that_outlives_the_heartbeat_ttl_is_not_abandoned(env, submit, d
 
 def test_finished_rows_leave_almost_nothing_in_redis(env, submit, drain):
     rows = "".join(f"{i},row {i}\n" for i in range(1, 201))
-    result = submit(write_csv(env.db.parent / "m.csv", "id,text\n" + rows), id_column="id", text_columns=("text",))
+    result = submit(write_csv(env.dir / "m.csv", "id,text\n" + rows), id_column="id", text_columns=("text",))
     assert env.connection.exists(f"rq:job:{result.id}-1") == 1
     drain(batch_size=64)
     job_keys = list(env.connection.scan_iter("rq:job:*"))
@@ -126,7 +122,7 @@ def test_finished_rows_leave_almost_nothing_in_redis(env, submit, drain):
 @pytest.mark.parametrize("max_pending", [5, 50])
 def test_max_pending_holds_the_queue_under_its_bound(env, submit, max_pending):
     rows = "".join(f"{i},row {i}\n" for i in range(1, 301))
-    path = write_csv(env.db.parent / "q.csv", "id,text\n" + rows)
+    path = write_csv(env.dir / "q.csv", "id,text\n" + rows)
     queue = Queue("csvembed", connection=env.connection, serializer=SERIALIZER)
     seen, taken = [], 0
     producer = threading.Thread(target=submit, args=(path,), kwargs={"max_pending": max_pending})

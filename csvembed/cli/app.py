@@ -35,8 +35,8 @@ def main_options(
         help="Redis URL. Default: an embedded redis-server (AOF on) in $CSVEMBED_HOME/redis, started on demand.")] = None,
     db: Annotated[Optional[str], typer.Option(
         envvar=ENV_DB, show_envvar=True,
-        help="The SQLite store's path. Default: $CSVEMBED_HOME/csvembed.db (CSVEMBED_HOME defaults to "
-        "~/.local/share/csvembed).")] = None,
+        help="The store: a SQLite file path, or a postgresql:// URL (pgvector) for many hosts. Default: "
+        "$CSVEMBED_HOME/csvembed.db (CSVEMBED_HOME defaults to ~/.local/share/csvembed).")] = None,
     model: Annotated[str, typer.Option(
         envvar=ENV_MODEL, show_envvar=True,
         help="A sentence-transformers model name or local folder. The default is loaded offline from the "

@@ -78,14 +78,14 @@ def export(
     """
     from csvembed.export import FORMATS, export as run_export
     from csvembed.progress import SubmissionRecords
-    from csvembed.store import Store
+    from csvembed.store import open_existing_store
 
     if fmt not in FORMATS:
         raise InputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
     records = SubmissionRecords(connection_of(ctx))
     if not records.exists(submission_id):
         raise UnknownSubmission(f"no submission with id {submission_id!r}")
-    store = Store.open_existing(settings_of(ctx).db)
+    store = open_existing_store(settings_of(ctx).db)
     if store is None:
         raise InputError(f"nothing is stored yet in {settings_of(ctx).db}")
     columns = records.columns(submission_id)
@@ -103,9 +103,9 @@ def delete(
 ) -> None:
     """Remove a submission: its stored rows and vectors, its queued jobs and its records in Redis."""
     from csvembed.delete import delete_submission
-    from csvembed.store import Store
+    from csvembed.store import open_existing_store
 
-    store = Store.open_existing(settings_of(ctx).db)
+    store = open_existing_store(settings_of(ctx).db)
     deleted = delete_submission(connection_of(ctx), store, submission_id)
     if store is not None:
         store.close()

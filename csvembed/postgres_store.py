@@ -1,0 +1,201 @@
+"""The PostgreSQL + pgvector store: the same identity and guarantees as the SQLite store, for many hosts.
+
+`csvembed_rows` is keyed by (collection, id) and holds the row, its jsonb fields and its vector;
+a batch is one transaction of `INSERT ... ON CONFLICT (collection, id) DO UPDATE`, so a retried
+row is stored once. The vector column's dimension comes from the first model that writes, and
+is recorded, so another model cannot share the table by accident. Search uses an HNSW index on
+cosine distance, and a GIN index on the jsonb row makes `--where col=value` an indexed filter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.types.json import Jsonb
+
+from csvembed import defaults
+from csvembed.errors import InputError, ServiceUnavailable
+from csvembed.store import Hit, StoredRow
+
+SCHEMA_LOCK = 0x637365  # an advisory lock id: first writers must not race on CREATE TABLE
+
+META = "CREATE TABLE IF NOT EXISTS csvembed_meta(key text PRIMARY KEY, value text NOT NULL)"
+ROWS = """
+CREATE TABLE IF NOT EXISTS csvembed_rows(
+    collection text NOT NULL,
+    id text NOT NULL,
+    submission text NOT NULL,
+    row_number bigint NOT NULL,
+    text text NOT NULL,
+    row jsonb NOT NULL,
+    content_hash text NOT NULL,
+    model text NOT NULL,
+    stored_at timestamptz NOT NULL DEFAULT now(),
+    embedding vector({dimension}) NOT NULL,
+    PRIMARY KEY (collection, id)
+);
+CREATE INDEX IF NOT EXISTS csvembed_rows_by_submission ON csvembed_rows(submission, row_number);
+CREATE INDEX IF NOT EXISTS csvembed_rows_embedding ON csvembed_rows USING hnsw (embedding vector_cosine_ops);
+CREATE INDEX IF NOT EXISTS csvembed_rows_fields ON csvembed_rows USING gin (row jsonb_path_ops);
+"""
+
+UPSERT = """
+INSERT INTO csvembed_rows(collection, id, submission, row_number, text, row, content_hash, model, embedding)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (collection, id) DO UPDATE SET submission = excluded.submission, row_number = excluded.row_number,
+    text = excluded.text, row = excluded.row, content_hash = excluded.content_hash, model = excluded.model,
+    embedding = excluded.embedding, stored_at = now()
+WHERE csvembed_rows.submission <> excluded.submission OR excluded.row_number >= csvembed_rows.row_number
+"""
+
+
+def is_postgres_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def _as_array(embedding) -> np.ndarray:
+    """pgvector hands back numpy arrays from text results and Vector objects from binary ones."""
+    return np.asarray(embedding.to_numpy() if hasattr(embedding, "to_numpy") else embedding, dtype=np.float32)
+
+
+class PostgresStore:
+    """One connection per process; each batch is one transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = _shown(url)
+        self.connection = self._connect()
+
+    @classmethod
+    def open_existing(cls, url: str) -> PostgresStore:
+        return cls(url)
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            connection = psycopg.connect(self.url, connect_timeout=int(defaults.REDIS_CONNECT_TIMEOUT))
+            with connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                connection.execute(META)
+        except psycopg.Error as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ServiceUnavailable(f"cannot use the store {self.path}: {first_line}") from None
+        register_vector(connection)
+        return connection
+
+    def _usable(self) -> psycopg.Connection:
+        """The connection, re-made if the server restarted under it."""
+        if self.connection.closed or self.connection.broken:
+            self.connection = self._connect()
+        return self.connection
+
+    @property
+    def dimension(self) -> int | None:
+        found = self._usable().execute("SELECT value FROM csvembed_meta WHERE key = 'dimension'").fetchone()
+        self.connection.commit()
+        return int(found[0]) if found else None
+
+    def _ensure_table(self, dimension: int) -> None:
+        existing = self.connection.execute("SELECT value FROM csvembed_meta WHERE key = 'dimension'").fetchone()
+        if existing is None:
+            self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            self.connection.execute(ROWS.format(dimension=int(dimension)))
+            self.connection.execute(
+                "INSERT INTO csvembed_meta(key, value) VALUES ('dimension', %s) ON CONFLICT DO NOTHING",
+                (str(dimension),))
+        elif int(existing[0]) != dimension:
+            raise InputError(f"the store {self.path} holds {existing[0]}-dimensional vectors, but the model gives"
+                             f" {dimension}: use another --db for another model")
+
+    def write(self, rows: Sequence[StoredRow], vectors: np.ndarray) -> None:
+        connection = self._usable()
+        with connection.transaction(), connection.cursor() as cursor:
+            self._ensure_table(vectors.shape[1])
+            cursor.executemany(UPSERT, [
+                (row.collection, row.id, row.submission, row.row_number, row.text, Jsonb(json.loads(row.row_json)),
+                 row.content_hash, row.model, np.asarray(vector, dtype=np.float32))
+                for row, vector in zip(rows, vectors, strict=True)
+            ])
+
+    def _read(self, query: str, params: Sequence) -> list[tuple]:
+        connection = self._usable()
+        if self.dimension is None:
+            return []
+        with connection.transaction():
+            return connection.execute(query, params).fetchall()
+
+    def stored_hashes(self, collection: str, ids: Sequence[str]) -> dict[str, str]:
+        found = self._read("SELECT id, content_hash FROM csvembed_rows WHERE collection = %s AND id = ANY(%s)",
+                           (collection, list(ids)))
+        return dict(found)
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        collection: str | None = None,
+        submission: str | None = None,
+        where: dict[str, str] | None = None,
+    ) -> list[Hit]:
+        """The k nearest rows by cosine distance through the HNSW index, nearest first."""
+        if self.dimension is None:
+            return []
+        filters, params = "", [np.asarray(query, dtype=np.float32)]
+        for column, value in (("collection", collection), ("submission", submission)):
+            if value is not None:
+                filters += f" AND {column} = %s"
+                params.append(value)
+        if where:
+            filters += " AND row @> %s"
+            params.append(Jsonb(where))
+        connection = self._usable()
+        with connection.transaction():
+            # Filtered HNSW scans keep going until k rows pass the filter (pgvector 0.8); relaxed order
+            # is re-sorted below, so the results are still nearest first.
+            connection.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            connection.execute(f"SET LOCAL hnsw.ef_search = {max(40, 2 * k)}")
+            found = connection.execute(
+                "WITH nearest AS MATERIALIZED (SELECT collection, submission, row_number, id,"
+                " embedding <=> %s AS distance, text, row FROM csvembed_rows WHERE true" + filters +
+                " ORDER BY distance LIMIT %s) SELECT * FROM nearest ORDER BY distance",
+                (*params, k),
+            ).fetchall()
+        return [Hit(c, s, n, i, float(d), t, r) for c, s, n, i, d, t, r in found]
+
+    def rows_of_submission(self, submission: str) -> Iterator[tuple[str, int, str, str, np.ndarray]]:
+        if self.dimension is None:
+            return
+        connection = self._usable()
+        with connection.transaction(), connection.cursor(name="csvembed_export") as cursor:
+            cursor.execute("SELECT id, row_number, text, row, embedding FROM csvembed_rows WHERE submission = %s"
+                           " ORDER BY row_number", (submission,))
+            for row_id, number, text, row, embedding in cursor:
+                yield row_id, number, text, json.dumps(row, ensure_ascii=False), _as_array(embedding)
+
+    def collection_of(self, submission: str) -> str:
+        found = self._read("SELECT collection FROM csvembed_rows WHERE submission = %s LIMIT 1", (submission,))
+        return found[0][0] if found else ""
+
+    def delete_submission(self, submission: str) -> int:
+        if self.dimension is None:
+            return 0
+        connection = self._usable()
+        with connection.transaction():
+            return connection.execute("DELETE FROM csvembed_rows WHERE submission = %s", (submission,)).rowcount
+
+    def counts(self) -> tuple[int, int]:
+        found = self._read("SELECT count(*), count(embedding) FROM csvembed_rows", ())
+        return (found[0][0], found[0][1]) if found else (0, 0)
+
+    def close(self) -> None:
+        self.connection.close()
