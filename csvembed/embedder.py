@@ -37,11 +37,26 @@ def resolve_model(model: str) -> tuple[str, bool]:
     return model, False
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(device: str) -> str:
+    """auto: a GPU when torch sees one, else the CPU."""
+    if device not in DEVICES:
+        raise InputError(f"unknown --device {device!r}: use one of {', '.join(DEVICES)}")
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class SentenceTransformerEmbedder:
     """The real model. Loading takes seconds, so a worker builds one before taking any job."""
 
     def __init__(self, model: str, device: str = "cpu") -> None:
         location, is_local = resolve_model(model)
+        device = pick_device(device)
         if is_local:
             # A local folder needs no hub; saying so avoids slow network probes on a closed machine.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,6 +72,7 @@ class SentenceTransformerEmbedder:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ServiceUnavailable(f"cannot load model {model!r}: {first_line}") from None
         self.name = model
+        self.device = device
         self.dimension = int(self.model.get_embedding_dimension())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -209,7 +209,7 @@ class BatchWorker(SimpleWorker):
         self.handle_job_failure(job, queue, exc_string=reason, execution=execution)
 
 
-def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_size: int) -> bool:
+def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_size: int, device: str = "auto") -> bool:
     """Load the model once, then work until stopped (or until the queues are empty with burst).
 
     Returns whether any job was processed.
@@ -219,9 +219,10 @@ def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_siz
     from csvembed.progress import SubmissionRecords
     from csvembed.store import open_store
 
+    embedder = SentenceTransformerEmbedder(settings.model, device=device)
     connection = connect(settings, wait_forever=True)
-    embedder = SentenceTransformerEmbedder(settings.model)
     ingestor = Ingestor(embedder, open_store(settings.db), SubmissionRecords(connection))
     worker = BatchWorker(queues, ingestor=ingestor, batch_size=batch_size)
-    log.info("worker %s: model %s loaded; listening on %s", worker.name, settings.model, ", ".join(queues))
+    log.info("worker %s: model %s loaded on %s; listening on %s", worker.name, settings.model, embedder.device,
+             ", ".join(queues))
     return worker.work(burst=burst, logging_level="WARNING")

@@ -74,6 +74,8 @@ def worker(
         "--queue", help="Queue to take rows from (repeatable; earlier queues have priority).")] = None,
     batch_size: Annotated[int, typer.Option(
         help="Rows taken at once and embedded in one model call.", min=1)] = defaults.BATCH_SIZE,
+    device: Annotated[str, typer.Option(
+        envvar="CSVEMBED_DEVICE", help="auto (a GPU when one is present), cpu or cuda.")] = "auto",
 ) -> None:
     """Embed queued rows and store them. Loads the model once, then runs until stopped.
 
@@ -84,7 +86,8 @@ def worker(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr, force=True)
     logging.getLogger("csvembed").setLevel(logging.INFO)
-    run_worker(settings_of(ctx), queue or [defaults.QUEUE_NAME], burst=burst, batch_size=batch_size)
+    run_worker(settings_of(ctx), queue or [defaults.QUEUE_NAME], burst=burst, batch_size=batch_size,
+               device=device)
 
 
 @app.command()
