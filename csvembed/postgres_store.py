@@ -163,7 +163,7 @@ class PostgresStore:
             # Filtered HNSW scans keep going until k rows pass the filter (pgvector 0.8); relaxed order
             # is re-sorted below, so the results are still nearest first.
             connection.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            connection.execute(f"SET LOCAL hnsw.ef_search = {max(40, 2 * k)}")
+            connection.execute(f"SET LOCAL hnsw.ef_search = {max(defaults.HNSW_EF_SEARCH, 2 * k)}")
             found = connection.execute(
                 "WITH nearest AS MATERIALIZED (SELECT collection, submission, row_number, id,"
                 " embedding <=> %s AS distance, text, row FROM csvembed_rows WHERE true" + filters +

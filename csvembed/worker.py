@@ -20,14 +20,16 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, Worker
 from rq.executions import Execution
 from rq.job import Job
 from rq.results import Result
 from rq.utils import now
 from rq.worker import WorkerStatus
+from rq.worker_registration import REDIS_WORKER_KEYS
 
 from csvembed import defaults
+from csvembed.embedder import share_cpu
 from csvembed.errors import RowError
 from csvembed.ingest import Ingestor
 from csvembed.jobs import SERIALIZER, RowTask
@@ -37,8 +39,13 @@ log = logging.getLogger(__name__)
 
 
 def worker_name() -> str:
-    """Unique across hosts and restarts: a restarted worker is never refused for its name."""
+    """host.pid.suffix: unique across hosts and restarts, so a restarted worker is never refused."""
     return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(2)}"
+
+
+def host_of(name: str) -> str:
+    """The host part of a worker name (host names may hold dots themselves)."""
+    return name.rsplit(".", 2)[0]
 
 
 class _Batch:
@@ -66,6 +73,7 @@ class BatchWorker(SimpleWorker):
         self.ingestor = ingestor
         self.batch_size = batch_size
         self._held: _Batch | None = None
+        self._cores_checked_at = float("-inf")
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
 
@@ -112,10 +120,22 @@ class BatchWorker(SimpleWorker):
 
     # --- one batch ----------------------------------------------------------------------------
 
+    def _share_cores(self) -> None:
+        """Re-divide this host's cores among its live workers, at most every CPU_SHARE_INTERVAL s."""
+        if time.monotonic() - self._cores_checked_at < defaults.CPU_SHARE_INTERVAL:
+            return
+        self._cores_checked_at = time.monotonic()
+        host = host_of(self.name)
+        keys = self.connection.smembers(REDIS_WORKER_KEYS)
+        on_host = sum(1 for key in keys if host_of(key.decode().removeprefix(Worker.redis_worker_namespace_prefix)) == host)
+        threads = share_cpu(on_host)
+        log.debug("%d workers on %s: %d threads each", on_host, host, threads)
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         # BUSY before taking more jobs: a SIGTERM now waits for this batch instead of raising
         # StopRequested between taking jobs and starting them.
         self.set_state(WorkerStatus.BUSY)
+        self._share_cores()
         batch = self._start(queue, [job, *self._take_queued(queue, self.batch_size - 1)])
         self._held = batch
         try:

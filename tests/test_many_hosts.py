@@ -131,10 +131,10 @@ def test_workers_on_two_hosts_share_one_redis_and_postgres(hosts, tmp_path, env)
                                      stderr=subprocess.PIPE))
         listed = wait_for(lambda: len(json.loads(hosts.csvembed(hosts.b, "workers", "--json").stdout)) == 2 and
                           json.loads(hosts.csvembed(hosts.b, "workers", "--json").stdout), 90, "two workers")
-        names = {info["name"].split(".")[1] for info in listed}
+        names = {info["name"].rsplit(".", 2)[1] for info in listed}
         assert names == {str(worker.pid) for worker in workers}  # host.pid.suffix, unique per process
 
-        name_a = next(info["name"] for info in listed if info["name"].split(".")[1] == str(workers[0].pid))
+        name_a = next(info["name"] for info in listed if info["name"].rsplit(".", 2)[1] == str(workers[0].pid))
 
         def held_by_a() -> list[bytes]:
             with inside.pipeline() as pipe:

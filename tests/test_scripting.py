@@ -91,7 +91,7 @@ def test_workers_lists_a_live_worker(env):
     assert len(workers) == 1
     info = workers[0]
     assert (info["queues"], info["batch_size"], info["state"], info["rows_done"]) == (["csvembed"], 16, "idle", 0)
-    assert info["name"].split(".")[1] == str(worker.pid)
+    assert info["name"].rsplit(".", 2)[1] == str(worker.pid)
 
 
 def test_export_round_trips_in_every_format(env, catalogue, tmp_path):
