@@ -157,6 +157,10 @@ class SubmissionRecords:
         raw = self.connection.hget(_key(submission_id), "collection")
         return raw.decode() if raw else ""
 
+    def mark_started(self, pipeline: Pipeline, submission_id: str) -> None:
+        """The first time a worker starts rows of this submission: where its rate is measured from."""
+        pipeline.hsetnx(_key(submission_id), "started_at", time.time())
+
     def mark_done(self, pipeline: Pipeline, submission_id: str, row_numbers: Iterable[int]) -> None:
         now = time.time()
         done, failed, errors = _key(submission_id, "done"), _key(submission_id, "failed"), _key(submission_id, "errors")

@@ -188,6 +188,8 @@ class BatchWorker(SimpleWorker):
                 # Out of the intermediate queue and into the started registry atomically, so a
                 # crash at any point leaves the job in one place that RQ's cleanup looks at.
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            for submission_id in {job.args[0] for job in jobs}:
+                self.ingestor.records.mark_started(pipe, submission_id)
             pipe.execute()
         return _Batch(queue, jobs, executions)
 

@@ -81,8 +81,8 @@ def status(
 def _print_lines(monitor: Monitor, ids: list[str], as_json: bool) -> None:
     view = StatusView()
     reading = monitor.read(ids)
-    lines = view.lines(reading, time.time())
     if as_json:
+        lines = view.lines(reading, time.time())
         print_json(lines[0].as_json() if len(ids) == 1 and lines else [line.as_json() for line in lines])
         return
     for text in view.plain(reading, time.time()):
