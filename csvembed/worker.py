@@ -73,6 +73,7 @@ class BatchWorker(SimpleWorker):
         self.ingestor = ingestor
         self.batch_size = batch_size
         self._held: _Batch | None = None
+        self._held_lock = threading.Lock()
         self._cores_checked_at = float("-inf")
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
@@ -109,13 +110,14 @@ class BatchWorker(SimpleWorker):
                 log.warning("heartbeat failed", exc_info=True)
 
     def _refresh_held(self) -> None:
-        batch, ttl = self._held, defaults.HEARTBEAT_TTL
-        with self.connection.pipeline() as pipe:
+        # Under the lock, so that no beat for a batch can land after the batch was finished: a
+        # late HSET would re-create a deleted job's key with no expiry. Executions carry the
+        # liveness (the started registry's score); their keys expire on their own.
+        with self._held_lock, self.connection.pipeline() as pipe:
             self.heartbeat(defaults.WORKER_TTL + 60, pipeline=pipe)
-            if batch is not None:
-                for job, execution in zip(batch.jobs, batch.executions):
-                    execution.heartbeat(batch.queue.started_job_registry, ttl, pipeline=pipe)
-                    job.heartbeat(now(), ttl, pipeline=pipe, xx=True)
+            if self._held is not None:
+                for execution in self._held.executions:
+                    execution.heartbeat(self._held.queue.started_job_registry, defaults.HEARTBEAT_TTL, pipeline=pipe)
             pipe.execute()
 
     # --- one batch ----------------------------------------------------------------------------
@@ -137,7 +139,8 @@ class BatchWorker(SimpleWorker):
         self.set_state(WorkerStatus.BUSY)
         self._share_cores()
         batch = self._start(queue, [job, *self._take_queued(queue, self.batch_size - 1)])
-        self._held = batch
+        with self._held_lock:
+            self._held = batch
         try:
             tasks = [RowTask.from_job(held) for held in batch.jobs]
             started = time.perf_counter()
@@ -146,12 +149,12 @@ class BatchWorker(SimpleWorker):
             except Exception as exc:  # the store failed: nothing was stored, retry them all
                 log.warning("storing a batch of %d rows failed: %s", len(tasks), exc)
                 outcomes = [exc] * len(tasks)
-            self._finish(batch, tasks, outcomes)
-            failed = sum(outcome is not None for outcome in outcomes)
-            log.info("%d rows stored, %d failed, in %.1f s", len(tasks) - failed, failed,
-                     time.perf_counter() - started)
         finally:
-            self._held = None
+            with self._held_lock:
+                self._held = None
+        self._finish(batch, tasks, outcomes)
+        failed = sum(outcome is not None for outcome in outcomes)
+        log.info("%d rows stored, %d failed, in %.1f s", len(tasks) - failed, failed, time.perf_counter() - started)
         self.set_state(WorkerStatus.IDLE)
 
     def _take_queued(self, queue: Queue, limit: int) -> list[Job]:
