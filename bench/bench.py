@@ -16,6 +16,7 @@ speed and peak RSS on generated files of 100k and 1M rows (no embedding).
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import signal
 import statistics
@@ -124,25 +125,21 @@ def measure(path: Path, texts: list[str], args: tuple[str, ...], embedder, naive
 
 def redis_memory(scratch: Path, rows: int = 20_000) -> dict:
     """Bytes per queued row beyond the row's own bytes, and per finished row."""
-    from csvembed.jobs import RowTask
-
     path = scratch / "memory.csv"
     texts = write_titles(path, rows)
     world = World(Path(tempfile.mkdtemp(dir=scratch)))
     before = world.connection.info("memory")["used_memory"]
     submission_id = world.submit(path, "--text-column", "body", "--id-column", "sku")
     queued = world.connection.info("memory")["used_memory"] - before
-    import csv as csv_module
     with path.open(newline="") as fh:
         own = sum(len(text.encode()) + sum(len(v.encode()) for v in row.values())
-                  for text, row in zip(texts, csv_module.DictReader(fh)))
+                  for text, row in zip(texts, csv.DictReader(fh), strict=True))
     # Finish every row the way a worker does, without embedding: the bookkeeping alone is measured.
     worker = world.start(str(BIN / "csvembed"), "worker", "--burst")
     worker.wait()
     world.wait_done(submission_id)
     finished = world.connection.info("memory")["used_memory"] - before
     world.close()
-    del RowTask
     return {"queued_per_row": (queued - own) / rows, "row_bytes": own / rows, "finished_per_row": finished / rows}
 
 

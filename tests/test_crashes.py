@@ -22,6 +22,14 @@ def rows_csv(path, count: int, words: int = 40) -> None:
     write_csv(path, "id,text\n" + "".join(f"r{i},row {i}: {body}\n" for i in range(1, count + 1)))
 
 
+def submitted_rows(env, submit, count: int):
+    """Submit `count` rows; returns the result, the submission records and the started registry."""
+    path = env.dir / "rows.csv"
+    rows_csv(path, count)
+    result = submit(path, id_column="id", text_columns=("text",))
+    return result, SubmissionRecords(env.connection), StartedJobRegistry("csvembed", connection=env.connection)
+
+
 def start_worker(env, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "csvembed", "worker", *args], env=env.environ,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -49,11 +57,7 @@ def assert_stored_exactly_once(env, count: int) -> None:
 
 @pytest.mark.parametrize("env", STORES, indirect=True)
 def test_a_worker_killed_mid_batch_loses_nothing(env, submit):
-    path = env.dir / "kill.csv"
-    rows_csv(path, 300)
-    result = submit(path, id_column="id", text_columns=("text",))
-    records = SubmissionRecords(env.connection)
-    started = StartedJobRegistry("csvembed", connection=env.connection)
+    result, records, started = submitted_rows(env, submit, 300)
     victim = start_worker(env, "--batch-size", "100")
     # Kill it while it holds a batch, after it already stored one.
     wait_for(lambda: records.snapshot(result.id).done >= 100 and started.count > 0, 120, "a batch in flight")
@@ -79,11 +83,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(env, submit):
 
 
 def test_sigterm_finishes_the_batch_and_exits_0(env, submit):
-    path = env.dir / "term.csv"
-    rows_csv(path, 300)
-    result = submit(path, id_column="id", text_columns=("text",))
-    records = SubmissionRecords(env.connection)
-    started = StartedJobRegistry("csvembed", connection=env.connection)
+    result, records, started = submitted_rows(env, submit, 300)
     worker = start_worker(env, "--batch-size", "50")
     wait_for(lambda: started.count > 0, 120, "a batch in flight", poll=0.01)
     worker.send_signal(signal.SIGTERM)

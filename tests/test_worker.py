@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import pytest
 from rq import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
@@ -14,7 +13,6 @@ from conftest import stored_rows, write_csv
 from csvembed import defaults
 from csvembed.jobs import SERIALIZER
 from csvembed.progress import SubmissionRecords
-from csvembed.store import open_store
 
 
 class PoisonTextEmbedderDouble:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from csvembed import defaults
-from csvembed.cli.app import JsonOption, app, connection_of, out, print_json, say, settings_of
+from csvembed.cli.app import app, connection_of, out, print_json, say, settings_of
 from csvembed.errors import UnknownSubmission
 
 

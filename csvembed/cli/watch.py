@@ -10,7 +10,7 @@ import typer
 
 from csvembed import defaults
 from csvembed.cli.app import JsonOption, app, connection_of, err, out, print_json
-from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, UnknownSubmission
+from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, InputError, UnknownSubmission
 from csvembed.monitor import Monitor, Reading
 from csvembed.status_view import StatusView, wait_plain, watch
 
@@ -59,12 +59,14 @@ def status(
     id, state, total, done, failed, skipped, pending, rate, eta, in_progress and workers. Exit
     codes: 0; 1 with --wait if rows failed; 2 for an unknown id.
     """
+    if wait and not submission_id:
+        raise InputError("--wait needs a submission ID")
     connection = connection_of(ctx)
     monitor = Monitor(connection)
     ids = [submission_id] if submission_id else monitor.records.recent(defaults.RECENT_SUBMISSIONS)
     if submission_id:
         _require(monitor, submission_id)
-    if wait and submission_id:
+    if wait:
         code = follow(connection, submission_id)
         if as_json:
             _print_lines(monitor, ids, as_json=True)
@@ -72,10 +74,8 @@ def status(
     if as_json or not err.is_terminal:
         _print_lines(monitor, ids, as_json)
         return
-    reading = watch(lambda: monitor.read(ids),
-                    lambda sid: monitor.records.recent_failures(sid, defaults.RECENT_FAILURES), err,
-                    until_finished=not watch_view)
-    raise typer.Exit(_exit_code(reading) if wait else EXIT_OK)
+    watch(lambda: monitor.read(ids), lambda sid: monitor.records.recent_failures(sid, defaults.RECENT_FAILURES),
+          err, until_finished=not watch_view)
 
 
 def _print_lines(monitor: Monitor, ids: list[str], as_json: bool) -> None:
