@@ -6,7 +6,8 @@ Per dataset (multi-sentence support tickets, short product titles), in one run o
   limit     rows/s of encode(texts, batch_size=32, normalize_embeddings=True) on the same texts
   csvembed  rows/s from `csvembed submit` start until status shows every row done, one warm
             `csvembed worker` (model already loaded); `cold` is the same with `worker --burst`
-            started after submit, so it includes loading the model
+            started after submit, so it includes loading the model; `worker` is the same run
+            from the first batch's start to the last row stored (the submit process excluded)
   naive     rows/s of a plain `rq worker` (SimpleWorker) running csvembed's per-row job function,
             one encode call per row, warm
 Prints medians over --runs runs. Then Redis memory per queued and per finished row, and submit
@@ -49,6 +50,7 @@ class World:
         self.settings = Settings(home=root, db=root / "store.db", model="all-MiniLM-L6-v2")
         self.connection: redis.Redis = connect(self.settings)
         self.records = SubmissionRecords(self.connection)
+        self.last_snapshot = None  # the finished submission of the latest timed run
 
     def submit(self, path: Path, *args: str) -> str:
         done = subprocess.run([BIN / "csvembed", "submit", str(path), *args], env=self.env, check=True,
@@ -74,8 +76,16 @@ def stop(process: subprocess.Popen) -> None:
 
 def timed_run(world: World, path: Path, args: tuple[str, ...], rows: int) -> float:
     start = time.perf_counter()
-    world.wait_done(world.submit(path, *args))
+    submission_id = world.submit(path, *args)
+    world.wait_done(submission_id)
+    world.last_snapshot = world.records.snapshot(submission_id)
     return rows / (time.perf_counter() - start)
+
+
+def worker_rate(world: World, rows: int) -> float:
+    """Rows/s of the worker alone: from its first batch's start to the last row stored (no submit)."""
+    snapshot = world.last_snapshot
+    return rows / (snapshot.updated_at - snapshot.started_at)
 
 
 def warm(world: World, worker: list[str], args: tuple[str, ...], warmup: Path) -> subprocess.Popen:
@@ -98,6 +108,7 @@ def measure(path: Path, texts: list[str], args: tuple[str, ...], embedder, naive
     world = World(Path(tempfile.mkdtemp(dir=scratch)))
     worker = warm(world, [str(BIN / "csvembed"), "worker"], args, warmup)
     figures["csvembed"] = timed_run(world, path, args, rows)
+    figures["worker"] = worker_rate(world, rows)
     # The same file again: every row is unchanged, so nothing is embedded.
     figures["resubmit_s"] = rows / timed_run(world, path, args, rows)
     figures["first_s"] = rows / figures["csvembed"]
@@ -189,6 +200,7 @@ def main() -> None:
         print(f"  resubmit  {median['resubmit_s']:8.2f} s for the unchanged file, against {median['first_s']:.1f} s"
               f" the first time ({median['resubmit_s'] / median['first_s']:.1%})")
         print(f"  ratio     {median['csvembed'] / median['limit']:8.2f}  (csvembed / limit, warm worker)")
+        print(f"  ratio     {median['worker'] / median['limit']:8.2f}  (the worker alone / limit: submit excluded)")
         print(f"  ratio     {median['cold'] / median['limit']:8.2f}  (cold: worker --burst, model load included)")
         if "naive" in median:
             print(f"  speed-up  {median['csvembed'] / median['naive']:8.2f}x over the naive per-row worker")
