@@ -142,8 +142,19 @@ def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
 
 
 @pytest.fixture
-def drain(env, embedder):
-    """Run an in-process burst worker (the real BatchWorker) until the queue is empty."""
+def fake_embedder():
+    """The named test double (tests/doubles.py): deterministic vectors, no model to load."""
+    from doubles import HashEmbedder
+
+    return HashEmbedder()
+
+
+@pytest.fixture
+def drain(env, request):
+    """Run an in-process burst worker (the real BatchWorker) until the queue is empty.
+
+    The real model is loaded only when no `model` is passed (pass fake_embedder for the fast tier).
+    """
     from csvembed.ingest import Ingestor
     from csvembed.progress import SubmissionRecords
     from csvembed.store import open_store
@@ -151,7 +162,7 @@ def drain(env, embedder):
 
     def run(batch_size: int = 64, model=None, queues: tuple[str, ...] = ("csvembed",), store=None) -> BatchWorker:
         store = store or open_store(env.db)
-        ingestor = Ingestor(model or embedder, store, SubmissionRecords(env.connection))
+        ingestor = Ingestor(model or request.getfixturevalue("embedder"), store, SubmissionRecords(env.connection))
         worker = BatchWorker(list(queues), ingestor=ingestor, batch_size=batch_size)
         worker.work(burst=True, logging_level="WARNING")
         store.close()
@@ -166,7 +177,7 @@ def submit(env):
     from csvembed.producer import Producer, SubmitOptions
     from csvembed.reader import open_source
 
-    def run(path: Path, **options):
-        return Producer(env.connection, env.db, "all-MiniLM-L6-v2").submit(open_source(str(path)), SubmitOptions(**options))
+    def run(path: Path, model: str = "all-MiniLM-L6-v2", **options):
+        return Producer(env.connection, env.db, model).submit(open_source(str(path)), SubmitOptions(**options))
 
     return run

@@ -1,0 +1,24 @@
+"""Secrets never reach a screen or a log: passwords in Redis and PostgreSQL URLs are masked.
+
+Every message that may hold a URL (ours, or one a library wrote, such as psycopg's) passes through
+`mask_secrets` before it is printed or logged.
+"""
+
+from __future__ import annotations
+
+import re
+
+MASK = "***"
+
+# scheme://user:password@host or scheme://:password@host. The password runs to the *last* @ before
+# the host, so an unescaped @ inside it is masked too.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^\s]*)@(?=[^@\s]*(?:\s|$))")
+# ?password=... or &password=... in a query string, and libpq's key=value form (password=...).
+_PARAM = re.compile(r"(?P<key>(?:[?&]|\b)(?:password|pass|pwd|passwd|sslpassword)=)(?P<value>'[^']*'|[^&\s]*)",
+                    re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """The text with every password in a URL or connection string replaced by ***."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    return _PARAM.sub(lambda m: f"{m['key']}{MASK}", text)

@@ -1,0 +1,33 @@
+"""Named test doubles. The real model is used in the end-to-end tests; these serve the fast tier's
+queue and store mechanics, where what matters is which rows are stored, not what their vectors mean."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class HashEmbedder:
+    """A deterministic stand-in for a model: each text's vector comes from its hash, L2-normalised.
+
+    The same text always gives the same vector, different texts give different ones, and no model
+    is loaded, so a test runs in milliseconds. `calls` records every batch it was given.
+    """
+
+    name = "test-hash-embedder"
+    dimension = 16
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def vector(self, text: str) -> np.ndarray:
+        seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+        vector = np.random.default_rng(seed).standard_normal(self.dimension).astype(np.float32)
+        return vector / np.linalg.norm(vector)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return np.stack([self.vector(text) for text in texts]) if texts else np.zeros((0, self.dimension), np.float32)
