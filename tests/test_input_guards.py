@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -169,3 +170,11 @@ def test_submit_with_standard_input_closed_is_one_line(env):
     assert (result.returncode, result.stdout) == (2, b"")
     assert result.stderr.decode() == "csvembed: error: standard input is closed: pipe a CSV into submit -\n"
     assert env.connection.zcard("csvembed:submissions") == 0
+
+
+def test_an_empty_column_name_is_stored_as_written(env, submit, drain, fake_embedder):
+    submit(write_csv(env.dir / "blank.csv", "a,,b\n1,2,3\n"))
+    drain(model=fake_embedder)
+    [(_, row_id, row_number, text, row, _)] = stored_rows(env)
+    assert (row_id, row_number, text) == ("1", 1, "a: 1\n: 2\nb: 3")
+    assert json.loads(row) == {"a": "1", "": "2", "b": "3"}
