@@ -7,6 +7,7 @@ these jobs through one model call; a plain `rq worker` can still run them one at
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -146,14 +147,14 @@ class CsvembedJob(Job):
     """
 
     @property
-    def func(self):
+    def func(self) -> Callable[..., None]:
         reason = refusal(self)
         if reason is not None:
             raise TypeError(f"job {self.id}: {reason}")
         return embed_row
 
     @property
-    def failure_callback(self):
+    def failure_callback(self) -> Callable[..., None] | None:
         return row_failed if self._failure_callback_name == ROW_FAILED and refusal(self) is None else None
 
     @property

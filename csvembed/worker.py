@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.results import Result
@@ -175,7 +176,10 @@ class BatchWorker(SimpleWorker):
             for _ in range(limit):
                 pipe.lmove(queue.key, queue.intermediate_queue_key)
             job_ids = [raw.decode() for raw in pipe.execute() if raw is not None]
-        jobs = CsvembedJob.fetch_many(job_ids, connection=self.connection, serializer=SERIALIZER)
+        try:
+            jobs: list[Job | None] = CsvembedJob.fetch_many(job_ids, connection=self.connection, serializer=SERIALIZER)
+        except NoSuchJobError:  # a key on the queue that is no job at all (anyone can push one): dropped below
+            jobs = [self._fetch_or_none(job_id) for job_id in job_ids]
         missing = [job_id for job_id, job in zip(job_ids, jobs) if job is None]
         if missing:  # deleted while queued (for instance a withdrawn submission)
             with self.connection.pipeline() as pipe:
@@ -183,6 +187,13 @@ class BatchWorker(SimpleWorker):
                     pipe.lrem(queue.intermediate_queue_key, 1, job_id)
                 pipe.execute()
         return [job for job in jobs if job is not None]
+
+    def _fetch_or_none(self, job_id: str) -> Job | None:
+        """One job, or None for a key that is not a job, so that one such key cannot stop the worker."""
+        try:
+            return CsvembedJob.fetch(job_id, connection=self.connection, serializer=SERIALIZER)
+        except NoSuchJobError:
+            return None
 
     def _refuse_strangers(self, queue: Queue, jobs: list[Job]) -> list[Job]:
         """Fail, alone and for good, every job that is not a well-formed csvembed row; return the rest.

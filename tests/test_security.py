@@ -228,3 +228,17 @@ def test_a_csvembed_job_class_refuses_to_run_a_foreign_function(env, tmp_path):
     with pytest.raises(TypeError, match=f"^job {job.id}: {NOT_OURS}$"):
         fetched.perform()
     assert not marker.exists()
+
+
+def test_a_queued_key_that_is_no_job_at_all_is_dropped_and_the_batch_stored(env, submit, drain, fake_embedder):
+    path = write_csv(env.dir / "p.csv", "id,text\na,first row\nb,second row\n")
+    result = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
+    queue = Queue("csvembed", connection=env.connection, serializer=SERIALIZER)
+    env.connection.hset("rq:job:junk", "origin", "csvembed")  # a hash without the job's data
+    env.connection.rpush(queue.key, "junk")  # taken in the same batch as the rows
+
+    drain(batch_size=8, model=fake_embedder)
+
+    assert sorted(row_id for _, row_id, *_ in stored_rows(env)) == ["a", "b"]
+    assert SubmissionRecords(env.connection).snapshot(result.id).done == 2
+    assert (queue.count, env.connection.llen(queue.intermediate_queue_key)) == (0, 0)
