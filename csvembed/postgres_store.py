@@ -10,8 +10,8 @@ cosine distance, and a GIN index on the jsonb row makes `--where col=value` an i
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
+from csvembed.redact import MASK, mask_secrets
 from csvembed.store import Hit, StoredRow
 
 SCHEMA_LOCK = 0x637365  # an advisory lock id: first writers must not race on CREATE TABLE
@@ -58,9 +59,12 @@ def is_postgres_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
 
 
-def _shown(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+def _password(url: str) -> str | None:
+    """The URL's password as written, to take out of libpq's messages; None if it has none or is unparsable."""
+    try:
+        return urlsplit(url).password
+    except ValueError:  # mask_secrets still masks the password wherever the message repeats the URL
+        return None
 
 
 def _as_array(embedding) -> np.ndarray:
@@ -73,7 +77,7 @@ class PostgresStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path = _shown(url)
+        self.path = mask_secrets(url)
         self.connection = self._connect()
 
     @classmethod
@@ -89,7 +93,10 @@ class PostgresStore:
                 connection.execute(META)
         except psycopg.Error as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ServiceUnavailable(f"cannot use the store {self.path}: {first_line}") from None
+            # libpq's messages may repeat the whole URL, or quote the password alone (a bad %-escape).
+            password = _password(self.url)
+            shown = mask_secrets(first_line.replace(password, MASK) if password else first_line)
+            raise ServiceUnavailable(f"cannot use the store {self.path}: {shown}") from None
         register_vector(connection)
         return connection
 
