@@ -220,15 +220,19 @@ def test_writes_for_a_deleted_submission_never_recreate_its_record(env, submit, 
 # --- 3 and 4. a submit killed outright --------------------------------------------------------------
 
 
-def _half_submitted(env, path: Path, rows: int) -> str:
-    """What a submit killed after enqueueing `rows` rows leaves: a record without lease, queued jobs."""
+def _half_submitted(env, path: Path, numbers: list[int], empty: int | None = None) -> str:
+    """What a submit killed part-way leaves: a record without lease, and the rows `numbers` queued.
+
+    A length-sorted window is enqueued in parts, so those may go beyond the total counted so far.
+    """
     records = SubmissionRecords(env.connection)
     submission_id = "deadbeef00"
     records.create(submission_id, collection=path.stem, file=str(path), queue="csvembed", model="test-hash-embedder",
                    columns=["id", "text"], text="text")
-    tasks = [RowTask(submission_id, n, str(n), f"row {n}", [str(n), f"row {n}"]) for n in range(rows, 0, -1)]
+    tasks = [RowTask(submission_id, n, str(n), "" if n == empty else f"row {n}", [str(n), f"row {n}"])
+             for n in numbers]
     with env.connection.pipeline() as pipe:
-        records.add_rows(submission_id, len(tasks), 0, rows, pipe)
+        records.add_rows(submission_id, len(tasks), 0, max(numbers), pipe)
         RowEnqueuer(Queue("csvembed", connection=env.connection, serializer=SERIALIZER)).enqueue(
             tasks, pipe, record_key(submission_id))
         pipe.execute()
@@ -238,7 +242,7 @@ def _half_submitted(env, path: Path, rows: int) -> str:
 
 def test_a_resubmit_withdraws_the_rows_an_interrupted_submit_left_queued(env, submit, drain, fake_embedder):
     path = write_csv(env.dir / "killed.csv", "id,text\n" + "".join(f"{i},row {i}\n" for i in range(1, 51)))
-    dead = _half_submitted(env, path, 20)
+    dead = _half_submitted(env, path, list(range(20, 0, -1)))
     records = SubmissionRecords(env.connection)
     snapshot = records.snapshot(dead)
     assert (snapshot.state, snapshot.finished, snapshot.total, snapshot.pending) == ("interrupted", True, 20, 20)
@@ -251,6 +255,18 @@ def test_a_resubmit_withdraws_the_rows_an_interrupted_submit_left_queued(env, su
     assert records.snapshot(again.id).state == "done"
     assert len(store_rows(env)) == 50
     delete_submission(env.connection, None, dead)
+    assert traces(env, dead) == []
+
+
+def test_delete_finds_failed_jobs_beyond_the_counted_total(env, drain, fake_embedder):
+    dead = _half_submitted(env, env.dir / "window.csv", list(range(31, 51)), empty=45)
+    drain(model=fake_embedder)
+    snapshot = SubmissionRecords(env.connection).snapshot(dead)
+    assert (snapshot.total, snapshot.done, snapshot.failed) == (20, 19, 1)
+    assert env.connection.exists("rq:job:deadbeef00-45", "rq:results:deadbeef00-45") == 2
+    store = open_store(env.db)
+    assert delete_submission(env.connection, store, dead).rows == 19
+    store.close()
     assert traces(env, dead) == []
 
 
