@@ -60,7 +60,7 @@ if redis.call('GETBIT', KEYS[1], ARGV[1]) == 0 then
   redis.call('LTRIM', KEYS[4], 0, 19)
 end
 redis.call('HSET', KEYS[5], 'updated_at', ARGV[3])
-return 0
+return 1
 """
 
 _CLEAR_FAILURE = """
@@ -284,11 +284,16 @@ class SubmissionRecords:
 
     def mark_failed(
         self, pipeline: Pipeline | None, submission_id: str, row_number: int, row_id: str, reason: str
-    ) -> None:
-        """Record a row's final failure, with its id and reason, unless it is already done."""
+    ) -> bool:
+        """Record a row's final failure, with its id and reason, unless it is already done.
+
+        Without a pipeline, returns False if the submission no longer exists: its job must then be
+        deleted, not kept as failed.
+        """
         record = json.dumps({"row_number": row_number, "id": row_id, "reason": reason})
         keys = [_key(submission_id, part) for part in ("done", "failed", "errors", "recent_failures", "")]
-        self._mark_failed(keys=keys, args=[row_number, record, time.time()], client=pipeline or self.connection)
+        return bool(self._mark_failed(keys=keys, args=[row_number, record, time.time()],
+                                      client=pipeline or self.connection))
 
     def clear_failure(self, submission_id: str, row_number: int) -> bool:
         """Make a failed row pending again (before it is retried); False if the submission is gone."""

@@ -138,18 +138,21 @@ def test_a_later_row_equal_to_the_store_still_replaces_an_earlier_one(env, submi
 
 
 @pytest.mark.parametrize("env", BOTH_STORES, indirect=True)
-def test_delete_while_a_worker_holds_rows_leaves_nothing(env, submit, drain, fake_embedder):
-    path = write_csv(env.dir / "held.csv", "id,text\n" + "".join(f"{i},text {i}\n" for i in range(1, 201)))
+@pytest.mark.parametrize(("at", "expected"), [(1, (0, 200)), (2, (63, 137))])
+def test_delete_while_a_worker_holds_rows_leaves_nothing(env, submit, drain, fake_embedder, at, expected):
+    # Row 1's empty text sorts it into the first batch, where it fails alone.
+    rows = "".join(f"{i},{'' if i == 1 else f'text {i}'}\n" for i in range(1, 201))
+    path = write_csv(env.dir / "held.csv", "id,text\n" + rows)
     result = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
     deleted = []
 
-    def delete_now() -> None:  # the worker has stored one batch and holds the next, inside the model
+    def delete_now() -> None:  # the worker holds a batch, inside the model (after storing one batch at 2)
         store = open_store(env.db)
         deleted.append(delete_submission(env.connection, store, result.id))
         store.close()
 
-    drain(batch_size=64, model=HookedEmbedder(fake_embedder, at=2, hook=delete_now))
-    assert (deleted[0].rows, deleted[0].jobs) == (64, 136)  # the stored batch; every job not yet finished
+    drain(batch_size=64, model=HookedEmbedder(fake_embedder, at=at, hook=delete_now))
+    assert (deleted[0].rows, deleted[0].jobs) == expected  # rows stored; jobs queued, held or failed
     assert store_counts(env) == (0, 0)
     assert traces(env, result.id) == []
     records = SubmissionRecords(env.connection)
