@@ -1,8 +1,9 @@
 """Embed and store a batch of rows, so that one bad row fails alone and the rest are stored.
 
 The worker calls `Ingestor.ingest` with every row it holds: one model call, one transaction.
-It returns, per row, None for stored or the exception that failed it; nothing is marked in
-Redis here, so a row is only ever marked done by the caller after the transaction committed.
+It returns, per row, None for settled (stored, or dropped because its submission was deleted) or
+the exception that failed it; nothing is marked in Redis here, so a row is only ever marked done by
+the caller after the transaction committed.
 """
 
 from __future__ import annotations
@@ -39,10 +40,14 @@ class Ingestor:
             )
         return self._submissions[submission_id]
 
-    def _stored_row(self, task: RowTask) -> StoredRow:
+    def _stored_row(self, task: RowTask) -> StoredRow | None:
+        """The row to write, or None for a row of a deleted submission: nothing of it may be kept.
+
+        Failing it instead would leave a failed job (and RQ's result stream) behind after `delete`.
+        """
         collection, columns = self._submission(task.submission_id)
         if not collection:
-            raise RowError(f"submission {task.submission_id} no longer exists")
+            return None
         if not task.text.strip():
             raise RowError("empty text: nothing to embed")
         return StoredRow(
@@ -56,8 +61,9 @@ class Ingestor:
         )
 
     def ingest(self, tasks: Sequence[RowTask]) -> list[Exception | None]:
-        """Embed and store tasks; per task, None if stored, else why it failed.
+        """Embed and store tasks; per task, None if settled, else why it failed.
 
+        The store itself refuses rows of a submission deleted meanwhile (in the write's transaction).
         A failure of the store itself (for instance a lock held past the busy timeout) raises:
         then no row of the batch was stored and every one of them should be retried.
         """
@@ -66,10 +72,13 @@ class Ingestor:
         positions: list[int] = []
         for position, task in enumerate(tasks):
             try:
-                rows.append(self._stored_row(task))
-                positions.append(position)
+                row = self._stored_row(task)
             except RowError as exc:
                 outcomes[position] = exc
+                continue
+            if row is not None:
+                rows.append(row)
+                positions.append(position)
         if not rows:
             return outcomes
         vectors = self._encode([row.text for row in rows], outcomes, positions)

@@ -24,6 +24,17 @@ from csvembed.redact import MASK, mask_secrets
 from csvembed.store import Hit, StoredRow
 
 SCHEMA_LOCK = 0x637365  # an advisory lock id: first writers must not race on CREATE TABLE
+# The first half of the two-part advisory lock (namespace, hashtext(submission)): writes of a
+# submission's rows hold it shared, its delete exclusive, so that under READ COMMITTED no write can
+# commit rows after the delete's tombstone check. The two-part key space is apart from SCHEMA_LOCK's.
+SUBMISSION_LOCKS = 0x637366
+
+TOMBSTONES = """
+CREATE TABLE IF NOT EXISTS csvembed_deleted_submissions(
+    submission text PRIMARY KEY,
+    deleted_at timestamptz NOT NULL DEFAULT now()
+)
+"""
 
 META = "CREATE TABLE IF NOT EXISTS csvembed_meta(key text PRIMARY KEY, value text NOT NULL)"
 ROWS = """
@@ -124,14 +135,29 @@ class PostgresStore:
             raise InputError(f"the store {self.path} holds {existing[0]}-dimensional vectors, but the model gives"
                              f" {dimension}: use another --db for another model")
 
+    def _ensure_tombstones(self) -> None:
+        """The table of deleted submissions; older stores and a delete before any write lack it."""
+        if self.connection.execute("SELECT to_regclass('csvembed_deleted_submissions')").fetchone()[0] is None:
+            self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            self.connection.execute(TOMBSTONES)
+
     def write(self, rows: Sequence[StoredRow], vectors: np.ndarray) -> None:
+        """Upsert rows and vectors in one transaction, leaving out rows of deleted submissions."""
         connection = self._usable()
         with connection.transaction(), connection.cursor() as cursor:
             self._ensure_table(vectors.shape[1])
+            self._ensure_tombstones()
+            # Shared locks in one order (no deadlock between writers), held until commit; then the
+            # tombstone check sees every delete that committed, and no delete can commit meanwhile.
+            submissions = sorted({row.submission for row in rows})
+            connection.execute("SELECT pg_advisory_xact_lock_shared(%s, hashtext(s)) FROM unnest(%s::text[]) AS s"
+                               " ORDER BY hashtext(s)", (SUBMISSION_LOCKS, submissions))
+            deleted = {submission for (submission,) in connection.execute(
+                "SELECT submission FROM csvembed_deleted_submissions WHERE submission = ANY(%s)", (submissions,))}
             cursor.executemany(UPSERT, [
                 (row.collection, row.id, row.submission, row.row_number, row.text, Jsonb(json.loads(row.row_json)),
                  row.content_hash, row.model, np.asarray(vector, dtype=np.float32))
-                for row, vector in zip(rows, vectors, strict=True)
+                for row, vector in zip(rows, vectors, strict=True) if row.submission not in deleted
             ])
 
     def _read(self, query: str, params: Sequence) -> list[tuple]:
@@ -194,10 +220,16 @@ class PostgresStore:
         return found[0][0] if found else ""
 
     def delete_submission(self, submission: str) -> int:
-        if self.dimension is None:
-            return 0
+        """Remove a submission's rows, and leave a tombstone that refuses its later writes, in one transaction."""
         connection = self._usable()
         with connection.transaction():
+            self._ensure_tombstones()
+            connection.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (SUBMISSION_LOCKS, submission))
+            connection.execute("INSERT INTO csvembed_deleted_submissions(submission) VALUES (%s)"
+                               " ON CONFLICT DO NOTHING", (submission,))
+            # Looked up after the lock: a first write may have created the table meanwhile.
+            if connection.execute("SELECT to_regclass('csvembed_rows')").fetchone()[0] is None:
+                return 0
             return connection.execute("DELETE FROM csvembed_rows WHERE submission = %s", (submission,)).rowcount
 
     def counts(self) -> tuple[int, int]:

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS rows(
     UNIQUE(collection, id)
 );
 CREATE INDEX IF NOT EXISTS rows_by_submission ON rows(submission, row_number);
+CREATE TABLE IF NOT EXISTS deleted_submissions(submission TEXT PRIMARY KEY, deleted_at REAL NOT NULL);
 """
 
 
@@ -137,7 +138,12 @@ class SqliteStore:
         now = time.time()
         with self._immediate():
             self._ensure_vectors_table(vectors.shape[1])
+            # A submission deleted while a worker held its rows: BEGIN IMMEDIATE orders this check
+            # against the delete's transaction, so nothing of it is written after the delete.
+            deleted = self._deleted({row.submission for row in rows})
             for row, vector in zip(rows, vectors, strict=True):
+                if row.submission in deleted:
+                    continue
                 # Within one submission the later row of a duplicated id wins, whatever order the
                 # workers took them in; a row from another submission replaces the stored one.
                 written = self.connection.execute(
@@ -159,6 +165,12 @@ class SqliteStore:
                     (written[0], np.ascontiguousarray(vector, dtype=np.float32).tobytes(), row.collection,
                      row.submission),
                 )
+
+    def _deleted(self, submissions: set[str]) -> set[str]:
+        """Which of these submissions were deleted (their tombstones are kept for good)."""
+        marks = ",".join("?" * len(submissions))
+        return {submission for (submission,) in self.connection.execute(
+            f"SELECT submission FROM deleted_submissions WHERE submission IN ({marks})", tuple(submissions))}
 
     def stored_hashes(self, collection: str, ids: Sequence[str]) -> dict[str, str]:
         """The content hash of each of these ids already stored in the collection."""
@@ -229,8 +241,13 @@ class SqliteStore:
         return found[0] if found else ""
 
     def delete_submission(self, submission: str) -> int:
-        """Remove the rows (and vectors) last written by a submission; returns how many."""
+        """Remove the rows (and vectors) last written by a submission; returns how many.
+
+        The tombstone, in the same transaction, makes every later write of its rows a no-op.
+        """
         with self._immediate():
+            self.connection.execute("INSERT OR REPLACE INTO deleted_submissions(submission, deleted_at) VALUES (?, ?)",
+                                    (submission, time.time()))
             rowids = [rowid for (rowid,) in self.connection.execute(
                 "SELECT rowid FROM rows WHERE submission = ?", (submission,))]
             if self.dimension is not None:

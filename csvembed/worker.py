@@ -270,8 +270,12 @@ class BatchWorker(SimpleWorker):
         if isinstance(error, RowError):
             job.retries_left = 0  # the same row would fail the same way again
         reason = str(error) if isinstance(error, RowError) else f"{type(error).__name__}: {error}"
-        if not job.should_retry:
-            self.ingestor.records.mark_failed(None, task.submission_id, task.row_number, task.row_id, reason)
+        if not job.should_retry and not self.ingestor.records.mark_failed(
+                None, task.submission_id, task.row_number, task.row_id, reason):
+            with self.connection.pipeline() as pipe:  # its submission was deleted meanwhile: keep nothing
+                self._delete_finished(job, execution, pipe)
+                pipe.execute()
+            return
         self.handle_job_failure(job, queue, exc_string=reason, execution=execution)
 
 

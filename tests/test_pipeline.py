@@ -88,7 +88,7 @@ def test_stdin_template_and_exact_fields(env, drain):
     assert submitted.returncode == 0, submitted.stderr
     result = json.loads(submitted.stdout)
     assert (result["rows"], result["enqueued"], result["skipped"], result["queue"], result["collection"]) == (
-        4, 4, 0, "csvembed", "stdin")
+        4, 4, 0, "csvembed", f"stdin-{result['id']}")
     drain()
     rows = {row_id: (text, json.loads(row_json)) for row_id, _, text, row_json, _ in stored(env)}
     assert rows == {
