@@ -29,3 +29,10 @@ class ServiceUnavailable(CsvembedError):
 
 class RowError(Exception):
     """One row cannot be embedded or stored, for good: it fails alone and is not retried."""
+
+
+class NoStore(InputError):
+    """A reader (search, export) found nothing stored at --db: no file, or no row ever stored."""
+
+    def __init__(self, db: str) -> None:
+        super().__init__(f"no store at {db}: nothing has been stored there yet")
