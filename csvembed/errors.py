@@ -5,6 +5,8 @@ EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
+# Ctrl-C: 128 + SIGINT, as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 class CsvembedError(Exception):

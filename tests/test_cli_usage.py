@@ -15,9 +15,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from conftest import STORES, write_csv
 from typer.testing import CliRunner
 
-from conftest import STORES, write_csv
 from csvembed.cli import app
 
 GOOD = "sku,title,body\n001,Boot,Waterproof leather boot\n002,Hat,Wool hat\n003,Tent,Two person tent\n"
@@ -75,7 +75,8 @@ def test_version():
 
 def test_a_csvembed_error_is_one_line_with_its_exit_code_in_process(env):
     result = cli("status", "nope")
-    assert (result.exit_code, result.stdout, result.stderr) == (2, "", "csvembed: error: no submission with id 'nope'\n")
+    expected = (2, "", "csvembed: error: no submission with id 'nope'\n")
+    assert (result.exit_code, result.stdout, result.stderr) == expected
 
 
 def test_unreachable_redis_is_exit_3_with_the_password_masked(env):
@@ -122,7 +123,8 @@ def test_search_finds_the_exact_row(stored):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--where", "nosuchcol=1"], "unknown column 'nosuchcol' in --where; the columns are: a, b, body, c, sku, title"),
+        (["--where", "nosuchcol=1"],
+         "unknown column 'nosuchcol' in --where; the columns are: a, b, body, c, sku, title"),
         (["--collection", "gear", "--where", "a=1"],
          "unknown column 'a' in --where; the columns are: body, sku, title"),
         (["--collection", "nope"], "unknown collection 'nope'; the collections are: food, gear"),
@@ -181,7 +183,8 @@ def test_a_failed_export_leaves_no_half_written_file(stored, env, monkeypatch):
     monkeypatch.setattr("csvembed.export.export", half_then_full)
     target = env.dir / "out.jsonl"
     result = cli("export", stored, "-o", str(target))
-    assert (result.exit_code, result.stderr) == (2, f"csvembed: error: cannot write {target}: no space left on device\n")
+    expected = f"csvembed: error: cannot write {target}: no space left on device\n"
+    assert (result.exit_code, result.stderr) == (2, expected)
     assert not target.exists()
 
 
@@ -231,7 +234,7 @@ def _as_reader_who_cannot_write(store_dir: Path) -> dict:
     extra = {"preexec_fn": _without_write_override} if os.geteuid() == 0 else {}
     try:
         probe = subprocess.run([sys.executable, "-c", "import sys; open(sys.argv[1], 'a')", str(store_dir / "probe")],
-                               capture_output=True, **extra)
+                               capture_output=True, check=False, **extra)
     except subprocess.SubprocessError as exc:  # the capabilities could not be dropped here
         pytest.skip(f"cannot run a reader that is denied writes: {exc}")
     assert probe.returncode != 0 and b"PermissionError" in probe.stderr, probe.stderr
@@ -265,7 +268,7 @@ def test_search_on_a_store_it_may_not_write(env, submit, drain, fake_embedder, w
         environ = {**env.environ, "CSVEMBED_DB": str(db), "PYTHONPATH": os.pathsep.join(
             [str(TESTS.parent), str(TESTS)]), "PYTHONDONTWRITEBYTECODE": "1"}
         result = subprocess.run([sys.executable, "-c", READER, "search", "Wool hat", "-k", "1", "--json"],
-                                capture_output=True, env=environ, timeout=120, **extra)
+                                capture_output=True, env=environ, timeout=120, check=False, **extra)
         assert (result.returncode, result.stderr) == (0, b""), result.stderr
         [hit] = json.loads(result.stdout)
         assert (hit["id"], hit["text"]) == ("002", "Wool hat")

@@ -15,13 +15,12 @@ from typer._click.exceptions import ClickException, NoSuchOption
 from typer.core import TyperGroup
 
 from csvembed import defaults
-from csvembed.errors import EXIT_OK, EXIT_UNAVAILABLE, CsvembedError
+from csvembed.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, CsvembedError
 from csvembed.redact import mask_secrets
 from csvembed.settings import ENV_DB, ENV_MODEL, ENV_REDIS_URL, Settings
 
 EXIT_CODES_HELP = "Exit codes: 0 ok; 1 rows failed; 2 bad input or unknown id; 3 Redis, store or model unusable."
 
-EXIT_INTERRUPTED = 130
 PROG_NAME = "csvembed"
 
 err = Console(stderr=True, soft_wrap=True)
@@ -98,7 +97,8 @@ def main_options(
     ctx: typer.Context,
     redis_url: Annotated[Optional[str], typer.Option(
         envvar=ENV_REDIS_URL, show_envvar=True,
-        help="Redis URL. Default: an embedded redis-server (AOF on) in $CSVEMBED_HOME/redis, started on demand.")] = None,
+        help="Redis URL. Default: an embedded redis-server (AOF on) in $CSVEMBED_HOME/redis, started on demand.",
+    )] = None,
     db: Annotated[Optional[str], typer.Option(
         envvar=ENV_DB, show_envvar=True,
         help="The store: a SQLite file path, or a postgresql:// URL (pgvector) for many hosts. Default: "
