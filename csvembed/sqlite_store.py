@@ -260,7 +260,7 @@ class SqliteStore:
         """The original columns of a sample of the stored rows (of one collection), sorted: for messages."""
         scope, params = ("WHERE collection = ?", (collection,)) if collection is not None else ("", ())
         found = self.connection.execute(
-            f"SELECT key FROM (SELECT row_json FROM rows {scope} ORDER BY rowid LIMIT ?) AS sample,"
+            f"SELECT key FROM (SELECT row_json FROM rows {scope} LIMIT ?) AS sample,"
             " json_each(sample.row_json)", (*params, COLUMNS_SAMPLE))
         return sorted({key for (key,) in found})
 
