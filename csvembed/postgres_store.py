@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
 from csvembed.redact import MASK, mask_secrets
-from csvembed.store import Hit, StoredRow
+from csvembed.store import COLUMNS_SAMPLE, Hit, StoredRow
 
 SCHEMA_LOCK = 0x637365  # an advisory lock id: first writers must not race on CREATE TABLE
 # The first half of the two-part advisory lock (namespace, hashtext(submission)): writes of a
@@ -218,6 +218,23 @@ class PostgresStore:
     def collection_of(self, submission: str) -> str:
         found = self._read("SELECT collection FROM csvembed_rows WHERE submission = %s LIMIT 1", (submission,))
         return found[0][0] if found else ""
+
+    def collections(self) -> list[str]:
+        """The collections that hold stored rows, by name."""
+        return [name for (name,) in self._read("SELECT DISTINCT collection FROM csvembed_rows ORDER BY 1", ())]
+
+    def columns(self, collection: str | None = None) -> list[str]:
+        """The original columns of a sample of the stored rows (of one collection), sorted: for messages."""
+        scope, params = ("WHERE collection = %s", (collection,)) if collection is not None else ("", ())
+        found = self._read(
+            f"SELECT key FROM (SELECT row FROM csvembed_rows {scope} LIMIT %s) AS sample,"
+            " jsonb_object_keys(sample.row) AS key", (*params, COLUMNS_SAMPLE))
+        return sorted({key for (key,) in found})
+
+    def has_column(self, column: str, collection: str | None = None) -> bool:
+        """Whether any stored row (of one collection) has this original column: exact, not sampled."""
+        scope, params = (" AND collection = %s", (collection,)) if collection is not None else ("", ())
+        return bool(self._read(f"SELECT 1 FROM csvembed_rows WHERE row ? %s{scope} LIMIT 1", (column, *params)))
 
     def delete_submission(self, submission: str) -> int:
         """Remove a submission's rows, and leave a tombstone that refuses its later writes, in one transaction."""

@@ -13,10 +13,12 @@ is what BEGIN IMMEDIATE needs.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import apsw
 import numpy as np
@@ -24,7 +26,7 @@ import sqlite_vec
 
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
-from csvembed.store import Hit, StoredRow
+from csvembed.store import COLUMNS_SAMPLE, Hit, StoredRow
 
 SCHEMA_VERSION = "1"
 
@@ -53,19 +55,50 @@ def _json_path(column: str) -> str:
     return "$." + json.dumps(column)
 
 
-def _connect(path: Path) -> apsw.Connection:
+def _create_private(path: Path) -> None:
+    """Create the database file with mode 0600: the rows are the user's data. SQLite gives the -wal
+    and -shm files the database file's mode."""
     try:
-        if not path.parent.is_dir():
-            if path.parent.exists():
-                raise ServiceUnavailable(f"cannot use the store {path}: {path.parent} is not a directory")
-            path.parent.mkdir(parents=True)
-        connection = apsw.Connection(str(path))
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # another process created it first
+        pass
+
+
+def _open(path: Path, read_only: bool) -> apsw.Connection:
+    if not read_only:
+        return apsw.Connection(str(path))
+    connection = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return connection
+    except (apsw.ReadOnlyError, apsw.CantOpenError):
+        # A WAL database needs its -shm file; a reader that may not create it (a read-only folder)
+        # can still read the file alone when no -wal holds newer pages: it is then the whole store.
+        connection.close()
+        if Path(f"{path}-wal").exists():
+            raise
+    return apsw.Connection(f"file:{quote(str(path.absolute()))}?immutable=1",
+                           flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+
+
+def _connect(path: Path, read_only: bool = False) -> apsw.Connection:
+    """A connection with sqlite-vec loaded. A writer creates the file (0600) and sets WAL; a reader
+    opens it read-only and writes nothing, so a read-only store can be searched."""
+    try:
+        if not read_only:
+            if not path.parent.is_dir():
+                if path.parent.exists():
+                    raise ServiceUnavailable(f"cannot use the store {path}: {path.parent} is not a directory")
+                path.parent.mkdir(parents=True)
+            _create_private(path)
+        connection = _open(path, read_only)
         connection.enable_load_extension(True)
         connection.load_extension(sqlite_vec.loadable_path())
         connection.enable_load_extension(False)
         connection.set_busy_timeout(defaults.SQLITE_BUSY_TIMEOUT_MS)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+        if not read_only:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
     except (apsw.CantOpenError, apsw.ReadOnlyError, apsw.NotADBError, apsw.IOError, OSError) as exc:
         raise ServiceUnavailable(f"cannot use the store {path}: {exc}") from None
     return connection
@@ -74,9 +107,12 @@ def _connect(path: Path) -> apsw.Connection:
 class SqliteStore:
     """One instance per process; it owns one connection."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
-        self.connection = _connect(path)
+        self.read_only = read_only
+        self.connection = _connect(path, read_only)
+        # False only for a reader that found a file without csvembed's tables (nothing stored yet).
+        self.has_schema = True
         self._check_or_create_schema()
 
     @classmethod
@@ -89,6 +125,9 @@ class SqliteStore:
             tables = {name for (name,) in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables and "csvembed_meta" not in tables:
                 raise ServiceUnavailable(f"{self.path} is not a csvembed database (it has other tables)")
+            if self.read_only:
+                self.has_schema = bool(tables)
+                return
             with self._immediate():
                 self.connection.execute(SCHEMA)
                 self.connection.execute(
@@ -224,6 +263,26 @@ class SqliteStore:
             params,
         )
         return [Hit(c, s, n, i, d, t, json.loads(j)) for c, s, n, i, d, t, j in found]
+
+    def collections(self) -> list[str]:
+        """The collections that hold stored rows, by name."""
+        return [name for (name,) in self.connection.execute("SELECT DISTINCT collection FROM rows ORDER BY 1")]
+
+    def columns(self, collection: str | None = None) -> list[str]:
+        """The original columns of a sample of the stored rows (of one collection), sorted: for messages."""
+        scope, params = ("WHERE collection = ?", (collection,)) if collection is not None else ("", ())
+        found = self.connection.execute(
+            f"SELECT key FROM (SELECT row_json FROM rows {scope} LIMIT ?) AS sample,"
+            " json_each(sample.row_json)", (*params, COLUMNS_SAMPLE))
+        return sorted({key for (key,) in found})
+
+    def has_column(self, column: str, collection: str | None = None) -> bool:
+        """Whether any stored row (of one collection) has this original column: exact, not sampled."""
+        scope, params = (" AND collection = ?", (collection,)) if collection is not None else ("", ())
+        found = self.connection.execute(
+            f"SELECT 1 FROM rows WHERE json_type(row_json, ?) IS NOT NULL{scope} LIMIT 1",
+            (_json_path(column), *params)).fetchone()
+        return found is not None
 
     def rows_of_submission(self, submission: str) -> Iterator[tuple[str, int, str, str, np.ndarray]]:
         """(id, row_number, text, row_json, vector) of the rows a submission last wrote, in row order."""

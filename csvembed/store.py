@@ -16,6 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
+# How many stored rows `columns()` samples to list a collection's columns in a message.
+COLUMNS_SAMPLE = 1000
+
 
 def content_hash(model: str, text: str, row_json: str) -> str:
     """What decides whether a stored row is unchanged: the model, the embedded text and the row."""
@@ -80,6 +83,15 @@ class Store(Protocol):
 
     def collection_of(self, submission: str) -> str: ...
 
+    def collections(self) -> list[str]:
+        """The collections that hold stored rows."""
+
+    def columns(self, collection: str | None = None) -> list[str]:
+        """The original columns of a sample of the stored rows, sorted, for messages."""
+
+    def has_column(self, column: str, collection: str | None = None) -> bool:
+        """Whether any stored row has this original column (exact)."""
+
     def delete_submission(self, submission: str) -> int: ...
 
     def counts(self) -> tuple[int, int]: ...
@@ -98,10 +110,22 @@ def open_store(db: str) -> Store:
     return SqliteStore(Path(db))
 
 
-def open_existing_store(db: str) -> Store | None:
-    """The store, or None if nothing was ever stored there; readers never create an empty file."""
-    from csvembed.postgres_store import is_postgres_url
+def open_existing_store(db: str, read_only: bool = False) -> Store | None:
+    """The store, or None if nothing was ever stored there; readers never create an empty file.
 
-    if is_postgres_url(db) or Path(db).exists():
-        return open_store(db)
-    return None
+    read_only: a SQLite store is opened read-only and written nothing (no schema, no journal mode), so
+    search and export work on a store they may not write; one without csvembed's tables is None.
+    """
+    from csvembed.postgres_store import PostgresStore, is_postgres_url
+
+    if is_postgres_url(db):
+        return PostgresStore(db)
+    if not Path(db).exists():
+        return None
+    from csvembed.sqlite_store import SqliteStore
+
+    store = SqliteStore(Path(db), read_only=read_only)
+    if not store.has_schema:
+        store.close()
+        return None
+    return store
