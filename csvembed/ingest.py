@@ -29,15 +29,13 @@ class Ingestor:
         self.embedder = embedder
         self.store = store
         self.records = records
-        self._submissions: dict[str, tuple[str, list[str]]] = {}
+        self._submissions: dict[str, tuple[str, list[str], float] | None] = {}
 
-    def _submission(self, submission_id: str) -> tuple[str, list[str]]:
-        """(collection, columns) of a submission; they never change, so they are cached."""
+    def _submission(self, submission_id: str) -> tuple[str, list[str], float] | None:
+        """(collection, columns, created_at) of a submission, None if it is gone; they never change, so
+        they are cached (the store itself refuses rows of a submission deleted later)."""
         if submission_id not in self._submissions:
-            self._submissions[submission_id] = (
-                self.records.collection(submission_id),
-                self.records.columns(submission_id),
-            )
+            self._submissions[submission_id] = self.records.origin(submission_id)
         return self._submissions[submission_id]
 
     def _stored_row(self, task: RowTask) -> StoredRow | None:
@@ -45,9 +43,10 @@ class Ingestor:
 
         Failing it instead would leave a failed job (and RQ's result stream) behind after `delete`.
         """
-        collection, columns = self._submission(task.submission_id)
-        if not collection:
+        origin = self._submission(task.submission_id)
+        if origin is None:
             return None
+        collection, columns, submitted_at = origin
         if not task.text.strip():
             raise RowError("empty text: nothing to embed")
         return StoredRow(
@@ -58,6 +57,7 @@ class Ingestor:
             text=task.text,
             row_json=row_json(columns, task.values),
             model=self.embedder.name,
+            submitted_at=submitted_at,
         )
 
     def ingest(self, tasks: Sequence[RowTask]) -> list[Exception | None]:

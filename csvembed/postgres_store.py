@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
 from csvembed.redact import MASK, mask_secrets
-from csvembed.store import COLUMNS_SAMPLE, Hit, StoredRow
+from csvembed.store import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow
 
 SCHEMA_LOCK = 0x637365  # an advisory lock id: first writers must not race on CREATE TABLE
 # The first half of the two-part advisory lock (namespace, hashtext(submission)): writes of a
@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS csvembed_rows(
     content_hash text NOT NULL,
     model text NOT NULL,
     stored_at timestamptz NOT NULL DEFAULT now(),
+    submitted_at double precision NOT NULL DEFAULT 0,
     embedding vector({dimension}) NOT NULL,
     PRIMARY KEY (collection, id)
 );
@@ -57,13 +58,13 @@ CREATE INDEX IF NOT EXISTS csvembed_rows_fields ON csvembed_rows USING gin (row 
 """
 
 UPSERT = """
-INSERT INTO csvembed_rows(collection, id, submission, row_number, text, row, content_hash, model, embedding)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO csvembed_rows(collection, id, submission, row_number, text, row, content_hash, model, embedding,
+    submitted_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (collection, id) DO UPDATE SET submission = excluded.submission, row_number = excluded.row_number,
     text = excluded.text, row = excluded.row, content_hash = excluded.content_hash, model = excluded.model,
-    embedding = excluded.embedding, stored_at = now()
-WHERE csvembed_rows.submission <> excluded.submission OR excluded.row_number >= csvembed_rows.row_number
-"""
+    embedding = excluded.embedding, stored_at = now(), submitted_at = excluded.submitted_at
+""" + "WHERE " + LATER_WINS.format(stored="csvembed_rows")
 
 
 def is_postgres_url(db: str) -> bool:
@@ -89,6 +90,7 @@ class PostgresStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = mask_secrets(url)
+        self._migrated = False
         self.connection = self._connect()
 
     @classmethod
@@ -131,7 +133,16 @@ class PostgresStore:
             self.connection.execute(
                 "INSERT INTO csvembed_meta(key, value) VALUES ('dimension', %s) ON CONFLICT DO NOTHING",
                 (str(dimension),))
-        elif int(existing[0]) != dimension:
+        elif not self._migrated and self.connection.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = 'csvembed_rows'"
+            " AND column_name = 'submitted_at'"
+        ).fetchone() is None:
+            # A table made before submissions were ordered (ALTER locks the table: only when needed).
+            self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            self.connection.execute("ALTER TABLE csvembed_rows ADD COLUMN IF NOT EXISTS"
+                                    " submitted_at double precision NOT NULL DEFAULT 0")
+        self._migrated = True
+        if existing is not None and int(existing[0]) != dimension:
             raise InputError(f"the store {self.path} holds {existing[0]}-dimensional vectors, but the model gives"
                              f" {dimension}: use another --db for another model")
 
@@ -156,7 +167,7 @@ class PostgresStore:
                 "SELECT submission FROM csvembed_deleted_submissions WHERE submission = ANY(%s)", (submissions,))}
             cursor.executemany(UPSERT, [
                 (row.collection, row.id, row.submission, row.row_number, row.text, Jsonb(json.loads(row.row_json)),
-                 row.content_hash, row.model, np.asarray(vector, dtype=np.float32))
+                 row.content_hash, row.model, np.asarray(vector, dtype=np.float32), row.submitted_at)
                 for row, vector in zip(rows, vectors, strict=True) if row.submission not in deleted
             ])
 

@@ -213,8 +213,13 @@ class SubmissionRecords:
     def create(
         self, submission_id: str, *, collection: str, file: str, queue: str, model: str, columns: Sequence[str], text: str
     ) -> None:
-        """A new record in state submitting, with a lease that the submit process must keep renewing."""
-        now = time.time()
+        """A new record in state submitting, with a lease that the submit process must keep renewing.
+
+        created_at comes from Redis' clock, the one clock every host shares: it orders submissions, and
+        the store keeps a row from the later submission whatever order workers store them in.
+        """
+        seconds, microseconds = self.connection.time()
+        now = seconds + microseconds / 1e6
         with self.connection.pipeline() as pipe:
             pipe.hset(
                 _key(submission_id),
@@ -270,9 +275,13 @@ class SubmissionRecords:
         raw = self.connection.hget(_key(submission_id), "columns")
         return json.loads(raw) if raw else []
 
-    def collection(self, submission_id: str) -> str:
-        raw = self.connection.hget(_key(submission_id), "collection")
-        return raw.decode() if raw else ""
+    def origin(self, submission_id: str) -> tuple[str, list[str], float] | None:
+        """(collection, columns, created_at) of a submission, or None if it no longer exists."""
+        collection, columns, created_at = self.connection.hmget(_key(submission_id), "collection", "columns",
+                                                                "created_at")
+        if collection is None or created_at is None:
+            return None
+        return collection.decode(), json.loads(columns) if columns else [], float(created_at)
 
     def mark_started(self, pipeline: Pipeline, submission_id: str) -> None:
         """The first time a worker starts rows of this submission: where its rate is measured from."""

@@ -26,7 +26,7 @@ import sqlite_vec
 
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
-from csvembed.store import COLUMNS_SAMPLE, Hit, StoredRow
+from csvembed.store import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow
 
 SCHEMA_VERSION = "1"
 
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS rows(
     content_hash TEXT NOT NULL,
     model TEXT NOT NULL,
     stored_at REAL NOT NULL,
+    submitted_at REAL NOT NULL DEFAULT 0,
     UNIQUE(collection, id)
 );
 CREATE INDEX IF NOT EXISTS rows_by_submission ON rows(submission, row_number);
@@ -130,6 +131,9 @@ class SqliteStore:
                 return
             with self._immediate():
                 self.connection.execute(SCHEMA)
+                columns = {name for _, name, *_ in self.connection.execute("PRAGMA table_info(rows)")}
+                if "submitted_at" not in columns:  # a store written before submissions were ordered
+                    self.connection.execute("ALTER TABLE rows ADD COLUMN submitted_at REAL NOT NULL DEFAULT 0")
                 self.connection.execute(
                     "INSERT OR IGNORE INTO csvembed_meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
                 )
@@ -183,18 +187,19 @@ class SqliteStore:
             for row, vector in zip(rows, vectors, strict=True):
                 if row.submission in deleted:
                     continue
-                # Within one submission the later row of a duplicated id wins, whatever order the
-                # workers took them in; a row from another submission replaces the stored one.
+                # The row of the later submission wins, and within one submission the later row of a
+                # duplicated id, whatever order the workers took them in.
                 written = self.connection.execute(
                     "INSERT INTO rows(collection, id, submission, row_number, text, row_json, content_hash, model,"
-                    " stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " stored_at, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(collection, id) DO UPDATE SET submission = excluded.submission,"
                     " row_number = excluded.row_number, text = excluded.text, row_json = excluded.row_json,"
-                    " content_hash = excluded.content_hash, model = excluded.model, stored_at = excluded.stored_at"
-                    " WHERE rows.submission != excluded.submission OR excluded.row_number >= rows.row_number"
+                    " content_hash = excluded.content_hash, model = excluded.model, stored_at = excluded.stored_at,"
+                    " submitted_at = excluded.submitted_at"
+                    f" WHERE {LATER_WINS.format(stored='rows')}"
                     " RETURNING rowid",
                     (row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
-                     row.content_hash, row.model, now),
+                     row.content_hash, row.model, now, row.submitted_at),
                 ).fetchone()
                 if written is None:  # superseded by a later row with the same id
                     continue

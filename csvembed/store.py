@@ -33,6 +33,10 @@ def row_json(columns: Sequence[str], values: Sequence[str]) -> str:
     return json.dumps(dict(zip(columns, values)), ensure_ascii=False)
 
 
+# When an upsert may replace the stored row: a later submission, or within one submission a later row.
+LATER_WINS = ("excluded.submitted_at > {stored}.submitted_at OR (excluded.submitted_at = {stored}.submitted_at"
+              " AND ({stored}.submission != excluded.submission OR excluded.row_number >= {stored}.row_number))")
+
 @dataclass
 class StoredRow:
     """A row ready to be written, with everything the store keeps about it."""
@@ -44,6 +48,9 @@ class StoredRow:
     text: str
     row_json: str
     model: str
+    # When the row's submission was created (Redis' clock): a row of an older submission never
+    # replaces one of a newer submission, whatever order workers store them in.
+    submitted_at: float = 0.0
 
     @property
     def content_hash(self) -> str:

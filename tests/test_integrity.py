@@ -123,6 +123,26 @@ def test_an_id_repeated_in_another_read_chunk_keeps_its_later_row(env, submit, d
     assert store_counts(env) == (5_001, 5_001)
 
 
+@pytest.mark.parametrize("env", BOTH_STORES, indirect=True)
+def test_a_row_of_an_older_submission_never_replaces_a_newer_one(env, submit, drain, fake_embedder):
+    # Two submissions of X queued one after the other on two queues; a worker takes the newer
+    # submission's queue first, then the older one's. The newer version must stay.
+    path = write_csv(env.dir / "v.csv", "id,text\nX,old version\n")
+    older = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",), queue="old")
+    write_csv(path, "id,text\nX,new version\n")
+    newer = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",), queue="new")
+    drain(model=fake_embedder, queues=("new",))
+    drain(model=fake_embedder, queues=("old",))
+    assert store_rows(env) == {"X": (newer.id, "new version")}
+    records = SubmissionRecords(env.connection)
+    assert (records.snapshot(older.id).state, records.snapshot(newer.id).state) == ("done", "done")
+    # And the newest of three wins over both.
+    write_csv(path, "id,text\nX,newest\n")
+    newest = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
+    drain(model=fake_embedder)
+    assert store_rows(env) == {"X": (newest.id, "newest")}
+
+
 def test_a_later_row_equal_to_the_store_still_replaces_an_earlier_one(env, submit, drain, fake_embedder):
     path = write_csv(env.dir / "eq.csv", "id,text\nX,old\n")
     submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
@@ -324,3 +344,16 @@ def test_two_files_on_stdin_get_collections_of_their_own(env, drain, fake_embedd
     texts = {collection: text for collection, _, _, text in all_rows(env)}
     assert texts == {results[0].collection: "text: from the first", results[1].collection: "text: from the second",
                      "mine": "text: named"}
+
+
+def test_a_store_made_before_submissions_were_ordered_gains_the_column(env, submit, drain, fake_embedder):
+    path = write_csv(env.dir / "old.csv", "id,text\nX,kept\n")
+    submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
+    drain(model=fake_embedder)
+    store = open_store(env.db)
+    store.connection.execute("ALTER TABLE rows DROP COLUMN submitted_at")  # as an older csvembed left it
+    store.close()
+    write_csv(path, "id,text\nX,replaced\n")
+    result = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
+    drain(model=fake_embedder)
+    assert store_rows(env) == {"X": (result.id, "replaced")}
