@@ -7,6 +7,8 @@ import pytest
 
 from conftest import run_cli, write_csv
 
+pytestmark = pytest.mark.slow  # every test runs the CLI in a subprocess
+
 GOOD = "sku,title,body\n001,Boot,Waterproof leather boot\n002,Hat,Wool hat\n"
 
 

@@ -14,7 +14,7 @@ from csvembed.progress import SubmissionRecords
 from csvembed.store import Store, open_store
 
 
-pytestmark = pytest.mark.parametrize("env", STORES, indirect=True)
+pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 
 
 class LockedStoreDouble:

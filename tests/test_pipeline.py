@@ -16,7 +16,7 @@ from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.progress import SubmissionRecords
 from csvembed.store import open_store
 
-pytestmark = pytest.mark.parametrize("env", STORES, indirect=True)
+pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 
 SAMPLE = Path(__file__).parent.parent / "sample_data" / "products.csv"
 

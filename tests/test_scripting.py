@@ -13,7 +13,7 @@ from conftest import STORES, run_cli, write_csv
 from csvembed.progress import SubmissionRecords
 from csvembed.store import open_store
 
-pytestmark = pytest.mark.parametrize("env", STORES, indirect=True)
+pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 
 CATALOGUE = (
     "sku,title,colour,body\n"
