@@ -28,6 +28,7 @@ from csvembed.reader import CsvFile, Source
 from csvembed.rowtext import TextSpec, id_column_index
 from csvembed.store import Store, content_hash, open_store, row_json
 
+
 @dataclass
 class SubmitOptions:
     """How to read the file and what to embed; mirrors the `submit` flags."""

@@ -211,7 +211,15 @@ class SubmissionRecords:
         self._take = connection.register_script(_TAKE)
 
     def create(
-        self, submission_id: str, *, collection: str, file: str, queue: str, model: str, columns: Sequence[str], text: str
+        self,
+        submission_id: str,
+        *,
+        collection: str,
+        file: str,
+        queue: str,
+        model: str,
+        columns: Sequence[str],
+        text: str,
     ) -> None:
         """A new record in state submitting, with a lease that the submit process must keep renewing.
 

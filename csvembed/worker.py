@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import secrets
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -136,7 +136,8 @@ class BatchWorker(SimpleWorker):
         self._cores_checked_at = time.monotonic()
         host = host_of(self.name)
         keys = self.connection.smembers(REDIS_WORKER_KEYS)
-        on_host = sum(1 for key in keys if host_of(key.decode().removeprefix(Worker.redis_worker_namespace_prefix)) == host)
+        prefix = Worker.redis_worker_namespace_prefix
+        on_host = sum(1 for key in keys if host_of(key.decode().removeprefix(prefix)) == host)
         threads = share_cpu(on_host)
         log.debug("%d workers on %s: %d threads each", on_host, host, threads)
 

@@ -15,9 +15,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from conftest import STORES, write_csv
 from typer.testing import CliRunner
 
+from conftest import STORES, write_csv
 from csvembed.cli import app
 
 GOOD = "sku,title,body\n001,Boot,Waterproof leather boot\n002,Hat,Wool hat\n003,Tent,Two person tent\n"

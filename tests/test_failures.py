@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import apsw
-
 import pytest
 
 from conftest import STORES, run_cli, write_csv
 from csvembed import defaults
 from csvembed.progress import SubmissionRecords
 from csvembed.store import Store, open_store
-
 
 pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 

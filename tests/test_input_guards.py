@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import stored_rows, write_csv
 
+from conftest import stored_rows, write_csv
 from csvembed import defaults
 from csvembed.errors import InputError
 from csvembed.reader import CsvFile, Source, open_source

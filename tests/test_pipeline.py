@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from rq import Queue
-
 import pytest
+from rq import Queue
 
 from conftest import STORES, run_cli, stored_rows, write_csv
 from csvembed.jobs import SERIALIZER, RowTask

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from csvembed.cli.app import PROG_NAME, app
 # Imported for their commands, in the order --help lists them.
-from csvembed.cli import ingest, watch, data  # noqa: E402,I001
+from csvembed.cli import data, ingest, watch  # noqa: E402,I001
+from csvembed.cli.app import PROG_NAME, app
 
 __all__ = ["app", "main", "ingest", "watch", "data"]
 

@@ -78,7 +78,8 @@ def export(
     original columns, then embedding_0 ... embedding_N. parquet: the original columns and an
     `embedding` list column.
     """
-    from csvembed.export import FORMATS, export as run_export
+    from csvembed.export import FORMATS
+    from csvembed.export import export as run_export
     from csvembed.progress import SubmissionRecords
     from csvembed.store import open_existing_store
 
