@@ -236,6 +236,9 @@ class OnnxEmbedder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle threads sleep instead of spinning: the cores are shared with Redis, the worker's own
+        # bookkeeping and other workers. On 2 busy cores, spinning made a batch 1.3-1.5x slower.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
         self.threads = threads
 
