@@ -16,9 +16,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import World  # noqa: E402
-
-from csvembed.embedder import load_embedder  # noqa: E402
+from bench import World
+from csvembed.embedder import load_embedder
 
 WORKER = ("import sys, csvembed.defaults as d; d.CHARS_PER_TOKEN = int(sys.argv.pop(1));"
           "from csvembed.cli import main; main()")
@@ -27,7 +26,7 @@ WORKER = ("import sys, csvembed.defaults as d; d.CHARS_PER_TOKEN = int(sys.argv.
 def peak_rss_mb(world: World, path: Path, backend: str, chars_per_token: int) -> float:
     world.submit(path, "--text-column", "body", "--force")
     done = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-c", WORKER, str(chars_per_token),
-                           "worker", "--burst", "--backend", backend], env=world.env, capture_output=True)
+                           "worker", "--burst", "--backend", backend], env=world.env, capture_output=True, check=False)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     return int(done.stderr.decode().strip().splitlines()[-1]) / 1024
 

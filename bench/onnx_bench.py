@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import BIN, World, stop, timed_run, warm  # noqa: E402
-from datasets import ticket, title, write_tickets, write_titles  # noqa: E402
+from datasets import ticket, title, write_tickets, write_titles
 
-from csvembed.embedder import SentenceTransformerEmbedder, load_embedder  # noqa: E402
-from csvembed.onnx_embedder import OnnxEmbedder  # noqa: E402
-from csvembed.settings import Settings  # noqa: E402
+from bench import BIN, World, stop, timed_run, warm
+from csvembed.embedder import SentenceTransformerEmbedder, load_embedder
+from csvembed.onnx_embedder import OnnxEmbedder
+from csvembed.settings import Settings
 
 DATASETS = {
     "tickets (multi-sentence)": (write_tickets, ("--text-column", "body", "--id-column", "ticket_id")),
@@ -44,7 +44,7 @@ DATASETS = {
 
 
 def cpu_model() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
         if line.startswith("Model name:"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
@@ -179,10 +179,11 @@ def start_times(options, scratch: Path) -> None:
         runs.append(figures)
         print("  run: " + ", ".join(f"{key} {value:.2f} s" for key, value in figures.items()), flush=True)
     median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-    print(f"\ncold `worker --burst` on 200 queued titles (process start, model load, embed, exit), medians:")
+    print("\ncold `worker --burst` on 200 queued titles (process start, model load, embed, exit), medians:")
     print(f"  torch {median['torch']:.2f} s, onnx (cached export) {median['onnx']:.2f} s,"
           f" ratio {statistics.median(r['onnx'] / r['torch'] for r in runs):.2f}")
-    print(f"  unchanged re-run (submit skips all 200 rows, then worker --burst): {median['rerun']:.2f} s (target < 2 s)")
+    print(f"  unchanged re-run (submit skips all 200 rows, then worker --burst): {median['rerun']:.2f} s"
+          " (target < 2 s)")
 
 
 def main() -> None:

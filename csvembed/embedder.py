@@ -138,7 +138,12 @@ def load_embedder(settings: Settings, device: str = "auto", backend: str = "auto
     int8 = settings.precision == "int8"
     if backend == "torch":
         return SentenceTransformerEmbedder(settings.model, device=device, name=settings.model_id)
-    from csvembed.onnx_embedder import OnnxEmbedder, prepared_export, quantized, read_meta
+    from csvembed.onnx_embedder import (
+        OnnxEmbedder,
+        prepared_export,
+        quantized,
+        read_meta,
+    )
 
     location, is_local = resolve_model(settings.model)
     if not is_local:
@@ -146,14 +151,18 @@ def load_embedder(settings: Settings, device: str = "auto", backend: str = "auto
 
         try:
             location = snapshot_download(location)
-        except Exception as exc:  # offline, unknown name, no access: what loading it would say too
+        except Exception as exc:  # noqa: BLE001 (offline, unknown name, no access: what loading would say too)
             raise ServiceUnavailable(f"cannot load model {settings.model!r}: {type(exc).__name__}: {exc}") from None
-    export = prepared_export(Path(location), settings.home / "onnx")
-    meta = read_meta(export)
-    if not meta["supported"]:
+    try:
+        export = prepared_export(Path(location), settings.home / "onnx")
+        meta = read_meta(export)
+        reason = None if meta["supported"] else meta["reason"]
+    except Exception as exc:  # noqa: BLE001 (a crashed export is not recorded: the next start retries)
+        reason = f"its export failed: {type(exc).__name__}: {exc}"
+    if reason:
         if int8:
-            raise ServiceUnavailable(f"--precision int8 is not available for model {settings.model}: {meta['reason']}")
-        log.warning("model %s: ONNX Runtime cannot run it exactly (%s); using PyTorch", settings.model, meta["reason"])
+            raise ServiceUnavailable(f"--precision int8 is not available for model {settings.model}: {reason}")
+        log.warning("model %s: ONNX Runtime cannot run it exactly (%s); using PyTorch", settings.model, reason)
         return SentenceTransformerEmbedder(settings.model, device=device, name=settings.model_id)
     model_file = quantized(export).name if int8 else "model.onnx"
     return OnnxEmbedder(export, meta, name=settings.model_id, threads=cpu_threads(), model_file=model_file)

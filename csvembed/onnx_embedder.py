@@ -47,8 +47,7 @@ PROBES = (
     "Résumé: naïve café owners in Zürich ☕️ — 東京の天気は晴れです。 😀",
     "ERROR 0x80070005: Access is denied. (C:\\Users\\bob\\AppData\\Local\\Temp\\setup.log, line 42)",
     "My printer won't connect to Wi-Fi after the update. I've restarted it twice; still nothing!",
-    " ".join(["Long support tickets ramble on about many different things, and the model only reads the"
-              " first part of them."] * 20),
+    " ".join(["Long support tickets ramble on about many different things; the model reads the first part."] * 20),
     "12345 67890 3.14159 -2.71828 1e-9 $19.99 50% #hashtag @mention https://example.com/a?b=c",
 )
 

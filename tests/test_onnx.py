@@ -13,9 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, stored_rows, write_csv
-from csvembed.embedder import SentenceTransformerEmbedder, load_embedder, share_cpu, text_char_cap
+
+from csvembed.embedder import (
+    SentenceTransformerEmbedder,
+    load_embedder,
+    share_cpu,
+    text_char_cap,
+)
 from csvembed.onnx_embedder import OnnxEmbedder
 from csvembed.settings import Settings
 
@@ -58,7 +63,7 @@ def test_the_cached_export_starts_without_torch(onnx_embedder, tmp_path):
         " model='all-MiniLM-L6-v2'));"
         "print(type(e).__name__, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().split() == ["OnnxEmbedder", "False", "False"]
 
@@ -190,7 +195,8 @@ def test_worker_burst_on_empty_queues_exits_before_loading_a_model(env):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--precision", "fp16", "worker", "--burst"), "csvembed: error: unknown --precision 'fp16': use one of fp32, int8"),
+    (("--precision", "fp16", "worker", "--burst"),
+     "csvembed: error: unknown --precision 'fp16': use one of fp32, int8"),
     (("--precision", "int8", "worker", "--burst", "--backend", "torch"),
      "csvembed: error: --precision int8 needs the ONNX backend: use --backend onnx or auto"),
     (("worker", "--burst", "--backend", "tf"), "csvembed: error: unknown --backend 'tf': use one of auto, torch, onnx"),
