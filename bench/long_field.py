@@ -10,6 +10,7 @@ worker before the cap: CHARS_PER_TOKEN patched to a huge value in the same proce
 from __future__ import annotations
 
 import argparse
+import csv
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="csvembed-long-field-"))
     path = scratch / "long.csv"
     sentence = "The replacement you sent last month has exactly the same problem, and I would like a refund. "
-    path.write_text("id,body\n1," + sentence * (options.mb * 1_000_000 // len(sentence)) + "\n")
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows([("id", "body"), ("1", sentence * (options.mb * 1_000_000 // len(sentence)))])
     (scratch / "home").mkdir()
     world = World(scratch / "home")
     load_embedder(world.settings, backend="onnx")  # the export, made once and cached, is not measured

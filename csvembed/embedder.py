@@ -117,15 +117,15 @@ def choose_backend(settings: Settings, device: str = "auto", backend: str = "aut
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown --backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    device = pick_device(device)
+    chosen = pick_device(device)
     int8 = settings.precision == "int8"
     if backend == "auto":
-        backend = "onnx" if device == "cpu" or int8 else "torch"
+        backend = "onnx" if chosen == "cpu" or int8 else "torch"
     if int8 and backend != "onnx":
         raise InputError("--precision int8 needs the ONNX backend: use --backend onnx or auto")
     if backend == "onnx" and device == "cuda":
         raise InputError("the ONNX backend runs on the CPU: use --backend torch with --device cuda")
-    return device, backend
+    return ("cpu" if backend == "onnx" else chosen), backend
 
 
 def load_embedder(settings: Settings, device: str = "auto", backend: str = "auto") -> Embedder:

@@ -210,3 +210,17 @@ def test_precision_is_part_of_the_model_identity():
     home = Path("/nonexistent")
     assert settings(home).model_id == "all-MiniLM-L6-v2"
     assert settings(home, precision="int8").model_id == "all-MiniLM-L6-v2+int8"
+
+
+def test_auto_backend_is_onnx_on_the_cpu_and_pytorch_on_a_gpu(monkeypatch):
+    from csvembed import embedder
+    from csvembed.errors import InputError
+
+    home = Path("/nonexistent")
+    monkeypatch.setattr(embedder, "pick_device", lambda device: "cpu" if device == "cpu" else "cuda")
+    assert embedder.choose_backend(settings(home), "auto", "auto") == ("cuda", "torch")
+    assert embedder.choose_backend(settings(home), "cpu", "auto") == ("cpu", "onnx")
+    assert embedder.choose_backend(settings(home, precision="int8"), "auto", "auto") == ("cpu", "onnx")
+    assert embedder.choose_backend(settings(home), "auto", "onnx") == ("cpu", "onnx")
+    with pytest.raises(InputError, match=r"^the ONNX backend runs on the CPU: use --backend torch with --device cuda$"):
+        embedder.choose_backend(settings(home), "cuda", "onnx")
