@@ -107,7 +107,8 @@ def main() -> None:
 
     print(f"\n{options.rows:,} rows, {options.queries} queries, k=10")
     for ef_search, (median, p95, recall) in pg.items():
-        print(f"  pgvector HNSW, ef_search {ef_search:<4} median {median:7.1f} ms  p95 {p95:7.1f} ms  recall@10 {recall:.3f}")
+        print(f"  pgvector HNSW, ef_search {ef_search:<4} median {median:7.1f} ms  p95 {p95:7.1f} ms"
+              f"  recall@10 {recall:.3f}")
     print(f"  sqlite-vec (exact)              median {lite[0]:7.1f} ms  p95 {lite[1]:7.1f} ms  recall@10 {lite[2]:.3f}")
     server.cleanup()
 

@@ -13,8 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import BIN, World, stop, timed_run, warm
 from datasets import write_tickets
+
+from bench import BIN, World, stop, timed_run, warm
 
 
 def main() -> None:

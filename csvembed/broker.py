@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -19,7 +20,8 @@ from redis.retry import Retry
 
 from csvembed import defaults
 from csvembed.errors import ServiceUnavailable
-from csvembed.settings import Settings
+from csvembed.redact import mask_secrets
+from csvembed.settings import Settings, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,8 @@ class PatientRetry(Retry):
     """Retries lost connections with exponential backoff, saying what it is waiting for.
 
     A worker waits forever (retries=-1): a Redis restart must not kill it. Commands people
-    run wait a bounded time, then fail with a one-line error.
+    run wait a bounded time, then fail with a one-line error. `described_as` is shown in every
+    log line, so it must already be masked.
     """
 
     def __init__(self, described_as: str, retries: int) -> None:
@@ -41,7 +44,7 @@ class PatientRetry(Retry):
 
     def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[override]
         def say_and_fail(error: Exception, *failures: int):
-            log.warning("waiting for Redis at %s: %s", self.described_as, error)
+            log.warning("waiting for Redis at %s: %s", self.described_as, mask_secrets(str(error)))
             return fail(error, *failures)
 
         return super().call_with_retry(do, say_and_fail, is_retryable, with_failure_count)
@@ -50,10 +53,11 @@ class PatientRetry(Retry):
 def connect(settings: Settings, wait_forever: bool = False) -> redis.Redis:
     """A checked connection that then rides out Redis restarts (forever, for workers).
 
-    A configured URL is used as given, never started or stopped here.
+    A configured URL is used as given, never started or stopped here; its password is never shown.
     """
     if settings.redis_url:
-        connection, described_as = _ping(_from_url(settings.redis_url), settings.redis_url), settings.redis_url
+        described_as = mask_secrets(settings.redis_url)
+        connection = _ping(_from_url(settings.redis_url), described_as)
     else:
         connection = ensure_local_redis(settings.home / "redis")
         described_as = str(local_socket(settings.home / "redis"))
@@ -71,14 +75,14 @@ def _from_url(url: str) -> redis.Redis:
             retry_on_timeout=True,
         )
     except ValueError as exc:
-        raise ServiceUnavailable(f"invalid Redis URL {url!r}: {exc}") from None
+        raise ServiceUnavailable(mask_secrets(f"invalid Redis URL {url!r}: {exc}")) from None
 
 
 def _ping(connection: redis.Redis, described_as: str) -> redis.Redis:
     try:
         connection.ping()
     except redis.RedisError as exc:
-        raise ServiceUnavailable(f"cannot reach Redis at {described_as}: {exc}") from None
+        raise ServiceUnavailable(f"cannot reach Redis at {described_as}: {mask_secrets(str(exc))}") from None
     return connection
 
 
@@ -102,12 +106,16 @@ def local_socket(data_dir: Path) -> Path:
 def ensure_local_redis(data_dir: Path) -> redis.Redis:
     """Connect to the embedded server in data_dir, starting it first if nobody has.
 
-    A file lock makes concurrent first commands start one server, not several.
+    A file lock makes concurrent first commands start one server, not several. The home is created
+    private, and data_dir (csvembed's own) is made private even if an older version left it open:
+    the AOF, RDB and log hold every queued row.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir.parent)
+    data_dir.mkdir(mode=0o700, exist_ok=True)
+    data_dir.chmod(0o700)
     socket_path = local_socket(data_dir)
     url = f"unix://{socket_path}"
-    with open(data_dir / "start.lock", "w") as lock:
+    with open(os.open(data_dir / "start.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         connection = _from_url(url)
         try:
@@ -148,6 +156,8 @@ def _start_server(data_dir: Path, socket_path: Path) -> None:
         ],
         check=True,
         stdout=subprocess.DEVNULL,
+        # The server creates its AOF, RDB, pidfile and log readable by csvembed's user alone.
+        umask=0o077,
     )
 
 

@@ -38,6 +38,10 @@ MAX_RETRIES = 3
 # A started row whose worker stops heart-beating for this long is considered abandoned.
 HEARTBEAT_TTL = 15
 HEARTBEAT_INTERVAL = 5
+# A running submit renews a lease this long, this often (also while --max-pending holds it); once
+# the lease lapses the submission reads as interrupted, so a killed submit is seen within 15-20 s.
+SUBMIT_LEASE_TTL = 15
+SUBMIT_LEASE_INTERVAL = 5
 # How often a worker looks for rows abandoned by dead workers (RQ's default is 600 s).
 REAPER_INTERVAL = 5
 # RQ blocks an idle worker on the queue for WORKER_TTL - 15 s between maintenance runs, so this

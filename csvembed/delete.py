@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import redis
 from rq import Queue
 
+from csvembed.enqueue import purge_jobs
 from csvembed.errors import UnknownSubmission
 from csvembed.jobs import SERIALIZER
-from csvembed.enqueue import withdraw
 from csvembed.progress import SubmissionRecords
 from csvembed.store import Store
 
@@ -24,14 +24,15 @@ class Deleted:
 def delete_submission(connection: redis.Redis, store: Store | None, submission_id: str) -> Deleted:
     """Remove everything a submission left: stored rows and vectors, queued or failed jobs, progress.
 
+    The record goes first and in one step: from then on a running submit cannot enqueue and a worker
+    cannot mark anything for it (those writes act only while the record exists). The store keeps a
+    tombstone in the transaction that deletes the rows, so a batch a worker still holds is refused.
     Rows it stored that a later submission has since replaced belong to that one and stay.
     """
-    records = SubmissionRecords(connection)
-    snapshot = records.snapshot(submission_id)
-    if snapshot is None:
+    taken = SubmissionRecords(connection).take(submission_id)
+    if taken is None:
         raise UnknownSubmission(f"no submission with id {submission_id!r}")
-    queue = Queue(snapshot.queue, connection=connection, serializer=SERIALIZER)
-    jobs = withdraw(queue, submission_id, snapshot.total)
+    queue = Queue(taken.queue, connection=connection, serializer=SERIALIZER)
+    jobs = purge_jobs(queue, submission_id, taken.last_row)
     rows = store.delete_submission(submission_id) if store is not None else 0
-    records.delete(submission_id)
     return Deleted(submission_id, rows, jobs)

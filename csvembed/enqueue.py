@@ -15,12 +15,15 @@ from collections.abc import Sequence
 import redis
 from redis.client import Pipeline
 from rq import Queue
+from rq.executions import ExecutionRegistry
 from rq.job import Job
+from rq.results import Result
 
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.progress import job_id
 
 _ENQUEUE = """
+if #KEYS > 2 and redis.call('HGET', KEYS[3], 'state') ~= 'submitting' then return -1 end
 local shared_count = tonumber(ARGV[1])
 local shared = {}
 for i = 2, shared_count + 1 do shared[#shared + 1] = ARGV[i] end
@@ -35,28 +38,47 @@ return #ids
 """
 
 
-# Removes a submission's job ids from a queue list in one atomic step.
+# Removes a submission's job ids from a queue list, and their job hashes, in one atomic step; returns the ids.
 _WITHDRAW = """
-local kept, removed = {}, 0
+local kept, removed = {}, {}
 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if string.sub(id, 1, string.len(ARGV[1])) == ARGV[1] then removed = removed + 1 else kept[#kept + 1] = id end
+  if string.sub(id, 1, string.len(ARGV[1])) == ARGV[1] then removed[#removed + 1] = id else kept[#kept + 1] = id end
 end
-if removed > 0 then
+if #removed > 0 then
   redis.call('DEL', KEYS[1])
   for i = 1, #kept, 5000 do redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 4999, #kept))) end
+  for _, id in ipairs(removed) do redis.call('DEL', ARGV[2] .. id) end
 end
 return removed
 """
 
 
-def withdraw(queue: Queue, submission_id: str, last_row: int) -> int:
-    """Take a submission's jobs off the queue and delete them; returns how many job records existed."""
+def withdraw_queued(queue: Queue, submission_id: str) -> int:
+    """Take a submission's queued (not started) jobs off the queue and delete them; returns how many."""
     prefix = job_id(submission_id, 0)[:-1]
-    queue.connection.register_script(_WITHDRAW)(keys=[queue.key], args=[prefix])
-    deleted = 0
+    script = queue.connection.register_script(_WITHDRAW)
+    return len(script(keys=[queue.key], args=[prefix, Job.key_for("")]))
+
+
+def purge_jobs(queue: Queue, submission_id: str, last_row: int) -> int:
+    """Remove every trace of a submission's jobs: queued ones, failed ones and their results.
+
+    Returns how many job records existed. Started jobs are left to the worker that holds them:
+    finishing them deletes their keys.
+    """
+    connection = queue.connection
+    deleted = withdraw_queued(queue, submission_id)
+    registries = [queue.failed_job_registry.key, queue.scheduled_job_registry.key, queue.deferred_job_registry.key,
+                  queue.canceled_job_registry.key, queue.finished_job_registry.key]
     for start in range(1, last_row + 1, 1000):
-        keys = [Job.key_for(job_id(submission_id, n)) for n in range(start, min(start + 1000, last_row + 1))]
-        deleted += queue.connection.delete(*keys)
+        ids = [job_id(submission_id, n) for n in range(start, min(start + 1000, last_row + 1))]
+        with connection.pipeline() as pipe:
+            pipe.delete(*(Job.key_for(i) for i in ids))
+            pipe.delete(*(key for i in ids for key in (Job.dependents_key_for(i), f"{Job.key_for(i)}:dependencies",
+                                                        Result.get_key(i), ExecutionRegistry.key_template.format(i))))
+            for registry in registries:
+                pipe.zrem(registry, *ids)
+            deleted += pipe.execute()[0]
     return deleted
 
 
@@ -84,7 +106,14 @@ class RowEnqueuer:
                 flat.extend((field, value))
         return flat
 
-    def enqueue(self, tasks: Sequence[RowTask], pipeline: Pipeline | redis.Redis) -> None:
+    def enqueue(
+        self, tasks: Sequence[RowTask], pipeline: Pipeline | redis.Redis, record_key: str | None = None
+    ) -> None:
+        """Enqueue tasks; with record_key, only while that submission record is still submitting.
+
+        Refused (the script replies -1) once the submission was deleted or withdrawn, atomically, so
+        a running submit can never add jobs to a deleted submission.
+        """
         if not tasks:
             return
         # Timestamps (created_at, enqueued_at) are shared by a chunk: they differ by microseconds in RQ.
@@ -94,4 +123,5 @@ class RowEnqueuer:
             job_id = task.job_id
             payload = SERIALIZER.dumps((RowTask.FUNC, None, task.args, {}))
             args.extend((Job.key_for(job_id), job_id, zlib.compress(payload), job_id))
-        self._script(keys=[self.queue.key, self.queue.redis_queues_keys], args=args, client=pipeline)
+        keys = [self.queue.key, self.queue.redis_queues_keys, *([record_key] if record_key else [])]
+        self._script(keys=keys, args=args, client=pipeline)

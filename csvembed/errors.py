@@ -5,6 +5,8 @@ EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
+# Ctrl-C: 128 + SIGINT, as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 class CsvembedError(Exception):
@@ -29,3 +31,10 @@ class ServiceUnavailable(CsvembedError):
 
 class RowError(Exception):
     """One row cannot be embedded or stored, for good: it fails alone and is not retried."""
+
+
+class NoStore(InputError):
+    """A reader (search, export) found nothing stored at --db: no file, or no row ever stored."""
+
+    def __init__(self, db: str) -> None:
+        super().__init__(f"no store at {db}: nothing has been stored there yet")

@@ -1,8 +1,9 @@
 """Embed and store a batch of rows, so that one bad row fails alone and the rest are stored.
 
 The worker calls `Ingestor.ingest` with every row it holds: one model call, one transaction.
-It returns, per row, None for stored or the exception that failed it; nothing is marked in
-Redis here, so a row is only ever marked done by the caller after the transaction committed.
+It returns, per row, None for settled (stored, or dropped because its submission was deleted) or
+the exception that failed it; nothing is marked in Redis here, so a row is only ever marked done by
+the caller after the transaction committed.
 """
 
 from __future__ import annotations
@@ -28,21 +29,24 @@ class Ingestor:
         self.embedder = embedder
         self.store = store
         self.records = records
-        self._submissions: dict[str, tuple[str, list[str]]] = {}
+        self._submissions: dict[str, tuple[str, list[str], float] | None] = {}
 
-    def _submission(self, submission_id: str) -> tuple[str, list[str]]:
-        """(collection, columns) of a submission; they never change, so they are cached."""
+    def _submission(self, submission_id: str) -> tuple[str, list[str], float] | None:
+        """(collection, columns, created_at) of a submission, None if it is gone; they never change, so
+        they are cached (the store itself refuses rows of a submission deleted later)."""
         if submission_id not in self._submissions:
-            self._submissions[submission_id] = (
-                self.records.collection(submission_id),
-                self.records.columns(submission_id),
-            )
+            self._submissions[submission_id] = self.records.origin(submission_id)
         return self._submissions[submission_id]
 
-    def _stored_row(self, task: RowTask) -> StoredRow:
-        collection, columns = self._submission(task.submission_id)
-        if not collection:
-            raise RowError(f"submission {task.submission_id} no longer exists")
+    def _stored_row(self, task: RowTask) -> StoredRow | None:
+        """The row to write, or None for a row of a deleted submission: nothing of it may be kept.
+
+        Failing it instead would leave a failed job (and RQ's result stream) behind after `delete`.
+        """
+        origin = self._submission(task.submission_id)
+        if origin is None:
+            return None
+        collection, columns, submitted_at = origin
         if not task.text.strip():
             raise RowError("empty text: nothing to embed")
         return StoredRow(
@@ -53,11 +57,13 @@ class Ingestor:
             text=task.text,
             row_json=row_json(columns, task.values),
             model=self.embedder.name,
+            submitted_at=submitted_at,
         )
 
     def ingest(self, tasks: Sequence[RowTask]) -> list[Exception | None]:
-        """Embed and store tasks; per task, None if stored, else why it failed.
+        """Embed and store tasks; per task, None if settled, else why it failed.
 
+        The store itself refuses rows of a submission deleted meanwhile (in the write's transaction).
         A failure of the store itself (for instance a lock held past the busy timeout) raises:
         then no row of the batch was stored and every one of them should be retried.
         """
@@ -66,10 +72,13 @@ class Ingestor:
         positions: list[int] = []
         for position, task in enumerate(tasks):
             try:
-                rows.append(self._stored_row(task))
-                positions.append(position)
+                row = self._stored_row(task)
             except RowError as exc:
                 outcomes[position] = exc
+                continue
+            if row is not None:
+                rows.append(row)
+                positions.append(position)
         if not rows:
             return outcomes
         vectors = self._encode([row.text for row in rows], outcomes, positions)

@@ -7,10 +7,12 @@ these jobs through one model call; a plain `rq worker` can still run them one at
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
 from rq import Callback, Queue, Retry
+from rq.exceptions import DeserializationError
 from rq.job import Job
 from rq.queue import EnqueueData
 from rq.serializers import JSONSerializer
@@ -19,6 +21,11 @@ from csvembed import defaults
 from csvembed.progress import job_id
 
 SERIALIZER = JSONSerializer
+
+# Why a job on a csvembed queue is refused (its failure reason in RQ's FailedJobRegistry).
+NOT_OURS = "not a csvembed job"
+MALFORMED = "malformed csvembed job: its arguments are not (submission, row number, id, text, values)"
+ROW_FAILED = "csvembed.jobs.row_failed"
 
 
 @dataclass
@@ -36,6 +43,16 @@ class RowTask:
     @classmethod
     def from_job(cls, job: Job) -> RowTask:
         return cls(*job.args)
+
+    @staticmethod
+    def well_formed(args: object, kwargs: object) -> bool:
+        """Whether a job's arguments are a row's: anyone with Redis access can write any job."""
+        if not isinstance(args, (list, tuple)) or len(args) != 5 or kwargs:
+            return False
+        submission_id, row_number, row_id, text, values = args
+        return (all(isinstance(value, str) for value in (submission_id, row_id, text))
+                and type(row_number) is int
+                and isinstance(values, list) and all(isinstance(value, str) for value in values))
 
     @property
     def job_id(self) -> str:
@@ -101,3 +118,53 @@ def _process_ingestor():
     settings = Settings.resolve()
     connection = get_current_job().connection
     return Ingestor(SentenceTransformerEmbedder(settings.model), open_store(settings.db), SubmissionRecords(connection))
+
+
+def refusal(job: Job) -> str | None:
+    """Why the worker must not run this job (NOT_OURS or MALFORMED), or None for a csvembed row.
+
+    Reads only the names a job holds: nothing it names is imported.
+    """
+    try:
+        ours = (job.func_name == RowTask.FUNC and job.instance is None
+                and job._failure_callback_name in (None, ROW_FAILED)
+                and job._success_callback_name is None and job._stopped_callback_name is None)
+        args, kwargs = job.args, job.kwargs
+    except DeserializationError:  # data that is not even a (function, instance, args, kwargs)
+        return NOT_OURS
+    if not ours:
+        return NOT_OURS
+    return None if RowTask.well_formed(args, kwargs) else MALFORMED
+
+
+class CsvembedJob(Job):
+    """A Job that can only ever run or call back into csvembed's own functions.
+
+    RQ imports whatever function or callback a job names: when it runs the job, and when its
+    maintenance fails a job whose worker died (StartedJobRegistry.cleanup calls the job's
+    on_failure). The batching worker and its queues use this class, so a job someone else put on
+    the queue runs nothing and calls nothing; its webhooks are dropped too.
+    """
+
+    @property
+    def func(self) -> Callable[..., None]:
+        reason = refusal(self)
+        if reason is not None:
+            raise TypeError(f"job {self.id}: {reason}")
+        return embed_row
+
+    @property
+    def failure_callback(self) -> Callable[..., None] | None:
+        return row_failed if self._failure_callback_name == ROW_FAILED and refusal(self) is None else None
+
+    @property
+    def success_callback(self) -> None:
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        return None
+
+    def restore(self, raw_data) -> None:
+        super().restore(raw_data)
+        self.webhooks = []

@@ -10,8 +10,8 @@ cosine distance, and a GIN index on the jsonb row makes `--where col=value` an i
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -20,9 +20,21 @@ from psycopg.types.json import Jsonb
 
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
-from csvembed.store import Hit, StoredRow
+from csvembed.redact import MASK, mask_secrets
+from csvembed.store import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow
 
 SCHEMA_LOCK = 0x637365  # an advisory lock id: first writers must not race on CREATE TABLE
+# The first half of the two-part advisory lock (namespace, hashtext(submission)): writes of a
+# submission's rows hold it shared, its delete exclusive, so that under READ COMMITTED no write can
+# commit rows after the delete's tombstone check. The two-part key space is apart from SCHEMA_LOCK's.
+SUBMISSION_LOCKS = 0x637366
+
+TOMBSTONES = """
+CREATE TABLE IF NOT EXISTS csvembed_deleted_submissions(
+    submission text PRIMARY KEY,
+    deleted_at timestamptz NOT NULL DEFAULT now()
+)
+"""
 
 META = "CREATE TABLE IF NOT EXISTS csvembed_meta(key text PRIMARY KEY, value text NOT NULL)"
 ROWS = """
@@ -36,6 +48,7 @@ CREATE TABLE IF NOT EXISTS csvembed_rows(
     content_hash text NOT NULL,
     model text NOT NULL,
     stored_at timestamptz NOT NULL DEFAULT now(),
+    submitted_at double precision NOT NULL DEFAULT 0,
     embedding vector({dimension}) NOT NULL,
     PRIMARY KEY (collection, id)
 );
@@ -45,22 +58,25 @@ CREATE INDEX IF NOT EXISTS csvembed_rows_fields ON csvembed_rows USING gin (row 
 """
 
 UPSERT = """
-INSERT INTO csvembed_rows(collection, id, submission, row_number, text, row, content_hash, model, embedding)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO csvembed_rows(collection, id, submission, row_number, text, row, content_hash, model, embedding,
+    submitted_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (collection, id) DO UPDATE SET submission = excluded.submission, row_number = excluded.row_number,
     text = excluded.text, row = excluded.row, content_hash = excluded.content_hash, model = excluded.model,
-    embedding = excluded.embedding, stored_at = now()
-WHERE csvembed_rows.submission <> excluded.submission OR excluded.row_number >= csvembed_rows.row_number
-"""
+    embedding = excluded.embedding, stored_at = now(), submitted_at = excluded.submitted_at
+""" + "WHERE " + LATER_WINS.format(stored="csvembed_rows")
 
 
 def is_postgres_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
 
 
-def _shown(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+def _password(url: str) -> str | None:
+    """The URL's password as written, to take out of libpq's messages; None if it has none or is unparsable."""
+    try:
+        return urlsplit(url).password
+    except ValueError:  # mask_secrets still masks the password wherever the message repeats the URL
+        return None
 
 
 def _as_array(embedding) -> np.ndarray:
@@ -73,7 +89,8 @@ class PostgresStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path = _shown(url)
+        self.path = mask_secrets(url)
+        self._migrated = False
         self.connection = self._connect()
 
     @classmethod
@@ -89,7 +106,10 @@ class PostgresStore:
                 connection.execute(META)
         except psycopg.Error as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ServiceUnavailable(f"cannot use the store {self.path}: {first_line}") from None
+            # libpq's messages may repeat the whole URL, or quote the password alone (a bad %-escape).
+            password = _password(self.url)
+            shown = mask_secrets(first_line.replace(password, MASK) if password else first_line)
+            raise ServiceUnavailable(f"cannot use the store {self.path}: {shown}") from None
         register_vector(connection)
         return connection
 
@@ -113,18 +133,42 @@ class PostgresStore:
             self.connection.execute(
                 "INSERT INTO csvembed_meta(key, value) VALUES ('dimension', %s) ON CONFLICT DO NOTHING",
                 (str(dimension),))
-        elif int(existing[0]) != dimension:
+        elif not self._migrated and self.connection.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = 'csvembed_rows'"
+            " AND column_name = 'submitted_at'"
+        ).fetchone() is None:
+            # A table made before submissions were ordered (ALTER locks the table: only when needed).
+            self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            self.connection.execute("ALTER TABLE csvembed_rows ADD COLUMN IF NOT EXISTS"
+                                    " submitted_at double precision NOT NULL DEFAULT 0")
+        self._migrated = True
+        if existing is not None and int(existing[0]) != dimension:
             raise InputError(f"the store {self.path} holds {existing[0]}-dimensional vectors, but the model gives"
                              f" {dimension}: use another --db for another model")
 
+    def _ensure_tombstones(self) -> None:
+        """The table of deleted submissions; older stores and a delete before any write lack it."""
+        if self.connection.execute("SELECT to_regclass('csvembed_deleted_submissions')").fetchone()[0] is None:
+            self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            self.connection.execute(TOMBSTONES)
+
     def write(self, rows: Sequence[StoredRow], vectors: np.ndarray) -> None:
+        """Upsert rows and vectors in one transaction, leaving out rows of deleted submissions."""
         connection = self._usable()
         with connection.transaction(), connection.cursor() as cursor:
             self._ensure_table(vectors.shape[1])
+            self._ensure_tombstones()
+            # Shared locks in one order (no deadlock between writers), held until commit; then the
+            # tombstone check sees every delete that committed, and no delete can commit meanwhile.
+            submissions = sorted({row.submission for row in rows})
+            connection.execute("SELECT pg_advisory_xact_lock_shared(%s, hashtext(s)) FROM unnest(%s::text[]) AS s"
+                               " ORDER BY hashtext(s)", (SUBMISSION_LOCKS, submissions))
+            deleted = {submission for (submission,) in connection.execute(
+                "SELECT submission FROM csvembed_deleted_submissions WHERE submission = ANY(%s)", (submissions,))}
             cursor.executemany(UPSERT, [
                 (row.collection, row.id, row.submission, row.row_number, row.text, Jsonb(json.loads(row.row_json)),
-                 row.content_hash, row.model, np.asarray(vector, dtype=np.float32))
-                for row, vector in zip(rows, vectors, strict=True)
+                 row.content_hash, row.model, np.asarray(vector, dtype=np.float32), row.submitted_at)
+                for row, vector in zip(rows, vectors, strict=True) if row.submission not in deleted
             ])
 
     def _read(self, query: str, params: Sequence) -> list[tuple]:
@@ -186,11 +230,34 @@ class PostgresStore:
         found = self._read("SELECT collection FROM csvembed_rows WHERE submission = %s LIMIT 1", (submission,))
         return found[0][0] if found else ""
 
+    def collections(self) -> list[str]:
+        """The collections that hold stored rows, by name."""
+        return [name for (name,) in self._read("SELECT DISTINCT collection FROM csvembed_rows ORDER BY 1", ())]
+
+    def columns(self, collection: str | None = None) -> list[str]:
+        """The original columns of a sample of the stored rows (of one collection), sorted: for messages."""
+        scope, params = ("WHERE collection = %s", (collection,)) if collection is not None else ("", ())
+        found = self._read(
+            f"SELECT key FROM (SELECT row FROM csvembed_rows {scope} LIMIT %s) AS sample,"
+            " jsonb_object_keys(sample.row) AS key", (*params, COLUMNS_SAMPLE))
+        return sorted({key for (key,) in found})
+
+    def has_column(self, column: str, collection: str | None = None) -> bool:
+        """Whether any stored row (of one collection) has this original column: exact, not sampled."""
+        scope, params = (" AND collection = %s", (collection,)) if collection is not None else ("", ())
+        return bool(self._read(f"SELECT 1 FROM csvembed_rows WHERE row ? %s{scope} LIMIT 1", (column, *params)))
+
     def delete_submission(self, submission: str) -> int:
-        if self.dimension is None:
-            return 0
+        """Remove a submission's rows, and leave a tombstone that refuses its later writes, in one transaction."""
         connection = self._usable()
         with connection.transaction():
+            self._ensure_tombstones()
+            connection.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (SUBMISSION_LOCKS, submission))
+            connection.execute("INSERT INTO csvembed_deleted_submissions(submission) VALUES (%s)"
+                               " ON CONFLICT DO NOTHING", (submission,))
+            # Looked up after the lock: a first write may have created the table meanwhile.
+            if connection.execute("SELECT to_regclass('csvembed_rows')").fetchone()[0] is None:
+                return 0
             return connection.execute("DELETE FROM csvembed_rows WHERE submission = %s", (submission,)).rowcount
 
     def counts(self) -> tuple[int, int]:

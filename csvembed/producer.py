@@ -3,11 +3,16 @@
 Rows flow reader -> TextSpec -> (skip if unchanged in the store) -> length-sorted windows ->
 Queue.enqueue_many in pipelined chunks. A submission that fails part-way is withdrawn whole:
 its jobs are removed from the queue and its record deleted, so nothing half-enqueued remains.
+While it runs, submit renews a lease; a submit killed outright (kill -9) loses it, and the
+submission then reads as interrupted. The next submit into that collection withdraws the rows it
+left queued, so re-running a killed submit never queues a row twice.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 
 import redis
@@ -15,12 +20,14 @@ from rq import Queue
 
 from csvembed import defaults
 from csvembed.delete import delete_submission
-from csvembed.enqueue import RowEnqueuer
+from csvembed.enqueue import RowEnqueuer, withdraw_queued
+from csvembed.errors import CsvembedError, UnknownSubmission
 from csvembed.jobs import SERIALIZER, RowTask
-from csvembed.progress import RUNNING, SubmissionRecords, new_submission_id
+from csvembed.progress import INTERRUPTED, RUNNING, SubmissionRecords, new_submission_id, record_key
 from csvembed.reader import CsvFile, Source
 from csvembed.rowtext import TextSpec, id_column_index
 from csvembed.store import Store, content_hash, open_store, row_json
+
 
 @dataclass
 class SubmitOptions:
@@ -57,6 +64,35 @@ class SubmitResult:
         }
 
 
+class SubmissionGone(CsvembedError):
+    """The submission was deleted (or withdrawn as interrupted) while its submit was running."""
+
+
+class _Lease:
+    """Renews the submission's lease from a daemon thread, including while --max-pending holds the file."""
+
+    def __init__(self, records: SubmissionRecords, submission_id: str) -> None:
+        self.records, self.submission_id = records, submission_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="csvembed-lease", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(defaults.SUBMIT_LEASE_INTERVAL):
+            try:
+                if not self.records.renew_lease(self.submission_id):
+                    return  # deleted or withdrawn: the next enqueue is refused and says so
+            except redis.RedisError:  # a hiccup; the next renewal retries well within the TTL
+                continue
+
+
 class Producer:
     """Enqueues the rows of one source as one submission."""
 
@@ -75,7 +111,8 @@ class Producer:
         store = open_store(self.db)
         queue = Queue(options.queue, connection=self.connection, serializer=SERIALIZER)
         submission_id = new_submission_id()
-        collection = options.collection or source.stem
+        # Standard input has no name to key a collection by: two piped files must not overwrite each other.
+        collection = options.collection or (f"stdin-{submission_id}" if source.is_stdin else source.stem)
         self.records.create(
             submission_id,
             collection=collection,
@@ -86,46 +123,81 @@ class Producer:
             text=spec.description,
         )
         result = SubmitResult(submission_id, collection, options.queue, 0, 0, 0)
+        # Ids this submission enqueued: a later row with one of them is never skipped, so the later
+        # row of the file wins even when the earlier one differs from the store and the later does not.
+        enqueued_ids: set[str] | None = set() if id_index is not None else None
         try:
-            for first_row, rows in csv_file.chunks():
-                tasks = [
-                    RowTask(
-                        submission_id,
-                        first_row + offset,
-                        values[id_index] if id_index is not None else str(first_row + offset),
-                        spec.render(values),
-                        values,
-                    )
-                    for offset, values in enumerate(rows)
-                ]
-                fresh = self._unchanged_removed(store, collection, csv_file.columns, tasks, options.force)
-                self._enqueue(queue, submission_id, fresh, len(tasks) - len(fresh), options.max_pending)
-                result.total += len(tasks)
-                result.enqueued += len(fresh)
-                result.skipped += len(tasks) - len(fresh)
+            with _Lease(self.records, submission_id):
+                self._withdraw_interrupted(collection, submission_id)
+                for first_row, rows in csv_file.chunks():
+                    tasks = [
+                        RowTask(
+                            submission_id,
+                            first_row + offset,
+                            values[id_index] if id_index is not None else str(first_row + offset),
+                            spec.render(values),
+                            values,
+                        )
+                        for offset, values in enumerate(rows)
+                    ]
+                    fresh = self._unchanged_removed(store, collection, csv_file.columns, tasks, options.force,
+                                                    enqueued_ids)
+                    self._enqueue(queue, submission_id, fresh, len(tasks) - len(fresh), options.max_pending)
+                    result.total += len(tasks)
+                    result.enqueued += len(fresh)
+                    result.skipped += len(tasks) - len(fresh)
+                if not self.records.end_submitting(submission_id, RUNNING):
+                    raise SubmissionGone(f"submission {submission_id} was deleted while it was being submitted")
+        except SubmissionGone:
+            raise  # deleted or withdrawn by someone else, who took care of its jobs (and, if deleted, its rows)
         except BaseException:
             # Rejected part-way: take back every job, and any row a worker already stored.
-            delete_submission(self.connection, store, submission_id)
+            with suppress(UnknownSubmission):  # unless a `delete` got there first
+                delete_submission(self.connection, store, submission_id)
             raise
         finally:
             store.close()
-        self.records.set_state(submission_id, RUNNING)
         return result
 
+    def _withdraw_interrupted(self, collection: str, submission_id: str) -> None:
+        """Take back the queued rows of earlier submits into this collection that died part-way.
+
+        This submit enqueues those rows again (the skip check covers what was stored), so leaving
+        them queued would embed them twice. Each is marked interrupted atomically first, which fails
+        for a submit that is still alive and stops a revived one from enqueueing more.
+        """
+        others = [sid for sid in self.records.ids() if sid != submission_id]
+        for snapshot in self.records.snapshots(others):
+            if snapshot is None or snapshot.collection != collection or snapshot.state != INTERRUPTED:
+                continue
+            if self.records.mark_interrupted(snapshot.id):
+                withdraw_queued(Queue(snapshot.queue, connection=self.connection, serializer=SERIALIZER), snapshot.id)
+
     def _unchanged_removed(
-        self, store: Store, collection: str, columns: list[str], tasks: list[RowTask], force: bool
+        self,
+        store: Store,
+        collection: str,
+        columns: list[str],
+        tasks: list[RowTask],
+        force: bool,
+        enqueued_ids: set[str] | None,
     ) -> list[RowTask]:
-        """Drop rows whose id, text, fields and model are exactly what the store already holds."""
-        if force:
-            return tasks
-        stored = store.stored_hashes(collection, [task.row_id for task in tasks])
-        if not stored:
-            return tasks
-        return [
-            task
-            for task in tasks
-            if stored.get(task.row_id) != content_hash(self.model, task.text, row_json(columns, task.values))
-        ]
+        """Drop rows whose id, text, fields and model are exactly what the store already holds.
+
+        A row whose id this submission already enqueued (earlier in this chunk or before) is kept:
+        it must replace that earlier row, whatever the store holds now.
+        """
+        stored = {} if force else store.stored_hashes(collection, [task.row_id for task in tasks])
+        fresh = []
+        for task in tasks:
+            repeated = enqueued_ids is not None and task.row_id in enqueued_ids
+            known = stored.get(task.row_id)
+            if repeated or known is None or known != content_hash(self.model, task.text,
+                                                                  row_json(columns, task.values)):
+                fresh.append(task)
+                if enqueued_ids is not None:
+                    enqueued_ids.add(task.row_id)
+        return fresh
 
     def _enqueue(
         self, queue: Queue, submission_id: str, tasks: list[RowTask], skipped: int, max_pending: int | None
@@ -139,11 +211,14 @@ class Producer:
             room = self._room(queue, max_pending)
             part, remaining = remaining[:room], remaining[room:]
             with self.connection.pipeline() as pipe:
-                enqueuer.enqueue(part, pipe)
-                # The total grows in the same transaction as the queue, so status never counts
-                # a row that is not there.
-                self.records.add_rows(submission_id, len(part), skipped_left, pipe)
-                pipe.execute()
+                # The total grows in the same transaction as the queue, so status never counts a row
+                # that is not there; both are refused once the submission is deleted or withdrawn.
+                last_row = max((task.row_number for task in part), default=0)
+                self.records.add_rows(submission_id, len(part), skipped_left, last_row, pipe)
+                enqueuer.enqueue(part, pipe, record_key(submission_id))
+                if not pipe.execute()[0]:
+                    raise SubmissionGone(f"submission {submission_id} was deleted or withdrawn while it was being"
+                                         " submitted")
             skipped_left = 0
             if not remaining:
                 return

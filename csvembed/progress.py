@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 import redis
 from redis.client import Pipeline
 
+from csvembed import defaults
+
 PREFIX = "csvembed"
 SUBMISSIONS_KEY = f"{PREFIX}:submissions"
 
@@ -26,15 +28,82 @@ RUNNING = "running"  # everything is enqueued; rows are pending
 DONE = "done"  # no row pending, none failed
 FAILED = "failed"  # no row pending, some failed
 CANCELLED = "cancelled"  # submit was rejected part-way; its rows were withdrawn
+# The submit process died (its lease lapsed) before every row was enqueued. Read as such while the
+# record still says submitting; written once a later submit into the collection withdrew its queued rows.
+INTERRUPTED = "interrupted"
+
+# Every write below is a script that acts only while the record exists: a worker or a submit that
+# is still running after `delete` must not re-create a partial record (or its bitmaps).
+_MARK_STARTED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1]) end
+return 0
+"""
+
+_MARK_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV do
+  redis.call('SETBIT', KEYS[2], ARGV[i], 1)
+  redis.call('SETBIT', KEYS[3], ARGV[i], 0)
+  redis.call('HDEL', KEYS[4], ARGV[i])
+end
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
+return #ARGV - 1
+"""
 
 _MARK_FAILED = """
+if redis.call('EXISTS', KEYS[5]) == 0 then return 0 end
 if redis.call('GETBIT', KEYS[1], ARGV[1]) == 0 then
   redis.call('SETBIT', KEYS[2], ARGV[1], 1)
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
   redis.call('LPUSH', KEYS[4], ARGV[2])
   redis.call('LTRIM', KEYS[4], 0, 19)
 end
-return 0
+redis.call('HSET', KEYS[5], 'updated_at', ARGV[3])
+return 1
+"""
+
+_CLEAR_FAILURE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SETBIT', KEYS[2], ARGV[1], 0)
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+
+# Counts rows while submitting, and records the highest row number enqueued, which `delete` uses to
+# find every job (length-sorted windows enqueue row numbers beyond the running total). Returns 0 when
+# the submission was deleted or withdrawn meanwhile: the submit must then stop.
+_ADD_ROWS = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'submitting' then return 0 end
+redis.call('HINCRBY', KEYS[1], 'total', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'skipped', ARGV[2])
+if tonumber(ARGV[3]) > tonumber(redis.call('HGET', KEYS[1], 'last_row') or '0') then
+  redis.call('HSET', KEYS[1], 'last_row', ARGV[3])
+end
+return 1
+"""
+
+_RENEW_LEASE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'submitting' then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+# From submitting to another state, once; the lease goes with it.
+_END_SUBMITTING = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'submitting' then return 0 end
+if ARGV[2] == 'unleased' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# Removes a record and hands back its fields in one step, so that nothing can add to it afterwards.
+_TAKE = """
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', unpack(KEYS))
+redis.call('ZREM', ARGV[1], ARGV[2])
+return fields
 """
 
 
@@ -48,6 +117,15 @@ def job_id(submission_id: str, row_number: int) -> str:
 
 def _key(submission_id: str, part: str = "") -> str:
     return f"{PREFIX}:sub:{submission_id}" + (f":{part}" if part else "")
+
+
+def record_key(submission_id: str) -> str:
+    """The hash that holds a submission's metadata; scripts elsewhere gate their writes on it."""
+    return _key(submission_id)
+
+
+# Every key of a submission's record; the record itself ("") first.
+_PARTS = ("", "done", "failed", "errors", "recent_failures", "lease")
 
 
 @dataclass
@@ -73,20 +151,22 @@ class Snapshot:
 
     @property
     def finished(self) -> bool:
-        return self.state in (DONE, FAILED, CANCELLED)
+        return self.state in (DONE, FAILED, CANCELLED, INTERRUPTED)
 
     def as_json(self) -> dict:
         return asdict(self)
 
 
-def _snapshot(submission_id: str, record: dict, done: int, failed: int) -> Snapshot | None:
-    if not record:
-        return None
+def _snapshot(submission_id: str, record: dict, done: int, failed: int, leased: int) -> Snapshot | None:
     fields = {key.decode(): value.decode() for key, value in record.items()}
-    total, skipped = int(fields["total"]), int(fields["skipped"])
+    if "created_at" not in fields:  # no record, or a fragment that an older version re-created
+        return None
+    total, skipped = int(fields.get("total", 0)), int(fields.get("skipped", 0))
     pending = max(total - skipped - done - failed, 0)
-    state = fields["state"]
-    if state == RUNNING and pending == 0:
+    state = fields.get("state", SUBMITTING)
+    if state == SUBMITTING and not leased:
+        state = INTERRUPTED
+    elif state == RUNNING and pending == 0:
         state = FAILED if failed else DONE
     return Snapshot(
         id=submission_id,
@@ -96,16 +176,24 @@ def _snapshot(submission_id: str, record: dict, done: int, failed: int) -> Snaps
         failed=failed,
         skipped=skipped,
         pending=pending,
-        collection=fields["collection"],
-        file=fields["file"],
-        queue=fields["queue"],
-        model=fields["model"],
+        collection=fields.get("collection", ""),
+        file=fields.get("file", ""),
+        queue=fields.get("queue", ""),
+        model=fields.get("model", ""),
         created_at=float(fields["created_at"]),
         started_at=float(fields["started_at"]) if "started_at" in fields else None,
         updated_at=float(fields["updated_at"]) if "updated_at" in fields else None,
-        columns=json.loads(fields["columns"]),
-        text=fields["text"],
+        columns=json.loads(fields.get("columns", "[]")),
+        text=fields.get("text", ""),
     )
+
+
+@dataclass
+class Taken:
+    """What `delete` needs of a record it removed: where its jobs are and how far they go."""
+
+    queue: str
+    last_row: int
 
 
 class SubmissionRecords:
@@ -113,12 +201,33 @@ class SubmissionRecords:
 
     def __init__(self, connection: redis.Redis) -> None:
         self.connection = connection
+        self._mark_started = connection.register_script(_MARK_STARTED)
+        self._mark_done = connection.register_script(_MARK_DONE)
         self._mark_failed = connection.register_script(_MARK_FAILED)
+        self._clear_failure = connection.register_script(_CLEAR_FAILURE)
+        self._add_rows = connection.register_script(_ADD_ROWS)
+        self._renew_lease = connection.register_script(_RENEW_LEASE)
+        self._end_submitting = connection.register_script(_END_SUBMITTING)
+        self._take = connection.register_script(_TAKE)
 
     def create(
-        self, submission_id: str, *, collection: str, file: str, queue: str, model: str, columns: Sequence[str], text: str
+        self,
+        submission_id: str,
+        *,
+        collection: str,
+        file: str,
+        queue: str,
+        model: str,
+        columns: Sequence[str],
+        text: str,
     ) -> None:
-        now = time.time()
+        """A new record in state submitting, with a lease that the submit process must keep renewing.
+
+        created_at comes from Redis' clock, the one clock every host shares: it orders submissions, and
+        the store keeps a row from the later submission whatever order workers store them in.
+        """
+        seconds, microseconds = self.connection.time()
+        now = seconds + microseconds / 1e6
         with self.connection.pipeline() as pipe:
             pipe.hset(
                 _key(submission_id),
@@ -134,58 +243,79 @@ class SubmissionRecords:
                     "created_at": now,
                     "total": 0,
                     "skipped": 0,
+                    "last_row": 0,
                 },
             )
+            pipe.set(_key(submission_id, "lease"), 1, ex=defaults.SUBMIT_LEASE_TTL)
             pipe.zadd(SUBMISSIONS_KEY, {submission_id: now})
             pipe.execute()
 
-    def add_rows(self, submission_id: str, enqueued: int, skipped: int, pipeline: Pipeline | None = None) -> None:
-        """Count rows as they are enqueued (or skipped), so status shows a growing total while submitting."""
-        target = pipeline if pipeline is not None else self.connection
-        target.hincrby(_key(submission_id), "total", enqueued + skipped)
-        if skipped:
-            target.hincrby(_key(submission_id), "skipped", skipped)
+    def add_rows(
+        self, submission_id: str, enqueued: int, skipped: int, last_row: int, pipeline: Pipeline | None = None
+    ) -> None:
+        """Count rows as they are enqueued (or skipped), so status shows a growing total while submitting.
 
-    def set_state(self, submission_id: str, state: str) -> None:
-        self.connection.hset(_key(submission_id), "state", state)
+        In a pipeline, its reply is 0 if the submission is no longer submitting (deleted or withdrawn).
+        """
+        self._add_rows(keys=[_key(submission_id)], args=[enqueued + skipped, skipped, last_row],
+                       client=pipeline or self.connection)
+
+    def renew_lease(self, submission_id: str) -> bool:
+        """Keep a running submit visibly alive; False once it was deleted or withdrawn."""
+        keys = [_key(submission_id), _key(submission_id, "lease")]
+        return bool(self._renew_lease(keys=keys, args=[1, defaults.SUBMIT_LEASE_TTL]))
+
+    def end_submitting(self, submission_id: str, state: str) -> bool:
+        """Leave state submitting for `state`; False if it already had (deleted, withdrawn)."""
+        keys = [_key(submission_id), _key(submission_id, "lease")]
+        return bool(self._end_submitting(keys=keys, args=[state, "any"]))
+
+    def mark_interrupted(self, submission_id: str) -> bool:
+        """Record as interrupted a submission whose submit died (no lease); False if it is alive or over."""
+        keys = [_key(submission_id), _key(submission_id, "lease")]
+        return bool(self._end_submitting(keys=keys, args=[INTERRUPTED, "unleased"]))
+
+    def last_row(self, submission_id: str) -> int:
+        raw = self.connection.hget(_key(submission_id), "last_row")
+        return int(raw) if raw else 0
 
     def columns(self, submission_id: str) -> list[str]:
         raw = self.connection.hget(_key(submission_id), "columns")
         return json.loads(raw) if raw else []
 
-    def collection(self, submission_id: str) -> str:
-        raw = self.connection.hget(_key(submission_id), "collection")
-        return raw.decode() if raw else ""
+    def origin(self, submission_id: str) -> tuple[str, list[str], float] | None:
+        """(collection, columns, created_at) of a submission, or None if it no longer exists."""
+        collection, columns, created_at = self.connection.hmget(_key(submission_id), "collection", "columns",
+                                                                "created_at")
+        if collection is None or created_at is None:
+            return None
+        return collection.decode(), json.loads(columns) if columns else [], float(created_at)
 
     def mark_started(self, pipeline: Pipeline, submission_id: str) -> None:
         """The first time a worker starts rows of this submission: where its rate is measured from."""
-        pipeline.hsetnx(_key(submission_id), "started_at", time.time())
+        self._mark_started(keys=[_key(submission_id)], args=[time.time()], client=pipeline)
 
     def mark_done(self, pipeline: Pipeline, submission_id: str, row_numbers: Iterable[int]) -> None:
-        now = time.time()
-        done, failed, errors = _key(submission_id, "done"), _key(submission_id, "failed"), _key(submission_id, "errors")
-        for row_number in row_numbers:
-            pipeline.setbit(done, row_number, 1)
-            pipeline.setbit(failed, row_number, 0)
-            pipeline.hdel(errors, row_number)
-        pipeline.hsetnx(_key(submission_id), "started_at", now)
-        pipeline.hset(_key(submission_id), "updated_at", now)
+        keys = [_key(submission_id, part) for part in ("", "done", "failed", "errors")]
+        self._mark_done(keys=keys, args=[time.time(), *row_numbers], client=pipeline)
 
     def mark_failed(
         self, pipeline: Pipeline | None, submission_id: str, row_number: int, row_id: str, reason: str
-    ) -> None:
-        """Record a row's final failure, with its id and reason, unless it is already done."""
-        record = json.dumps({"row_number": row_number, "id": row_id, "reason": reason})
-        keys = [_key(submission_id, part) for part in ("done", "failed", "errors", "recent_failures")]
-        self._mark_failed(keys=keys, args=[row_number, record], client=pipeline or self.connection)
-        (pipeline or self.connection).hset(_key(submission_id), "updated_at", time.time())
+    ) -> bool:
+        """Record a row's final failure, with its id and reason, unless it is already done.
 
-    def clear_failure(self, submission_id: str, row_number: int) -> None:
-        """Make a failed row pending again (before it is retried)."""
-        with self.connection.pipeline() as pipe:
-            pipe.setbit(_key(submission_id, "failed"), row_number, 0)
-            pipe.hdel(_key(submission_id, "errors"), row_number)
-            pipe.execute()
+        Without a pipeline, returns False if the submission no longer exists: its job must then be
+        deleted, not kept as failed.
+        """
+        record = json.dumps({"row_number": row_number, "id": row_id, "reason": reason})
+        keys = [_key(submission_id, part) for part in ("done", "failed", "errors", "recent_failures", "")]
+        return bool(self._mark_failed(keys=keys, args=[row_number, record, time.time()],
+                                      client=pipeline or self.connection))
+
+    def clear_failure(self, submission_id: str, row_number: int) -> bool:
+        """Make a failed row pending again (before it is retried); False if the submission is gone."""
+        keys = [_key(submission_id, part) for part in ("", "failed", "errors")]
+        return bool(self._clear_failure(keys=keys, args=[row_number]))
 
     def failures(self, submission_id: str) -> list[dict]:
         records = [json.loads(raw) for raw in self.connection.hvals(_key(submission_id, "errors"))]
@@ -194,28 +324,35 @@ class SubmissionRecords:
     def recent_failures(self, submission_id: str, count: int) -> list[dict]:
         return [json.loads(raw) for raw in self.connection.lrange(_key(submission_id, "recent_failures"), 0, count - 1)]
 
-    def delete(self, submission_id: str) -> None:
-        parts = ("", "done", "failed", "errors", "recent_failures")
-        with self.connection.pipeline() as pipe:
-            pipe.delete(*(_key(submission_id, part) for part in parts))
-            pipe.zrem(SUBMISSIONS_KEY, submission_id)
-            pipe.execute()
+    def take(self, submission_id: str) -> Taken | None:
+        """Delete a submission's records in one step; what its jobs need, or None if there was none."""
+        keys = [_key(submission_id, part) for part in _PARTS]
+        flat = self._take(keys=keys, args=[SUBMISSIONS_KEY, submission_id])
+        fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+        if "created_at" not in fields:
+            return None
+        return Taken(fields["queue"], max(int(fields.get("last_row", 0)), int(fields.get("total", 0))))
 
     def exists(self, submission_id: str) -> bool:
-        return bool(self.connection.exists(_key(submission_id)))
+        return bool(self.connection.hexists(_key(submission_id), "created_at"))
 
     def snapshot(self, submission_id: str) -> Snapshot | None:
         return self.snapshots([submission_id])[0]
 
     def snapshots(self, submission_ids: list[str]) -> list[Snapshot | None]:
-        """Read submissions in a single round trip: per submission, its hash and two BITCOUNTs."""
+        """Read submissions in a single round trip: per submission, its hash, two BITCOUNTs and its lease."""
         with self.connection.pipeline(transaction=False) as pipe:
             for submission_id in submission_ids:
                 pipe.hgetall(_key(submission_id))
                 pipe.bitcount(_key(submission_id, "done"))
                 pipe.bitcount(_key(submission_id, "failed"))
+                pipe.exists(_key(submission_id, "lease"))
             replies = pipe.execute()
-        return [_snapshot(submission_id, *replies[i * 3 : i * 3 + 3]) for i, submission_id in enumerate(submission_ids)]
+        return [_snapshot(submission_id, *replies[i * 4 : i * 4 + 4]) for i, submission_id in enumerate(submission_ids)]
+
+    def ids(self) -> list[str]:
+        """Every submission id, newest first."""
+        return [raw.decode() for raw in self.connection.zrevrange(SUBMISSIONS_KEY, 0, -1)]
 
     def recent(self, count: int) -> list[str]:
         return [raw.decode() for raw in self.connection.zrevrange(SUBMISSIONS_KEY, 0, count - 1)]

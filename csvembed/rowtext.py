@@ -16,9 +16,9 @@ class TextSpec:
             raise InputError("use either --text-column or --template, not both")
         self.columns = list(columns)
         if template is not None:
-            fields = _template_fields(template)
-            _require_columns(self.columns, fields, "template field")
-            self._render = lambda row: _format(template, row)
+            parts = _template_parts(template)
+            _require_columns(self.columns, [field for _, field in parts if field is not None], "template field")
+            self._render = lambda row: "".join(text + (row[field] if field else "") for text, field in parts)
             self.description = f"template {template!r}"
         elif text_columns:
             _require_columns(self.columns, text_columns, "--text-column")
@@ -33,21 +33,25 @@ class TextSpec:
         return self._render(dict(zip(self.columns, values)))
 
 
-def _format(template: str, row: dict[str, str]) -> str:
-    try:
-        return template.format_map(row)
-    except (ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise InputError(f"--template {template!r} cannot be applied to a row: {exc}") from None
+def _template_parts(template: str) -> list[tuple[str, str | None]]:
+    """The template as (literal text, column or None) pairs, with plain {column} fields only.
 
-
-def _template_fields(template: str) -> list[str]:
+    str.format would also obey format specs, conversions, attributes and indexes: '{title:>999999999}'
+    builds a gigabyte string per row. So rows are filled by concatenation, never by str.format.
+    """
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise InputError(f"bad --template {template!r}: {exc}") from None
-    if not fields or any(field == "" or field.isdigit() for field in fields):
+    fields = [(field, spec, conversion) for _, field, spec, conversion in parsed if field is not None]
+    if any(spec or conversion or "." in field or "[" in field for field, spec, conversion in fields):
+        raise InputError(
+            f"bad --template {template!r}: only plain {{column}} fields are allowed, without :format, !conversion,"
+            " .attribute or [index] (embed a column whose name has . [ : or ! with --text-column)"
+        )
+    if not fields or any(field == "" or field.isdigit() for field, _, _ in fields):
         raise InputError(f"bad --template {template!r}: name columns in braces, like '{{title}}: {{body}}'")
-    return fields
+    return [(text, field) for text, field, _, _ in parsed]
 
 
 def _require_columns(columns: list[str], wanted: Sequence[str], what: str) -> None:

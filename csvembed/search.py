@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from csvembed.embedder import SentenceTransformerEmbedder
+from csvembed.errors import InputError, NoStore
 from csvembed.settings import Settings
-from csvembed.store import Hit, open_existing_store
+from csvembed.store import Hit, Store, open_existing_store
 
 
 def search(
@@ -15,14 +16,35 @@ def search(
     submission: str | None = None,
     where: dict[str, str] | None = None,
 ) -> list[Hit]:
-    """The k stored rows nearest to the query, nearest first; empty if nothing is stored yet."""
-    store = open_existing_store(settings.db)
+    """The k stored rows nearest to the query, nearest first.
+
+    The store is opened read-only. A missing store, an unknown collection or an unknown --where
+    column is an InputError raised before the model loads: a typo costs no model load and is not
+    mistaken for "no rows match".
+    """
+    store = open_existing_store(settings.db, read_only=True)
     if store is None:
-        return []
+        raise NoStore(settings.db)
     try:
         if store.dimension is None:
-            return []
+            raise NoStore(settings.db)
+        check_filters(store, collection, where or {})
         vector = SentenceTransformerEmbedder(settings.model).encode([query])[0]
         return store.search(vector, k, collection=collection, submission=submission, where=where)
     finally:
         store.close()
+
+
+def check_filters(store: Store, collection: str | None, where: dict[str, str]) -> None:
+    """Raise InputError, listing what exists, for a collection or a --where column the store lacks."""
+    if collection is not None:
+        known = store.collections()
+        if collection not in known:
+            raise InputError(f"unknown collection {collection!r}; {_listing('collections', known)}")
+    for column in where:
+        if not store.has_column(column, collection):
+            raise InputError(f"unknown column {column!r} in --where; {_listing('columns', store.columns(collection))}")
+
+
+def _listing(what: str, names: list[str]) -> str:
+    return f"the {what} are: {', '.join(names)}" if names else "the store holds no rows"

@@ -24,6 +24,21 @@ def default_home() -> Path:
     return Path(base) / "csvembed"
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` readable by its owner alone (0700), since it will hold every submitted row.
+
+    Missing parents get the usual mode. A folder that already exists is left as it is: it may be
+    one the user chose and shares on purpose; the folders csvembed owns inside it are tightened
+    where they are made.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    return path
+
+
 @dataclass(frozen=True)
 class Settings:
     """The three things every command needs to agree on, so that they find the same work."""

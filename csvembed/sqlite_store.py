@@ -13,10 +13,12 @@ is what BEGIN IMMEDIATE needs.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import apsw
 import numpy as np
@@ -24,7 +26,7 @@ import sqlite_vec
 
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
-from csvembed.store import Hit, StoredRow
+from csvembed.store import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow
 
 SCHEMA_VERSION = "1"
 
@@ -41,9 +43,11 @@ CREATE TABLE IF NOT EXISTS rows(
     content_hash TEXT NOT NULL,
     model TEXT NOT NULL,
     stored_at REAL NOT NULL,
+    submitted_at REAL NOT NULL DEFAULT 0,
     UNIQUE(collection, id)
 );
 CREATE INDEX IF NOT EXISTS rows_by_submission ON rows(submission, row_number);
+CREATE TABLE IF NOT EXISTS deleted_submissions(submission TEXT PRIMARY KEY, deleted_at REAL NOT NULL);
 """
 
 
@@ -52,19 +56,50 @@ def _json_path(column: str) -> str:
     return "$." + json.dumps(column)
 
 
-def _connect(path: Path) -> apsw.Connection:
+def _create_private(path: Path) -> None:
+    """Create the database file with mode 0600: the rows are the user's data. SQLite gives the -wal
+    and -shm files the database file's mode."""
     try:
-        if not path.parent.is_dir():
-            if path.parent.exists():
-                raise ServiceUnavailable(f"cannot use the store {path}: {path.parent} is not a directory")
-            path.parent.mkdir(parents=True)
-        connection = apsw.Connection(str(path))
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # another process created it first
+        pass
+
+
+def _open(path: Path, read_only: bool) -> apsw.Connection:
+    if not read_only:
+        return apsw.Connection(str(path))
+    connection = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return connection
+    except (apsw.ReadOnlyError, apsw.CantOpenError):
+        # A WAL database needs its -shm file; a reader that may not create it (a read-only folder)
+        # can still read the file alone when no -wal holds newer pages: it is then the whole store.
+        connection.close()
+        if Path(f"{path}-wal").exists():
+            raise
+    return apsw.Connection(f"file:{quote(str(path.absolute()))}?immutable=1",
+                           flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+
+
+def _connect(path: Path, read_only: bool = False) -> apsw.Connection:
+    """A connection with sqlite-vec loaded. A writer creates the file (0600) and sets WAL; a reader
+    opens it read-only and writes nothing, so a read-only store can be searched."""
+    try:
+        if not read_only:
+            if not path.parent.is_dir():
+                if path.parent.exists():
+                    raise ServiceUnavailable(f"cannot use the store {path}: {path.parent} is not a directory")
+                path.parent.mkdir(parents=True)
+            _create_private(path)
+        connection = _open(path, read_only)
         connection.enable_load_extension(True)
         connection.load_extension(sqlite_vec.loadable_path())
         connection.enable_load_extension(False)
         connection.set_busy_timeout(defaults.SQLITE_BUSY_TIMEOUT_MS)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+        if not read_only:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
     except (apsw.CantOpenError, apsw.ReadOnlyError, apsw.NotADBError, apsw.IOError, OSError) as exc:
         raise ServiceUnavailable(f"cannot use the store {path}: {exc}") from None
     return connection
@@ -73,9 +108,12 @@ def _connect(path: Path) -> apsw.Connection:
 class SqliteStore:
     """One instance per process; it owns one connection."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
-        self.connection = _connect(path)
+        self.read_only = read_only
+        self.connection = _connect(path, read_only)
+        # False only for a reader that found a file without csvembed's tables (nothing stored yet).
+        self.has_schema = True
         self._check_or_create_schema()
 
     @classmethod
@@ -88,8 +126,14 @@ class SqliteStore:
             tables = {name for (name,) in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables and "csvembed_meta" not in tables:
                 raise ServiceUnavailable(f"{self.path} is not a csvembed database (it has other tables)")
+            if self.read_only:
+                self.has_schema = bool(tables)
+                return
             with self._immediate():
                 self.connection.execute(SCHEMA)
+                columns = {name for _, name, *_ in self.connection.execute("PRAGMA table_info(rows)")}
+                if "submitted_at" not in columns:  # a store written before submissions were ordered
+                    self.connection.execute("ALTER TABLE rows ADD COLUMN submitted_at REAL NOT NULL DEFAULT 0")
                 self.connection.execute(
                     "INSERT OR IGNORE INTO csvembed_meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
                 )
@@ -137,19 +181,25 @@ class SqliteStore:
         now = time.time()
         with self._immediate():
             self._ensure_vectors_table(vectors.shape[1])
+            # A submission deleted while a worker held its rows: BEGIN IMMEDIATE orders this check
+            # against the delete's transaction, so nothing of it is written after the delete.
+            deleted = self._deleted({row.submission for row in rows})
             for row, vector in zip(rows, vectors, strict=True):
-                # Within one submission the later row of a duplicated id wins, whatever order the
-                # workers took them in; a row from another submission replaces the stored one.
+                if row.submission in deleted:
+                    continue
+                # The row of the later submission wins, and within one submission the later row of a
+                # duplicated id, whatever order the workers took them in.
                 written = self.connection.execute(
                     "INSERT INTO rows(collection, id, submission, row_number, text, row_json, content_hash, model,"
-                    " stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " stored_at, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(collection, id) DO UPDATE SET submission = excluded.submission,"
                     " row_number = excluded.row_number, text = excluded.text, row_json = excluded.row_json,"
-                    " content_hash = excluded.content_hash, model = excluded.model, stored_at = excluded.stored_at"
-                    " WHERE rows.submission != excluded.submission OR excluded.row_number >= rows.row_number"
+                    " content_hash = excluded.content_hash, model = excluded.model, stored_at = excluded.stored_at,"
+                    " submitted_at = excluded.submitted_at"
+                    f" WHERE {LATER_WINS.format(stored='rows')}"
                     " RETURNING rowid",
                     (row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
-                     row.content_hash, row.model, now),
+                     row.content_hash, row.model, now, row.submitted_at),
                 ).fetchone()
                 if written is None:  # superseded by a later row with the same id
                     continue
@@ -159,6 +209,12 @@ class SqliteStore:
                     (written[0], np.ascontiguousarray(vector, dtype=np.float32).tobytes(), row.collection,
                      row.submission),
                 )
+
+    def _deleted(self, submissions: set[str]) -> set[str]:
+        """Which of these submissions were deleted (their tombstones are kept for good)."""
+        marks = ",".join("?" * len(submissions))
+        return {submission for (submission,) in self.connection.execute(
+            f"SELECT submission FROM deleted_submissions WHERE submission IN ({marks})", tuple(submissions))}
 
     def stored_hashes(self, collection: str, ids: Sequence[str]) -> dict[str, str]:
         """The content hash of each of these ids already stored in the collection."""
@@ -213,6 +269,26 @@ class SqliteStore:
         )
         return [Hit(c, s, n, i, d, t, json.loads(j)) for c, s, n, i, d, t, j in found]
 
+    def collections(self) -> list[str]:
+        """The collections that hold stored rows, by name."""
+        return [name for (name,) in self.connection.execute("SELECT DISTINCT collection FROM rows ORDER BY 1")]
+
+    def columns(self, collection: str | None = None) -> list[str]:
+        """The original columns of a sample of the stored rows (of one collection), sorted: for messages."""
+        scope, params = ("WHERE collection = ?", (collection,)) if collection is not None else ("", ())
+        found = self.connection.execute(
+            f"SELECT key FROM (SELECT row_json FROM rows {scope} LIMIT ?) AS sample,"
+            " json_each(sample.row_json)", (*params, COLUMNS_SAMPLE))
+        return sorted({key for (key,) in found})
+
+    def has_column(self, column: str, collection: str | None = None) -> bool:
+        """Whether any stored row (of one collection) has this original column: exact, not sampled."""
+        scope, params = (" AND collection = ?", (collection,)) if collection is not None else ("", ())
+        found = self.connection.execute(
+            f"SELECT 1 FROM rows WHERE json_type(row_json, ?) IS NOT NULL{scope} LIMIT 1",
+            (_json_path(column), *params)).fetchone()
+        return found is not None
+
     def rows_of_submission(self, submission: str) -> Iterator[tuple[str, int, str, str, np.ndarray]]:
         """(id, row_number, text, row_json, vector) of the rows a submission last wrote, in row order."""
         found = self.connection.execute(
@@ -229,8 +305,13 @@ class SqliteStore:
         return found[0] if found else ""
 
     def delete_submission(self, submission: str) -> int:
-        """Remove the rows (and vectors) last written by a submission; returns how many."""
+        """Remove the rows (and vectors) last written by a submission; returns how many.
+
+        The tombstone, in the same transaction, makes every later write of its rows a no-op.
+        """
         with self._immediate():
+            self.connection.execute("INSERT OR REPLACE INTO deleted_submissions(submission, deleted_at) VALUES (?, ?)",
+                                    (submission, time.time()))
             rowids = [rowid for (rowid,) in self.connection.execute(
                 "SELECT rowid FROM rows WHERE submission = ?", (submission,))]
             if self.dimension is not None:

@@ -16,6 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
+# How many stored rows `columns()` samples to list a collection's columns in a message.
+COLUMNS_SAMPLE = 1000
+
 
 def content_hash(model: str, text: str, row_json: str) -> str:
     """What decides whether a stored row is unchanged: the model, the embedded text and the row."""
@@ -30,6 +33,10 @@ def row_json(columns: Sequence[str], values: Sequence[str]) -> str:
     return json.dumps(dict(zip(columns, values)), ensure_ascii=False)
 
 
+# When an upsert may replace the stored row: a later submission, or within one submission a later row.
+LATER_WINS = ("excluded.submitted_at > {stored}.submitted_at OR (excluded.submitted_at = {stored}.submitted_at"
+              " AND ({stored}.submission != excluded.submission OR excluded.row_number >= {stored}.row_number))")
+
 @dataclass
 class StoredRow:
     """A row ready to be written, with everything the store keeps about it."""
@@ -41,6 +48,9 @@ class StoredRow:
     text: str
     row_json: str
     model: str
+    # When the row's submission was created (Redis' clock): a row of an older submission never
+    # replaces one of a newer submission, whatever order workers store them in.
+    submitted_at: float = 0.0
 
     @property
     def content_hash(self) -> str:
@@ -80,6 +90,15 @@ class Store(Protocol):
 
     def collection_of(self, submission: str) -> str: ...
 
+    def collections(self) -> list[str]:
+        """The collections that hold stored rows."""
+
+    def columns(self, collection: str | None = None) -> list[str]:
+        """The original columns of a sample of the stored rows, sorted, for messages."""
+
+    def has_column(self, column: str, collection: str | None = None) -> bool:
+        """Whether any stored row has this original column (exact)."""
+
     def delete_submission(self, submission: str) -> int: ...
 
     def counts(self) -> tuple[int, int]: ...
@@ -98,10 +117,22 @@ def open_store(db: str) -> Store:
     return SqliteStore(Path(db))
 
 
-def open_existing_store(db: str) -> Store | None:
-    """The store, or None if nothing was ever stored there; readers never create an empty file."""
-    from csvembed.postgres_store import is_postgres_url
+def open_existing_store(db: str, read_only: bool = False) -> Store | None:
+    """The store, or None if nothing was ever stored there; readers never create an empty file.
 
-    if is_postgres_url(db) or Path(db).exists():
-        return open_store(db)
-    return None
+    read_only: a SQLite store is opened read-only and written nothing (no schema, no journal mode), so
+    search and export work on a store they may not write; one without csvembed's tables is None.
+    """
+    from csvembed.postgres_store import PostgresStore, is_postgres_url
+
+    if is_postgres_url(db):
+        return PostgresStore(db)
+    if not Path(db).exists():
+        return None
+    from csvembed.sqlite_store import SqliteStore
+
+    store = SqliteStore(Path(db), read_only=read_only)
+    if not store.has_schema:
+        store.close()
+        return None
+    return store

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import secrets
+import socket
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 
 from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.results import Result
@@ -32,7 +33,7 @@ from csvembed import defaults
 from csvembed.embedder import share_cpu
 from csvembed.errors import RowError
 from csvembed.ingest import Ingestor
-from csvembed.jobs import SERIALIZER, RowTask
+from csvembed.jobs import SERIALIZER, CsvembedJob, RowTask, refusal
 from csvembed.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,19 @@ class _Batch:
 
 
 class BatchWorker(SimpleWorker):
-    """A SimpleWorker that runs up to `batch_size` row-jobs through one model call."""
+    """A SimpleWorker that runs up to `batch_size` row-jobs through one model call.
+
+    It runs only csvembed's rows: its jobs are CsvembedJobs, which never import what a job names
+    (also when RQ's maintenance fails a dead worker's jobs), and any other job is failed alone.
+    """
 
     def __init__(self, queues: Sequence[str], *, ingestor: Ingestor, batch_size: int, **kwargs) -> None:
         super().__init__(
-            [Queue(name, connection=ingestor.records.connection, serializer=SERIALIZER) for name in queues],
+            [Queue(name, connection=ingestor.records.connection, serializer=SERIALIZER, job_class=CsvembedJob)
+             for name in queues],
             connection=ingestor.records.connection,
             serializer=SERIALIZER,
+            job_class=CsvembedJob,
             name=kwargs.pop("name", None) or worker_name(),
             worker_ttl=defaults.WORKER_TTL,
             maintenance_interval=defaults.REAPER_INTERVAL,
@@ -129,7 +136,8 @@ class BatchWorker(SimpleWorker):
         self._cores_checked_at = time.monotonic()
         host = host_of(self.name)
         keys = self.connection.smembers(REDIS_WORKER_KEYS)
-        on_host = sum(1 for key in keys if host_of(key.decode().removeprefix(Worker.redis_worker_namespace_prefix)) == host)
+        prefix = Worker.redis_worker_namespace_prefix
+        on_host = sum(1 for key in keys if host_of(key.decode().removeprefix(prefix)) == host)
         threads = share_cpu(on_host, self.ingestor.embedder)
         log.debug("%d workers on %s: %d threads each", on_host, host, threads)
 
@@ -138,7 +146,11 @@ class BatchWorker(SimpleWorker):
         # StopRequested between taking jobs and starting them.
         self.set_state(WorkerStatus.BUSY)
         self._share_cores()
-        batch = self._start(queue, [job, *self._take_queued(queue, self.batch_size - 1)])
+        jobs = self._refuse_strangers(queue, [job, *self._take_queued(queue, self.batch_size - 1)])
+        if not jobs:
+            self.set_state(WorkerStatus.IDLE)
+            return
+        batch = self._start(queue, jobs)
         with self._held_lock:
             self._held = batch
         try:
@@ -165,7 +177,10 @@ class BatchWorker(SimpleWorker):
             for _ in range(limit):
                 pipe.lmove(queue.key, queue.intermediate_queue_key)
             job_ids = [raw.decode() for raw in pipe.execute() if raw is not None]
-        jobs = Job.fetch_many(job_ids, connection=self.connection, serializer=SERIALIZER)
+        try:
+            jobs: list[Job | None] = CsvembedJob.fetch_many(job_ids, connection=self.connection, serializer=SERIALIZER)
+        except NoSuchJobError:  # a key on the queue that is no job at all (anyone can push one): dropped below
+            jobs = [self._fetch_or_none(job_id) for job_id in job_ids]
         missing = [job_id for job_id, job in zip(job_ids, jobs) if job is None]
         if missing:  # deleted while queued (for instance a withdrawn submission)
             with self.connection.pipeline() as pipe:
@@ -173,6 +188,33 @@ class BatchWorker(SimpleWorker):
                     pipe.lrem(queue.intermediate_queue_key, 1, job_id)
                 pipe.execute()
         return [job for job in jobs if job is not None]
+
+    def _fetch_or_none(self, job_id: str) -> Job | None:
+        """One job, or None for a key that is not a job, so that one such key cannot stop the worker."""
+        try:
+            return CsvembedJob.fetch(job_id, connection=self.connection, serializer=SERIALIZER)
+        except NoSuchJobError:
+            return None
+
+    def _refuse_strangers(self, queue: Queue, jobs: list[Job]) -> list[Job]:
+        """Fail, alone and for good, every job that is not a well-formed csvembed row; return the rest.
+
+        Anyone who can write to Redis can put a job on the queue: such a job must neither run nor
+        stop the worker or its batch. Nothing it names is imported or called.
+        """
+        accepted = []
+        for job in jobs:
+            reason = refusal(job)
+            if reason is None:
+                accepted.append(job)
+                continue
+            log.warning("job %r refused: %s", job.id, reason)
+            job.ended_at = now()
+            job.retries_left = 0  # its own Retry must not bring it back
+            job.failure_ttl = defaults.FAILURE_TTL  # nor may it stay in Redis forever
+            self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
+            self.handle_job_failure(job, queue, exc_string=reason)
+        return accepted
 
     def _start(self, queue: Queue, jobs: list[Job]) -> _Batch:
         """Mark every job STARTED, with an execution and a heartbeat, in one transaction."""
@@ -229,8 +271,12 @@ class BatchWorker(SimpleWorker):
         if isinstance(error, RowError):
             job.retries_left = 0  # the same row would fail the same way again
         reason = str(error) if isinstance(error, RowError) else f"{type(error).__name__}: {error}"
-        if not job.should_retry:
-            self.ingestor.records.mark_failed(None, task.submission_id, task.row_number, task.row_id, reason)
+        if not job.should_retry and not self.ingestor.records.mark_failed(
+                None, task.submission_id, task.row_number, task.row_id, reason):
+            with self.connection.pipeline() as pipe:  # its submission was deleted meanwhile: keep nothing
+                self._delete_finished(job, execution, pipe)
+                pipe.execute()
+            return
         self.handle_job_failure(job, queue, exc_string=reason, execution=execution)
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import redis
 
 from conftest import run_cli, write_csv
 from csvembed.broker import local_socket, stop_local_redis
 from csvembed.settings import Settings
+
+pytestmark = pytest.mark.slow  # CLI subprocesses
 
 
 def test_commands_share_one_embedded_redis_with_aof(env, tmp_path):

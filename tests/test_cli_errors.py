@@ -7,6 +7,8 @@ import pytest
 
 from conftest import run_cli, write_csv
 
+pytestmark = pytest.mark.slow  # every test runs the CLI in a subprocess
+
 GOOD = "sku,title,body\n001,Boot,Waterproof leather boot\n002,Hat,Wool hat\n"
 
 
@@ -36,7 +38,8 @@ def assert_rejected(env, result, exit_code: int, message: str) -> None:
         (GOOD, ("--id-column", "id"), "unknown --id-column 'id'; the columns are: sku, title, body"),
         (GOOD, ("--template", "{title}: {bdy}"), "unknown template field 'bdy'; the columns are: sku, title, body"),
         (GOOD, ("--template", "{title:.2f}"),
-         "--template '{title:.2f}' cannot be applied to a row: Unknown format code 'f' for object of type 'str'"),
+         "bad --template '{title:.2f}': only plain {column} fields are allowed, without :format, !conversion,"
+         " .attribute or [index] (embed a column whose name has . [ : or ! with --text-column)"),
         (GOOD, ("--text-column", "title", "--template", "{body}"), "use either --text-column or --template, not both"),
     ],
 )

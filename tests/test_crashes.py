@@ -15,6 +15,8 @@ from conftest import STORES, start_redis, stored_rows, write_csv
 from csvembed.progress import SubmissionRecords
 from csvembed.store import open_store
 
+pytestmark = pytest.mark.slow  # worker processes with the real model
+
 
 def rows_csv(path, count: int, words: int = 40) -> None:
     """Rows long enough that a batch takes a few seconds to embed on 2 cores."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import apsw
-
 import pytest
 
 from conftest import STORES, run_cli, write_csv
@@ -13,8 +12,7 @@ from csvembed import defaults
 from csvembed.progress import SubmissionRecords
 from csvembed.store import Store, open_store
 
-
-pytestmark = pytest.mark.parametrize("env", STORES, indirect=True)
+pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 
 
 class LockedStoreDouble:

@@ -22,10 +22,11 @@ import redis
 
 from conftest import write_csv
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None,
-    reason="network namespaces need root and iproute2 (CI runs as root)",
-)
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                       reason="network namespaces need root and iproute2 (CI runs as root)"),
+    pytest.mark.slow,
+]
 
 REDIS_PORT, PG_PORT = 6390, 5490
 

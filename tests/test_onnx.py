@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, stored_rows, write_csv
 
+from conftest import run_cli, stored_rows, write_csv
 from csvembed.embedder import (
     SentenceTransformerEmbedder,
     load_embedder,
@@ -187,6 +187,7 @@ def test_int8_rows_are_re_embedded_by_a_later_fp32_submit(env, onnx_cache):
     assert all(0.95 < cosine < 0.9999 for cosine in cosines), cosines
 
 
+@pytest.mark.slow
 def test_worker_burst_on_empty_queues_exits_before_loading_a_model(env):
     worked = run_cli(env, "worker", "--burst", timeout=60)
     assert worked.returncode == 0, worked.stderr
@@ -194,6 +195,7 @@ def test_worker_burst_on_empty_queues_exits_before_loading_a_model(env):
     assert b"loaded" not in worked.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (("--precision", "fp16", "worker", "--burst"),
      "csvembed: error: unknown --precision 'fp16': use one of fp32, int8"),

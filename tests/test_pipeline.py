@@ -7,16 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-from rq import Queue
-
 import pytest
+from rq import Queue
 
 from conftest import STORES, run_cli, stored_rows, write_csv
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.progress import SubmissionRecords
 from csvembed.store import open_store
 
-pytestmark = pytest.mark.parametrize("env", STORES, indirect=True)
+pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 
 SAMPLE = Path(__file__).parent.parent / "sample_data" / "products.csv"
 
@@ -88,7 +87,7 @@ def test_stdin_template_and_exact_fields(env, drain):
     assert submitted.returncode == 0, submitted.stderr
     result = json.loads(submitted.stdout)
     assert (result["rows"], result["enqueued"], result["skipped"], result["queue"], result["collection"]) == (
-        4, 4, 0, "csvembed", "stdin")
+        4, 4, 0, "csvembed", f"stdin-{result['id']}")
     drain()
     rows = {row_id: (text, json.loads(row_json)) for row_id, _, text, row_json, _ in stored(env)}
     assert rows == {

@@ -74,7 +74,7 @@ def test_missing_trailing_fields_read_as_empty():
     [
         (b"", {}, "test.csv is empty: expected a header line and rows"),
         (b"a,b\n", {}, "test.csv has a header but no rows"),
-        (b"a,b\n1,2,3\n", {}, "test.csv: malformed CSV: row 1 has more fields than the header"),
+        (b"a,b\n1,2,3\n", {}, "test.csv: malformed CSV: Expected 2 fields in line 2, saw 3"),
         (b"a,b\n1,2\n3,4,5\n", {}, "test.csv: malformed CSV: Expected 2 fields in line 3, saw 3"),
         ("a,b\n1,caf\xe9\n".encode("latin-1"), {},
          "test.csv is not valid utf-8 (byte 0xe9 near byte 9): pass --encoding, for example --encoding latin-1"),

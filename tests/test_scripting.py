@@ -13,7 +13,7 @@ from conftest import STORES, run_cli, write_csv
 from csvembed.progress import SubmissionRecords
 from csvembed.store import open_store
 
-pytestmark = pytest.mark.parametrize("env", STORES, indirect=True)
+pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 
 CATALOGUE = (
     "sku,title,colour,body\n"
@@ -125,7 +125,8 @@ def test_export_round_trips_in_every_format(env, catalogue, tmp_path):
     np.testing.assert_array_equal(np.array([row["embedding"] for row in table], dtype=np.float32), expected_vectors)
 
     bad = run_cli(env, "export", submission_id, "--format", "xml")
-    assert (bad.returncode, bad.stderr) == (2, b"csvembed: error: unknown --format 'xml': use one of jsonl, csv, parquet\n")
+    assert (bad.returncode, bad.stderr) == (
+        2, b"csvembed: error: unknown --format 'xml': use one of jsonl, csv, parquet\n")
 
 
 def test_search_filters(env, catalogue, submit, drain):
@@ -142,7 +143,8 @@ def test_search_filters(env, catalogue, submit, drain):
     assert [h["distance"] for h in red] == sorted(h["distance"] for h in red)
     assert [h["id"] for h in red] == [h["id"] for h in everything if h["row"]["colour"] == "red"]
     for hit in red:  # the same distances as the unfiltered search
-        assert hit["distance"] == pytest.approx(next(h for h in everything if h["id"] == hit["id"])["distance"], abs=1e-6)
+        unfiltered = next(h for h in everything if h["id"] == hit["id"])
+        assert hit["distance"] == pytest.approx(unfiltered["distance"], abs=1e-6)
 
     only_first, _ = cli_json(env, "search", "waterproof hiking", "-k", "10", "--submission", first_id, "--json")
     assert sorted(h["id"] for h in only_first) == ["001", "002", "003", "004"]

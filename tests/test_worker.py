@@ -48,6 +48,7 @@ def stored_ids(env) -> list[str]:
     return sorted(row_id for _, row_id, *_ in stored_rows(env))
 
 
+@pytest.mark.slow  # the real model
 def test_an_empty_row_fails_alone_with_its_reason(env, submit, drain):
     path = write_csv(env.dir / "p.csv", "id,text\na,first row\nb,   \nc,third row\n")
     result = submit(path, id_column="id", text_columns=("text",))
@@ -63,6 +64,7 @@ def test_an_empty_row_fails_alone_with_its_reason(env, submit, drain):
     assert 0 < env.connection.ttl(f"rq:job:{result.id}-2") <= defaults.FAILURE_TTL
 
 
+@pytest.mark.slow  # the real model
 def test_a_row_that_breaks_the_batched_call_is_isolated(env, submit, drain, embedder):
     rows = "".join(f"{i},ordinary row {i}\n" for i in range(1, 11)) + "11,POISON\n"
     result = submit(write_csv(env.dir / "p.csv", "id,text\n" + rows), id_column="id", text_columns=("text",))
@@ -75,6 +77,7 @@ def test_a_row_that_breaks_the_batched_call_is_isolated(env, submit, drain, embe
                          "reason": "the model failed on this row: ValueError: poisoned input"}]
 
 
+@pytest.mark.slow  # the real model
 def test_a_batch_that_outlives_the_heartbeat_ttl_is_not_abandoned(env, submit, drain, embedder, monkeypatch):
     monkeypatch.setattr(defaults, "HEARTBEAT_TTL", 2)
     monkeypatch.setattr(defaults, "HEARTBEAT_INTERVAL", 0.5)
@@ -104,6 +107,7 @@ def test_a_batch_that_outlives_the_heartbeat_ttl_is_not_abandoned(env, submit, d
     assert (snapshot.done, snapshot.failed, snapshot.state) == (3, 0, "done")
 
 
+@pytest.mark.slow  # the real model
 def test_finished_rows_leave_almost_nothing_in_redis(env, submit, drain):
     rows = "".join(f"{i},row {i}\n" for i in range(1, 201))
     result = submit(write_csv(env.dir / "m.csv", "id,text\n" + rows), id_column="id", text_columns=("text",))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, BinaryIO, Optional
 
 import typer
 
 from csvembed import defaults
 from csvembed.cli.app import JsonOption, app, connection_of, out, print_json, say, settings_of
-from csvembed.errors import InputError, UnknownSubmission
+from csvembed.errors import InputError, NoStore, UnknownSubmission
 
 
 def _parse_where(conditions: list[str]) -> dict[str, str]:
@@ -26,7 +28,7 @@ def _parse_where(conditions: list[str]) -> dict[str, str]:
 @app.command()
 def search(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="What to look for.")],
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="What to look for.")],
     k: Annotated[int, typer.Option("-k", help="How many rows to return.", min=1)] = defaults.SEARCH_K,
     collection: Annotated[Optional[str], typer.Option(help="Only rows of this collection.")] = None,
     submission: Annotated[Optional[str], typer.Option(help="Only rows last written by this submission.")] = None,
@@ -76,7 +78,8 @@ def export(
     original columns, then embedding_0 ... embedding_N. parquet: the original columns and an
     `embedding` list column.
     """
-    from csvembed.export import FORMATS, export as run_export
+    from csvembed.export import FORMATS
+    from csvembed.export import export as run_export
     from csvembed.progress import SubmissionRecords
     from csvembed.store import open_existing_store
 
@@ -85,14 +88,41 @@ def export(
     records = SubmissionRecords(connection_of(ctx))
     if not records.exists(submission_id):
         raise UnknownSubmission(f"no submission with id {submission_id!r}")
-    store = open_existing_store(settings_of(ctx).db)
-    if store is None:
-        raise InputError(f"nothing is stored yet in {settings_of(ctx).db}")
-    columns = records.columns(submission_id)
-    with (output.open("wb") if output else open(sys.stdout.fileno(), "wb", closefd=False)) as target:
-        count = run_export(store, submission_id, columns, fmt, target)
-    store.close()
+    db = settings_of(ctx).db
+    store = open_existing_store(db, read_only=True)
+    try:
+        if store is None or store.dimension is None:
+            raise NoStore(db)
+        columns = records.columns(submission_id)
+        count = _write(output, lambda target: run_export(store, submission_id, columns, fmt, target))
+    finally:
+        if store is not None:
+            store.close()
     say(f"exported {count} rows" + (f" to {output}" if output else ""))
+
+
+def _write(path: Path | None, write: Callable[[BinaryIO], int]) -> int:
+    """Run `write` on the file (stdout for None). A failed write is one line naming the file and the
+    OS reason, and a file this export created is removed so no half-written export is left."""
+    created = False
+    try:
+        if path is None:
+            with open(sys.stdout.fileno(), "wb", closefd=False) as target:
+                return write(target)
+        try:
+            target = path.open("xb")
+            created = True
+        except FileExistsError:  # overwrite it, or write to a device such as /dev/null
+            target = path.open("wb")
+        with target:
+            return write(target)
+    except BaseException as exc:
+        if created:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno != errno.EPIPE:
+            reason = exc.strerror or str(exc)
+            raise InputError(f"cannot write {path or 'standard output'}: {reason[:1].lower()}{reason[1:]}") from None
+        raise
 
 
 @app.command()

@@ -12,6 +12,7 @@ from csvembed import defaults
 from csvembed.cli.app import JsonOption, app, connection_of, err, out, print_json
 from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, InputError, UnknownSubmission
 from csvembed.monitor import Monitor, Reading
+from csvembed.progress import INTERRUPTED
 from csvembed.status_view import StatusView, wait_plain, watch
 
 
@@ -21,7 +22,9 @@ def _require(monitor: Monitor, submission_id: str) -> None:
 
 
 def _exit_code(reading: Reading) -> int:
-    return EXIT_ROWS_FAILED if any(snapshot.failed for snapshot in reading.snapshots) else EXIT_OK
+    """1 if rows failed, or if the submit was interrupted (some rows were never enqueued)."""
+    incomplete = any(snapshot.failed or snapshot.state == INTERRUPTED for snapshot in reading.snapshots)
+    return EXIT_ROWS_FAILED if incomplete else EXIT_OK
 
 
 def follow(connection: redis.Redis, submission_id: str) -> int:
