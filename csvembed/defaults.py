@@ -19,6 +19,13 @@ LENGTH_SORT_WINDOW = 5_000
 BATCH_SIZE = 256
 # The batch size passed to SentenceTransformer.encode (longer batches were slower on 2 cores).
 ENCODE_BATCH_SIZE = 32
+# Characters of a text handed to the tokenizer, per token the model reads (max_seq_length). A
+# 50 MB field made a worker reach 3.9 GB while tokenizing, though the model reads 256 tokens.
+# WordPiece turns any word over 100 characters into one [UNK] (BPE and unigram pieces are shorter
+# still), so a token spans at most about 100 characters plus the whitespace before it: 128 per
+# token (32,768 characters for 256 tokens) cannot cut a token the model would read unless words
+# are separated by ~28 whitespace characters on average.
+CHARS_PER_TOKEN = 128
 
 # Per-row job settings. The vector lives in SQLite, so no RQ result is kept at all.
 JOB_TIMEOUT = 600

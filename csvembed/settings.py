@@ -12,6 +12,8 @@ ENV_HOME = "CSVEMBED_HOME"
 ENV_REDIS_URL = "CSVEMBED_REDIS_URL"
 ENV_DB = "CSVEMBED_DB"
 ENV_MODEL = "CSVEMBED_MODEL"
+ENV_PRECISION = "CSVEMBED_PRECISION"
+PRECISIONS = ("fp32", "int8")
 
 
 def default_home() -> Path:
@@ -47,13 +49,22 @@ class Settings:
     model: str
     # None means "the embedded redis-server in home", started on demand.
     redis_url: str | None = None
+    # fp32, or int8 (ONNX Runtime only): a different model in effect, with different vectors.
+    precision: str = "fp32"
+
+    @property
+    def model_id(self) -> str:
+        """The model as stored rows record it and submit hashes it: an int8 model is another model."""
+        return self.model if self.precision == "fp32" else f"{self.model}+{self.precision}"
 
     @classmethod
-    def resolve(cls, redis_url: str | None = None, db: str | None = None, model: str | None = None) -> Settings:
+    def resolve(cls, redis_url: str | None = None, db: str | None = None, model: str | None = None,
+                precision: str | None = None) -> Settings:
         home = default_home()
         return cls(
             home=home,
             db=db or str(home / "csvembed.db"),
             model=model or defaults.MODEL_NAME,
             redis_url=redis_url or None,
+            precision=precision or "fp32",
         )

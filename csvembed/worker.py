@@ -138,7 +138,7 @@ class BatchWorker(SimpleWorker):
         keys = self.connection.smembers(REDIS_WORKER_KEYS)
         prefix = Worker.redis_worker_namespace_prefix
         on_host = sum(1 for key in keys if host_of(key.decode().removeprefix(prefix)) == host)
-        threads = share_cpu(on_host)
+        threads = share_cpu(on_host, self.ingestor.embedder)
         log.debug("%d workers on %s: %d threads each", on_host, host, threads)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -280,20 +280,37 @@ class BatchWorker(SimpleWorker):
         self.handle_job_failure(job, queue, exc_string=reason, execution=execution)
 
 
-def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_size: int, device: str = "auto") -> bool:
+def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_size: int, device: str = "auto",
+               backend: str = "auto") -> bool:
     """Load the model once, then work until stopped (or until the queues are empty with burst).
 
     Returns whether any job was processed.
     """
     from csvembed.broker import connect
-    from csvembed.embedder import SentenceTransformerEmbedder
+    from csvembed.embedder import choose_backend, load_embedder
     from csvembed.progress import SubmissionRecords
     from csvembed.store import open_store
 
-    embedder = SentenceTransformerEmbedder(settings.model, device=device)
+    device, backend = choose_backend(settings, device, backend)
     connection = connect(settings, wait_forever=True)
+    if burst and not _has_work(connection, queues):
+        # A script's unchanged re-run ends here: loading the model would take most of its time.
+        log.info("nothing queued on %s", ", ".join(queues))
+        return False
+    embedder = load_embedder(settings, device=device, backend=backend)
     ingestor = Ingestor(embedder, open_store(settings.db), SubmissionRecords(connection))
     worker = BatchWorker(queues, ingestor=ingestor, batch_size=batch_size)
-    log.info("worker %s: model %s loaded on %s; listening on %s", worker.name, settings.model, embedder.device,
-             ", ".join(queues))
+    log.info("worker %s: model %s loaded on %s (%s); listening on %s", worker.name, settings.model_id,
+             embedder.device, embedder.backend, ", ".join(queues))
     return worker.work(burst=burst, logging_level="WARNING")
+
+
+def _has_work(connection, queues: Sequence[str]) -> bool:
+    """Rows queued, or started ones that a burst worker may find abandoned and requeue."""
+    with connection.pipeline(transaction=False) as pipe:
+        for name in queues:
+            queue = Queue(name, connection=connection, serializer=SERIALIZER)
+            pipe.llen(queue.key)
+            pipe.llen(queue.intermediate_queue_key)
+            pipe.zcard(queue.started_job_registry.key)
+        return any(pipe.execute())

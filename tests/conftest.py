@@ -91,8 +91,14 @@ def fresh_postgres_database(server, name: str) -> str:
 STORES = ["sqlite", "postgres"]
 
 
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory) -> Path:
+    """One ONNX export cache for the suite (keyed by model files, so safe to share): one export, not one per test."""
+    return tmp_path_factory.mktemp("onnx-home") / "onnx"
+
+
 @pytest.fixture
-def env(request, redis_url, tmp_path, monkeypatch) -> Env:
+def env(request, redis_url, tmp_path, monkeypatch, onnx_cache) -> Env:
     """The default world uses SQLite; modules parametrize it with STORES to run on both stores."""
     connection = redis.Redis.from_url(redis_url)
     connection.flushall()
@@ -101,6 +107,9 @@ def env(request, redis_url, tmp_path, monkeypatch) -> Env:
     else:
         db = str(tmp_path / "store.db")
     world = Env(redis_url, db, tmp_path / "home", connection, tmp_path)
+    onnx_cache.mkdir(parents=True, exist_ok=True)
+    world.home.mkdir()
+    (world.home / "onnx").symlink_to(onnx_cache)
     for key, value in world.environ.items():
         if key.startswith("CSVEMBED_"):
             monkeypatch.setenv(key, value)

@@ -52,7 +52,7 @@ def submit(
     )
     connection = connection_of(ctx)
     source = open_source(file)
-    result = Producer(connection, settings.db, settings.model).submit(source, options)
+    result = Producer(connection, settings.db, settings.model_id).submit(source, options)
     if as_json:
         print_json(result.as_json())
     else:
@@ -76,6 +76,10 @@ def worker(
         help="Rows taken at once and embedded in one model call.", min=1)] = defaults.BATCH_SIZE,
     device: Annotated[str, typer.Option(
         envvar="CSVEMBED_DEVICE", help="auto (a GPU when one is present), cpu or cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(
+        envvar="CSVEMBED_BACKEND", show_envvar=True,
+        help="auto (ONNX Runtime on the CPU, PyTorch on a GPU), torch or onnx. ONNX Runtime gives the same "
+        "vectors, checked against PyTorch on first use, and falls back to PyTorch when it cannot.")] = "auto",
 ) -> None:
     """Embed queued rows and store them. Loads the model once, then runs until stopped.
 
@@ -87,7 +91,7 @@ def worker(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr, force=True)
     logging.getLogger("csvembed").setLevel(logging.INFO)
     run_worker(settings_of(ctx), queue or [defaults.QUEUE_NAME], burst=burst, batch_size=batch_size,
-               device=device)
+               device=device, backend=backend)
 
 
 @app.command()
