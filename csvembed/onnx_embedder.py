@@ -2,7 +2,7 @@
 
 Why not sentence-transformers' own `backend="onnx"`: it needs optimum-onnx, whose only release
 (0.1.0) requires transformers < 4.58, while sentence-transformers 6.2 requires transformers >= 5;
-they cannot be installed together (checked December 2026). What csvembed needs of it is small:
+they cannot be installed together (checked November 2026). What csvembed needs of it is small:
 an ONNX export of the Transformer module, the model's own fast tokenizer, the pooling its Pooling
 config names, and L2 normalisation. That is this module.
 
