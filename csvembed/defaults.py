@@ -64,9 +64,13 @@ REDIS_RETRIES = 8
 # The embedded redis-server: how long to wait for it to accept connections.
 LOCAL_REDIS_START_TIMEOUT = 10.0
 
-# status: refreshes per second of the live view, and the window of its moving rate.
+# status: refreshes per second of the live view.
 STATUS_REFRESH_PER_SECOND = 4
-RATE_WINDOW_SECONDS = 10.0
+# The rate of a running submission spans at least this long between two moments rows finished (and
+# at least one whole batch), so long batches do not make it jump; finished ones show their average.
+RATE_WINDOW_SECONDS = 30.0
+# Moments (time, rows finished) kept per submission for that rate.
+RATE_SAMPLES = 64
 # How many submissions `status` without an id shows.
 RECENT_SUBMISSIONS = 10
 # Failure reasons shown in the live view.

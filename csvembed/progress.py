@@ -26,11 +26,22 @@ SUBMISSIONS_KEY = f"{PREFIX}:submissions"
 SUBMITTING = "submitting"  # rows are still being read and enqueued; the total is not known yet
 RUNNING = "running"  # everything is enqueued; rows are pending
 DONE = "done"  # no row pending, none failed
-FAILED = "failed"  # no row pending, some failed
+PARTIAL = "partial"  # no row pending; some rows stored, some failed
+FAILED = "failed"  # no row pending, some failed and none was stored: nothing worked
 CANCELLED = "cancelled"  # submit was rejected part-way; its rows were withdrawn
 # The submit process died (its lease lapsed) before every row was enqueued. Read as such while the
 # record still says submitting; written once a later submit into the collection withdrew its queued rows.
 INTERRUPTED = "interrupted"
+
+# Every time rows finish (done or failed), a worker's clock and the submission's finished count are
+# pushed onto a short list: a rate over these samples spans whole batches, however long they take.
+# KEYS[2] and KEYS[3] are the done and failed bitmaps in both scripts that use it.
+def _push_sample(samples_key: str, at: str) -> str:
+    return f"""
+redis.call('LPUSH', {samples_key}, {at} .. ' ' .. (redis.call('BITCOUNT', KEYS[2]) + redis.call('BITCOUNT', KEYS[3])))
+redis.call('LTRIM', {samples_key}, 0, {defaults.RATE_SAMPLES - 1})
+"""
+
 
 # Every write below is a script that acts only while the record exists: a worker or a submit that
 # is still running after `delete` must not re-create a partial record (or its bitmaps).
@@ -48,18 +59,20 @@ for i = 2, #ARGV do
 end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
+""" + _push_sample("KEYS[5]", "ARGV[1]") + """
 return #ARGV - 1
 """
 
 _MARK_FAILED = """
-if redis.call('EXISTS', KEYS[5]) == 0 then return 0 end
-if redis.call('GETBIT', KEYS[1], ARGV[1]) == 0 then
-  redis.call('SETBIT', KEYS[2], ARGV[1], 1)
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-  redis.call('LPUSH', KEYS[4], ARGV[2])
-  redis.call('LTRIM', KEYS[4], 0, 19)
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('GETBIT', KEYS[2], ARGV[1]) == 0 then
+  redis.call('SETBIT', KEYS[3], ARGV[1], 1)
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+  redis.call('LPUSH', KEYS[5], ARGV[2])
+  redis.call('LTRIM', KEYS[5], 0, 19)
 end
-redis.call('HSET', KEYS[5], 'updated_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+""" + _push_sample("KEYS[6]", "ARGV[3]") + """
 return 1
 """
 
@@ -125,7 +138,7 @@ def record_key(submission_id: str) -> str:
 
 
 # Every key of a submission's record; the record itself ("") first.
-_PARTS = ("", "done", "failed", "errors", "recent_failures", "lease")
+_PARTS = ("", "done", "failed", "errors", "recent_failures", "lease", "samples")
 
 
 @dataclass
@@ -148,16 +161,27 @@ class Snapshot:
     updated_at: float | None
     columns: list[str] = field(default_factory=list)
     text: str = ""
+    # (worker's time, rows finished) each time rows finished, oldest first; the rate comes from these.
+    samples: list[tuple[float, int]] = field(default_factory=list, repr=False)
 
     @property
     def finished(self) -> bool:
-        return self.state in (DONE, FAILED, CANCELLED, INTERRUPTED)
+        return self.state in (DONE, PARTIAL, FAILED, CANCELLED, INTERRUPTED)
 
     def as_json(self) -> dict:
-        return asdict(self)
+        fields = asdict(self)
+        del fields["samples"]
+        return fields
 
 
-def _snapshot(submission_id: str, record: dict, done: int, failed: int, leased: int) -> Snapshot | None:
+def _samples(raw: list[bytes]) -> list[tuple[float, int]]:
+    pairs = [entry.decode().split(" ") for entry in raw]
+    return sorted((float(at), int(finished)) for at, finished in pairs)
+
+
+def _snapshot(
+    submission_id: str, record: dict, done: int, failed: int, leased: int, samples: list[bytes]
+) -> Snapshot | None:
     fields = {key.decode(): value.decode() for key, value in record.items()}
     if "created_at" not in fields:  # no record, or a fragment that an older version re-created
         return None
@@ -167,7 +191,7 @@ def _snapshot(submission_id: str, record: dict, done: int, failed: int, leased: 
     if state == SUBMITTING and not leased:
         state = INTERRUPTED
     elif state == RUNNING and pending == 0:
-        state = FAILED if failed else DONE
+        state = (PARTIAL if done else FAILED) if failed else DONE
     return Snapshot(
         id=submission_id,
         state=state,
@@ -185,6 +209,7 @@ def _snapshot(submission_id: str, record: dict, done: int, failed: int, leased: 
         updated_at=float(fields["updated_at"]) if "updated_at" in fields else None,
         columns=json.loads(fields.get("columns", "[]")),
         text=fields.get("text", ""),
+        samples=_samples(samples),
     )
 
 
@@ -296,7 +321,7 @@ class SubmissionRecords:
         self._mark_started(keys=[_key(submission_id)], args=[time.time()], client=pipeline)
 
     def mark_done(self, pipeline: Pipeline, submission_id: str, row_numbers: Iterable[int]) -> None:
-        keys = [_key(submission_id, part) for part in ("", "done", "failed", "errors")]
+        keys = [_key(submission_id, part) for part in ("", "done", "failed", "errors", "samples")]
         self._mark_done(keys=keys, args=[time.time(), *row_numbers], client=pipeline)
 
     def mark_failed(
@@ -308,7 +333,7 @@ class SubmissionRecords:
         deleted, not kept as failed.
         """
         record = json.dumps({"row_number": row_number, "id": row_id, "reason": reason})
-        keys = [_key(submission_id, part) for part in ("done", "failed", "errors", "recent_failures", "")]
+        keys = [_key(submission_id, part) for part in ("", "done", "failed", "errors", "recent_failures", "samples")]
         return bool(self._mark_failed(keys=keys, args=[row_number, record, time.time()],
                                       client=pipeline or self.connection))
 
@@ -340,15 +365,17 @@ class SubmissionRecords:
         return self.snapshots([submission_id])[0]
 
     def snapshots(self, submission_ids: list[str]) -> list[Snapshot | None]:
-        """Read submissions in a single round trip: per submission, its hash, two BITCOUNTs and its lease."""
+        """Read submissions in a single round trip: per submission, its hash, two BITCOUNTs, its lease and
+        its rate samples."""
         with self.connection.pipeline(transaction=False) as pipe:
             for submission_id in submission_ids:
                 pipe.hgetall(_key(submission_id))
                 pipe.bitcount(_key(submission_id, "done"))
                 pipe.bitcount(_key(submission_id, "failed"))
                 pipe.exists(_key(submission_id, "lease"))
+                pipe.lrange(_key(submission_id, "samples"), 0, -1)
             replies = pipe.execute()
-        return [_snapshot(submission_id, *replies[i * 4 : i * 4 + 4]) for i, submission_id in enumerate(submission_ids)]
+        return [_snapshot(submission_id, *replies[i * 5 : i * 5 + 5]) for i, submission_id in enumerate(submission_ids)]
 
     def ids(self) -> list[str]:
         """Every submission id, newest first."""

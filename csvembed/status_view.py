@@ -1,13 +1,12 @@
 """What `status` shows: live rich progress bars in a terminal, plain lines elsewhere.
 
-The view keeps the history of its own readings, so the rate is a moving window over what it has
-seen, with no extra state in Redis. Each refresh is one Redis round trip (see monitor.py).
+Every figure comes from the reading alone (Redis), so the live view, the plain line and --json show
+the same rate and ETA at the same moment. Each refresh is one Redis round trip (see monitor.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,35 +17,45 @@ from rich.table import Table
 from rich.text import Text
 
 from csvembed import defaults
-from csvembed.monitor import Reading
+from csvembed.monitor import QueueStats, Reading
 from csvembed.progress import Snapshot
+from csvembed.wording import count
+
+# The bar gives way first, down to MIN_BAR; then columns go, least useful first; a number is never cut.
+MIN_BAR, MAX_BAR = 10, 40
+DROP_ORDER = ("in progress", "pending", "unchanged", "elapsed", "collection")
 
 
-class RateMeter:
-    """Rows finished per second over a short moving window of (time, finished) samples."""
+def rate_of(snapshot: Snapshot) -> float | None:
+    """Rows finished per second, measured only between moments when rows finished.
 
-    def __init__(self, window: float = defaults.RATE_WINDOW_SECONDS) -> None:
-        self.window = window
-        self.samples: deque[tuple[float, int]] = deque()
-
-    def add(self, at: float, finished: int) -> None:
-        self.samples.append((at, finished))
-        while len(self.samples) > 2 and at - self.samples[1][0] >= self.window:
-            self.samples.popleft()
-
-    @property
-    def rate(self) -> float | None:
-        if len(self.samples) < 2:
-            return None
-        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else None
-
-
-def overall_rate(snapshot: Snapshot) -> float | None:
-    """Rows per second between the first and the latest stored row, for one-shot readings."""
-    if snapshot.started_at is None or snapshot.updated_at is None or snapshot.updated_at <= snapshot.started_at:
+    Rows finish a batch at a time, so a rate taken at an arbitrary moment swings with the batch
+    length. Running: from the latest such moment back to the latest one at least
+    RATE_WINDOW_SECONDS before it (else to the first batch's start), so it spans whole batches
+    and holds steady between them. Finished: the average from the first batch's start to the end.
+    """
+    if snapshot.started_at is None:
         return None
-    return (snapshot.done + snapshot.failed) / (snapshot.updated_at - snapshot.started_at)
+    if snapshot.finished:
+        start, end, finished = snapshot.started_at, snapshot.updated_at, snapshot.done + snapshot.failed
+        return finished / (end - start) if end is not None and end > start else None
+    samples = [(snapshot.started_at, 0), *snapshot.samples]
+    last_at, last_finished = samples[-1]
+    base_at, base_finished = max((sample for sample in samples if sample[0] <= last_at - defaults.RATE_WINDOW_SECONDS),
+                                 default=samples[0])
+    if last_at <= base_at or last_finished <= base_finished:
+        return None
+    return (last_finished - base_finished) / (last_at - base_at)
+
+
+def eta_of(snapshot: Snapshot, rate: float | None, at: float) -> float | None:
+    """Seconds to go: the pending rows at `rate` from the latest moment rows finished, counting down
+    from there (not blank between batches); 0 once finished, None until a first batch finished."""
+    if snapshot.finished:
+        return 0.0
+    if not rate or not snapshot.samples:
+        return None
+    return max(snapshot.samples[-1][0] + snapshot.pending / rate - at, 0.0)
 
 
 def duration(seconds: float | None) -> str:
@@ -57,9 +66,13 @@ def duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def rows_per_second(rate: float | None) -> str:
+    return f"{rate:.1f}" if rate else "-"
+
+
 @dataclass
 class Line:
-    """One submission's figures as shown: counts from Redis, rate and times derived here."""
+    """One submission's figures as shown: counts from Redis, rate and times derived from them."""
 
     snapshot: Snapshot
     rate: float | None
@@ -77,66 +90,102 @@ class Line:
                 "in_progress": self.in_progress, "workers": self.workers}
 
 
-class StatusView:
-    """Successive readings in, figures and renderings out."""
+def lines(reading: Reading, at: float) -> list[Line]:
+    """The figures of every submission in the reading, as of `at`."""
+    found = []
+    for snapshot in reading.snapshots:
+        rate = rate_of(snapshot)
+        end = snapshot.updated_at if snapshot.finished and snapshot.updated_at else at
+        queue = reading.queues.get(snapshot.queue)
+        in_progress = min(queue.in_progress, snapshot.pending) if queue else 0
+        found.append(Line(snapshot, rate, end - snapshot.created_at, eta_of(snapshot, rate, at), in_progress,
+                          queue.workers if queue else 0))
+    return found
 
-    def __init__(self) -> None:
-        self.meters: dict[str, RateMeter] = {}
 
-    def lines(self, reading: Reading, at: float) -> list[Line]:
-        lines = []
-        for snapshot in reading.snapshots:
-            meter = self.meters.setdefault(snapshot.id, RateMeter())
-            meter.add(at, snapshot.done + snapshot.failed)
-            rate = meter.rate if meter.rate is not None else overall_rate(snapshot)
-            end = snapshot.updated_at if snapshot.finished and snapshot.updated_at else at
-            eta = 0.0 if snapshot.finished else (snapshot.pending / rate if rate else None)
-            queue = reading.queues.get(snapshot.queue)
-            in_progress = min(queue.in_progress, snapshot.pending) if queue else 0
-            lines.append(Line(snapshot, rate, end - snapshot.created_at, eta, in_progress,
-                              queue.workers if queue else 0))
-        return lines
+def queue_line(queue: QueueStats) -> str:
+    return (f"queue {queue.name}: {queue.waiting} waiting, {queue.in_progress} in progress,"
+            f" {count(queue.workers, 'worker')}")
 
-    def render(self, reading: Reading, at: float, failures: dict[str, list[dict]]) -> Group:
-        """Progress bars, one per submission, then a line per queue and the latest failure reasons."""
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for name in ("submission", "progress", "done", "failed", "in progress", "pending", "rows/s", "elapsed",
-                     "eta", "state"):
-            table.add_column(name, justify="left" if name in ("submission", "progress", "state") else "right",
-                             no_wrap=True)
-        for line in self.lines(reading, at):
-            snapshot = line.snapshot
-            table.add_row(
-                f"{snapshot.id} [dim]{snapshot.collection}[/]",
-                ProgressBar(total=max(line.work, 1), completed=snapshot.done + snapshot.failed, width=24),
-                f"{snapshot.done}/{line.work}",
-                Text(str(snapshot.failed), style="red" if snapshot.failed else ""),
-                str(line.in_progress),
-                str(snapshot.pending),
-                f"{line.rate:.1f}" if line.rate else "-",
-                duration(line.elapsed),
-                duration(line.eta),
-                snapshot.state + (f", {snapshot.skipped} unchanged" if snapshot.skipped else ""),
-            )
-        parts: list = [table]
-        for queue in reading.queues.values():
-            parts.append(Text(f"queue {queue.name}: {queue.waiting} waiting, {queue.in_progress} in progress,"
-                              f" {queue.workers} workers", style="dim"))
-        for submission_id, recent in failures.items():
-            for failure in recent:
-                parts.append(Text(f"{submission_id} row {failure['row_number']} (id {failure['id']}):"
-                                  f" {failure['reason']}", style="red"))
-        return Group(*parts)
 
-    def plain(self, reading: Reading, at: float) -> list[str]:
-        """One line per submission for pipes and CI: no cursor codes."""
-        return [
-            f"{line.snapshot.id} {line.snapshot.state}: {line.snapshot.done}/{line.work} done,"
-            f" {line.snapshot.failed} failed, {line.in_progress} in progress, {line.snapshot.pending} pending,"
-            f" {line.snapshot.skipped} skipped, {f'{line.rate:.1f}' if line.rate else '-'} rows/s,"
-            f" elapsed {duration(line.elapsed)}, eta {duration(line.eta)}, {line.workers} workers"
-            for line in self.lines(reading, at)
-        ]
+def _cells(line: Line) -> dict[str, str]:
+    """A submission's table cells by column, bar aside; "collection" is shown after the id."""
+    snapshot = line.snapshot
+    return {
+        "submission": snapshot.id, "collection": snapshot.collection, "done": f"{snapshot.done}/{line.work}",
+        "failed": str(snapshot.failed), "in progress": str(line.in_progress), "pending": str(snapshot.pending),
+        "unchanged": str(snapshot.skipped), "rows/s": rows_per_second(line.rate), "elapsed": duration(line.elapsed),
+        "eta": duration(line.eta), "state": snapshot.state,
+    }
+
+
+def _table(shown: list[Line], width: int) -> Table:
+    """The bars table at `width` columns: the bar shrinks first, then columns go in DROP_ORDER."""
+    cells = [_cells(line) for line in shown]
+    columns = ["submission", "collection", "done", "failed", "in progress", "pending", "unchanged", "rows/s",
+               "elapsed", "eta", "state"]
+    if not any(line.snapshot.skipped for line in shown):
+        columns.remove("unchanged")
+
+    def widths() -> dict[str, int]:
+        found = {name: max([len(name), *(len(row[name]) for row in cells)]) for name in columns}
+        if "collection" in found:  # shares the submission column: "id collection"
+            found["submission"] = max([len("submission"), *(len(row["submission"]) + 1 + len(row["collection"])
+                                                             for row in cells)])
+            del found["collection"]
+        return found
+
+    def room() -> int:  # what is left for the bar, each column with two spaces before the next
+        return width - sum(widths().values()) - 2 * len(widths())
+
+    for name in DROP_ORDER:
+        if room() >= MIN_BAR:
+            break
+        if name in columns:
+            columns.remove(name)
+    bar = min(room(), MAX_BAR) if room() >= MIN_BAR else None  # too narrow even so: done/total says it
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in widths():
+        table.add_column(name, justify="left" if name in ("submission", "state") else "right", no_wrap=True)
+        if name == "submission" and bar:
+            table.add_column("progress", no_wrap=True, width=bar)
+    for line, row in zip(shown, cells):
+        values: list = []
+        for name in widths():
+            if name == "submission":
+                values.append(f"{row['submission']} [dim]{row['collection']}[/]" if "collection" in columns
+                              else row["submission"])
+                if bar:
+                    values.append(ProgressBar(total=max(line.work, 1),
+                                              completed=line.snapshot.done + line.snapshot.failed, width=bar))
+            elif name == "failed":
+                values.append(Text(row["failed"], style="red" if line.snapshot.failed else ""))
+            else:
+                values.append(row[name])
+        table.add_row(*values)
+    return table
+
+
+def render(reading: Reading, at: float, failures: dict[str, list[dict]], width: int) -> Group:
+    """Progress bars, one per submission, then a line per queue and the latest failure reasons."""
+    parts: list = [_table(lines(reading, at), width)]
+    parts += [Text(queue_line(queue), style="dim") for queue in reading.queues.values()]
+    for submission_id, recent in failures.items():
+        for failure in recent:
+            parts.append(Text(f"{submission_id} row {failure['row_number']} (id {failure['id']}):"
+                              f" {failure['reason']}", style="red"))
+    return Group(*parts)
+
+
+def plain(reading: Reading, at: float) -> list[str]:
+    """One line per submission for pipes and CI: no cursor codes."""
+    return [
+        f"{line.snapshot.id} {line.snapshot.state}: {line.snapshot.done}/{line.work} done,"
+        f" {line.snapshot.failed} failed, {line.in_progress} in progress, {line.snapshot.pending} pending,"
+        f" {line.snapshot.skipped} skipped, {rows_per_second(line.rate)} rows/s,"
+        f" elapsed {duration(line.elapsed)}, eta {duration(line.eta)}, {count(line.workers, 'worker')}"
+        for line in lines(reading, at)
+    ]
 
 
 def watch(
@@ -146,12 +195,10 @@ def watch(
     until_finished: bool = True,
 ) -> Reading:
     """Live bars, refreshed several times a second, until every submission shown is finished."""
-    view = StatusView()
-
     def frame() -> tuple[Group, Reading]:
         reading = read()
         failures = {s.id: read_failures(s.id) for s in reading.snapshots if s.failed}
-        return view.render(reading, time.time(), failures), reading
+        return render(reading, time.time(), failures, console.width), reading
 
     rendered, reading = frame()
     with Live(rendered, console=console, auto_refresh=False) as live:
@@ -164,16 +211,16 @@ def watch(
 
 def wait_plain(read: Callable[[], Reading], console: Console, every: float = 2.0) -> Reading:
     """Block until finished, printing plain lines when the numbers change (at most every few s)."""
-    view, last, last_printed = StatusView(), [], 0.0
+    last, last_printed = [], 0.0
     while True:
         at = time.time()
         reading = read()
-        lines = view.plain(reading, at)
+        shown = plain(reading, at)
         finished = all(s.finished for s in reading.snapshots)
-        if finished or (lines != last and at - last_printed >= every):
-            for line in lines:
+        if finished or (shown != last and at - last_printed >= every):
+            for line in shown:
                 console.print(line, highlight=False, markup=False)
-            last, last_printed = lines, at
+            last, last_printed = shown, at
         if finished:
             return reading
         time.sleep(1 / defaults.STATUS_REFRESH_PER_SECOND)

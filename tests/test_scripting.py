@@ -47,18 +47,18 @@ def test_status_list_and_workers_json(env, catalogue):
     assert {"id", "state", "total", "done", "failed", "pending", "skipped", "rate", "eta", "in_progress",
             "workers", "collection", "file", "queue", "created_at"} <= set(snapshot)
     assert (snapshot["id"], snapshot["state"], snapshot["total"], snapshot["done"], snapshot["failed"],
-            snapshot["pending"]) == (submission_id, "failed", 5, 4, 1, 0)
+            snapshot["pending"]) == (submission_id, "partial", 5, 4, 1, 0)
 
     listed, _ = cli_json(env, "list", "--json")
     assert listed == [{"id": submission_id, "collection": "catalogue", "file": str(catalogue[0]),
                        "created_at": snapshot["created_at"], "total": 5, "done": 4, "failed": 1, "skipped": 0,
-                       "pending": 0, "state": "failed"}]
+                       "pending": 0, "state": "partial"}]
     workers, _ = cli_json(env, "workers", "--json")
     assert workers == []  # the burst worker is gone
 
     plain = run_cli(env, "status", submission_id)
     assert plain.returncode == 0
-    assert plain.stdout.decode().startswith(f"{submission_id} failed: 4/5 done, 1 failed, 0 in progress, 0 pending")
+    assert plain.stdout.decode().startswith(f"{submission_id} partial: 4/5 done, 1 failed, 0 in progress, 0 pending")
     assert b"\x1b" not in plain.stdout + plain.stderr
 
 

@@ -6,13 +6,16 @@ import errno
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, BinaryIO, Optional
+from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional
 
 import typer
 
 from csvembed import defaults
 from csvembed.cli.app import JsonOption, app, connection_of, out, print_json, say, settings_of
 from csvembed.errors import InputError, NoStore, UnknownSubmission
+
+if TYPE_CHECKING:  # the store imports numpy: not at start-up
+    from csvembed.store import Hit
 
 
 def _parse_where(conditions: list[str]) -> dict[str, str]:
@@ -51,18 +54,25 @@ def search(
     if not hits:
         say("no stored rows match")
         return
-    shown = list(column or [])
-    extra = {name: max(len(name), *(len(str(hit.row.get(name, ""))) for hit in hits)) for name in shown}
-    id_width = max(2, *(len(hit.id) for hit in hits))
-    text_width = max(out.width - id_width - sum(w + 2 for w in extra.values()) - 12, 20)
-    header = f"{'distance':<8}  {'id':<{id_width}}  " + "".join(f"{n:<{w}}  " for n, w in extra.items()) + "text"
-    out.print(header, style="bold", highlight=False, markup=False)
-    for hit in hits:
+    for number, text in enumerate(hit_lines(hits, list(column or []), out.width)):
+        out.print(text, style="bold" if number == 0 else None, highlight=False, markup=False)
+
+
+def hit_lines(hits: list[Hit], shown: list[str], width: int) -> list[str]:
+    """A header, then a line per hit: distance, collection, id, the asked-for columns and a snippet of
+    the text cut to fit `width`. The collection tells apart the same id in two collections."""
+    fixed = {"collection": [hit.collection for hit in hits], "id": [hit.id for hit in hits],
+             **{name: [str(hit.row.get(name, "")) for hit in hits] for name in shown}}
+    widths = {name: max(len(name), *(len(value) for value in values)) for name, values in fixed.items()}
+    text_width = max(width - len("distance  ") - sum(w + 2 for w in widths.values()), 20)
+    found = [f"{'distance':<8}  " + "".join(f"{name:<{w}}  " for name, w in widths.items()) + "text"]
+    for number, hit in enumerate(hits):
         snippet = " ".join(hit.text.split())
         if len(snippet) > text_width:
             snippet = snippet[: text_width - 1] + "…"
-        cells = "".join(f"{str(hit.row.get(n, '')):<{w}}  " for n, w in extra.items())
-        out.print(f"{hit.distance:<8.4f}  {hit.id:<{id_width}}  {cells}{snippet}", highlight=False, markup=False)
+        cells = "".join(f"{fixed[name][number]:<{w}}  " for name, w in widths.items())
+        found.append(f"{hit.distance:<8.4f}  {cells}{snippet}")
+    return found
 
 
 @app.command()

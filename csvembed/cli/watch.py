@@ -12,8 +12,9 @@ from csvembed import defaults
 from csvembed.cli.app import JsonOption, app, connection_of, err, out, print_json
 from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, InputError, UnknownSubmission
 from csvembed.monitor import Monitor, Reading
-from csvembed.progress import INTERRUPTED
-from csvembed.status_view import StatusView, wait_plain, watch
+from csvembed.progress import INTERRUPTED, Snapshot
+from csvembed.status_view import lines, plain, queue_line, wait_plain, watch
+from csvembed.wording import count
 
 
 def _require(monitor: Monitor, submission_id: str) -> None:
@@ -82,17 +83,15 @@ def status(
 
 
 def _print_lines(monitor: Monitor, ids: list[str], as_json: bool) -> None:
-    view = StatusView()
     reading = monitor.read(ids)
     if as_json:
-        lines = view.lines(reading, time.time())
-        print_json(lines[0].as_json() if len(ids) == 1 and lines else [line.as_json() for line in lines])
+        found = lines(reading, time.time())
+        print_json(found[0].as_json() if len(ids) == 1 and found else [line.as_json() for line in found])
         return
-    for text in view.plain(reading, time.time()):
+    for text in plain(reading, time.time()):
         out.print(text, highlight=False, markup=False)
     for queue in reading.queues.values():
-        err.print(f"queue {queue.name}: {queue.waiting} waiting, {queue.in_progress} in progress,"
-                  f" {queue.workers} workers", highlight=False)
+        err.print(queue_line(queue), highlight=False, markup=False)
 
 
 @app.command("list")
@@ -109,10 +108,20 @@ def list_submissions(
                                                         "failed", "skipped", "pending", "state")}
                     for s in snapshots])
         return
-    for s in snapshots:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at))
-        out.print(f"{s.id}  {created}  {s.state:<10} {s.done:>8}/{s.total - s.skipped:<8} done  {s.failed:>6} failed"
-                  f"  {s.collection}  {s.file}", highlight=False, markup=False)
+    for text in list_lines(snapshots):
+        out.print(text, highlight=False, markup=False)
+
+
+def list_lines(snapshots: list[Snapshot]) -> list[str]:
+    """A header, then a line per submission in aligned columns; the file last, never cut."""
+    header = ("submission", "created", "state", "done", "failed", "pending", "collection", "file")
+    rows = [(s.id, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at)), s.state,
+             f"{s.done}/{s.total - s.skipped}", str(s.failed), str(s.pending), s.collection, s.file)
+            for s in snapshots]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    numeric = {3, 4, 5}
+    return ["  ".join(cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row))
+            .rstrip() for row in [header, *rows]]
 
 
 @app.command()
@@ -124,6 +133,6 @@ def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
         return
     for info in found:
         out.print(f"{info.name}  {info.state:<9} queues {','.join(info.queues)}  batch {info.batch_size}"
-                  f"  {info.rows_done} rows done, {info.rows_failed} failed", highlight=False, markup=False)
-    err.print(f"{len(found)} workers", highlight=False)
+                  f"  {count(info.rows_done, 'row')} done, {info.rows_failed} failed", highlight=False, markup=False)
+    err.print(count(len(found), "worker"), highlight=False)
 
