@@ -25,17 +25,19 @@ def _parse_where(conditions: list[str]) -> dict[str, str]:
     return where
 
 
-@app.command()
+@app.command(short_help="Find the stored rows nearest to a query.")
 def search(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(metavar="QUERY", help="What to look for.")],
-    k: Annotated[int, typer.Option("-k", help="How many rows to return.", min=1)] = defaults.SEARCH_K,
-    collection: Annotated[Optional[str], typer.Option(help="Only rows of this collection.")] = None,
-    submission: Annotated[Optional[str], typer.Option(help="Only rows last written by this submission.")] = None,
+    k: Annotated[int, typer.Option("-k", metavar="N", help="How many rows to return.", min=1)] = defaults.SEARCH_K,
+    collection: Annotated[Optional[str], typer.Option(metavar="NAME", help="Only rows of this collection.")] = None,
+    submission: Annotated[Optional[str], typer.Option(
+        metavar="ID", help="Only rows last written by this submission.")] = None,
     where: Annotated[Optional[list[str]], typer.Option(
+        metavar="COLUMN=VALUE",
         help="Only rows whose original column equals a value: COLUMN=VALUE (repeatable, all must hold).")] = None,
     column: Annotated[Optional[list[str]], typer.Option(
-        "--column", help="Also show this original column in the table (repeatable).")] = None,
+        "--column", metavar="COLUMN", help="Also show this original column in the table (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help=(
         "Print a JSON list of {collection, submission, row_number, id, distance, text, row}, nearest first."
     ))] = False,
@@ -65,12 +67,13 @@ def search(
         out.print(f"{hit.distance:<8.4f}  {hit.id:<{id_width}}  {cells}{snippet}", highlight=False, markup=False)
 
 
-@app.command()
+@app.command(short_help="Write a submission's rows and vectors as JSONL, CSV or Parquet.")
 def export(
     ctx: typer.Context,
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or parquet.")] = "jsonl",
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="File to write. Default: stdout.")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="jsonl|csv|parquet", help="The file format.")] = "jsonl",
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", metavar="FILE", help="File to write. Default: stdout (not for parquet on a terminal).")] = None,
 ) -> None:
     """Write a submission's stored rows with their vectors, in row order.
 
@@ -125,7 +128,7 @@ def _write(path: Path | None, write: Callable[[BinaryIO], int]) -> int:
         raise
 
 
-@app.command()
+@app.command(short_help="Remove a submission: its stored rows, queued jobs and records.")
 def delete(
     ctx: typer.Context,
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],

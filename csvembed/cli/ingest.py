@@ -13,29 +13,32 @@ from csvembed.cli.app import app, connection_of, out, print_json, say, settings_
 from csvembed.errors import UnknownSubmission
 
 
-@app.command()
+@app.command(short_help="Queue one embedding job per CSV row; print the submission id.")
 def submit(
     ctx: typer.Context,
-    file: Annotated[str, typer.Argument(help="The CSV file, or - for standard input.")],
+    file: Annotated[str, typer.Argument(metavar="FILE", help="The CSV file, or - for standard input.")],
     text_column: Annotated[Optional[list[str]], typer.Option(
-        "--text-column", help="Column to embed (repeatable; joined by newlines). Without --text-column or "
-        "--template, every column is embedded as 'name: value' lines.")] = None,
-    template: Annotated[Optional[str], typer.Option(help="Text to embed, e.g. '{title}: {body}'.")] = None,
+        "--text-column", metavar="COLUMN", help="Column to embed (repeatable; joined by newlines). Without "
+        "--text-column or --template, every column is embedded as 'name: value' lines.")] = None,
+    template: Annotated[Optional[str], typer.Option(
+        metavar="TEXT", help="Text to embed, e.g. '{title}: {body}'.")] = None,
     id_column: Annotated[Optional[str], typer.Option(
-        help="Column holding each row's own key. Default: the row number. A row with an id already in the "
-        "collection replaces it; within one file the later row with an id wins.")] = None,
-    delimiter: Annotated[Optional[str], typer.Option(help="Field delimiter. Default: sniffed.")] = None,
+        metavar="COLUMN", help="Column holding each row's own key. Default: the row number. A row with an id "
+        "already in the collection replaces it; within one file the later row with an id wins.")] = None,
+    delimiter: Annotated[Optional[str], typer.Option(metavar="CHAR", help="Field delimiter. Default: sniffed.")] = None,
     encoding: Annotated[Optional[str], typer.Option(
+        metavar="NAME",
         help="Text encoding. Default: UTF-8, or what a byte-order mark says (UTF-8-BOM, UTF-16).")] = None,
     collection: Annotated[Optional[str], typer.Option(
-        help="The dataset the rows belong to. Default: the file's stem, or 'stdin'.")] = None,
-    queue: Annotated[str, typer.Option(help="The RQ queue to put the rows on.")] = defaults.QUEUE_NAME,
-    force: Annotated[bool, typer.Option(help="Re-embed rows even if they are unchanged in the store.")] = False,
+        metavar="NAME", help="The dataset the rows belong to. Default: the file's stem, or 'stdin'.")] = None,
+    queue: Annotated[str, typer.Option(metavar="NAME", help="The RQ queue to put the rows on.")] = defaults.QUEUE_NAME,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Re-embed rows even if they are unchanged in the store.")] = False,
     max_pending: Annotated[Optional[int], typer.Option(
         help="Pause reading while this many rows wait in the queue.", min=1)] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print {id, rows, enqueued, skipped, queue, collection} as JSON.")] = False,
-    wait: Annotated[bool, typer.Option(help="Then show the live status until every row is done.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Then show the live status until every row is done.")] = False,
 ) -> None:
     """Enqueue one job per CSV row; print the submission id on stdout and return at once.
 
@@ -66,16 +69,17 @@ def submit(
         raise typer.Exit(follow(connection, result.id))
 
 
-@app.command()
+@app.command(short_help="Embed queued rows and store them.")
 def worker(
     ctx: typer.Context,
-    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty.")] = False,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit when the queues are empty.")] = False,
     queue: Annotated[Optional[list[str]], typer.Option(
-        "--queue", help="Queue to take rows from (repeatable; earlier queues have priority).")] = None,
+        "--queue", metavar="NAME", help="Queue to take rows from (repeatable; earlier queues have priority).")] = None,
     batch_size: Annotated[int, typer.Option(
         help="Rows taken at once and embedded in one model call.", min=1)] = defaults.BATCH_SIZE,
     device: Annotated[str, typer.Option(
-        envvar="CSVEMBED_DEVICE", help="auto (a GPU when one is present), cpu or cuda.")] = "auto",
+        metavar="auto|cpu|cuda", envvar="CSVEMBED_DEVICE",
+        help="auto (a GPU when one is present), cpu or cuda.")] = "auto",
 ) -> None:
     """Embed queued rows and store them. Loads the model once, then runs until stopped.
 
@@ -90,7 +94,7 @@ def worker(
                device=device)
 
 
-@app.command()
+@app.command(short_help="List the rows of a submission that failed for good, and why.")
 def failures(
     ctx: typer.Context,
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
