@@ -73,7 +73,7 @@ def export(
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
     fmt: Annotated[str, typer.Option("--format", metavar="jsonl|csv|parquet", help="The file format.")] = "jsonl",
     output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", metavar="FILE", help="File to write. Default: stdout (not for parquet on a terminal).")] = None,
+        "-o", "--output", metavar="FILE", help="File to write. Default: stdout (not parquet on a terminal).")] = None,
 ) -> None:
     """Write a submission's stored rows with their vectors, in row order.
 
