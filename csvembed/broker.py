@@ -63,10 +63,13 @@ def connect(settings: Settings, wait_forever: bool = False) -> redis.Redis:
     """A checked connection that then rides out Redis restarts (forever, for workers).
 
     A configured URL is used as given, never started or stopped here; its password is never shown.
+    A worker (wait_forever) says once if that Redis would keep its rows in the large encoding.
     """
     if settings.redis_url:
         described_as = mask_secrets(settings.redis_url)
         connection = _ping(_from_url(settings.redis_url), described_as)
+        if wait_forever and (note := row_encoding_note(settings)):
+            log.warning("%s", note)
     else:
         connection = ensure_local_redis(settings.home / "redis")
         described_as = str(local_socket(settings.home / "redis"))
@@ -137,6 +140,8 @@ def ensure_local_redis(data_dir: Path) -> redis.Redis:
         while True:
             try:
                 connection.ping()
+                # Compact what the last run appended; automatic rewrites measure growth from here.
+                connection.bgrewriteaof()
                 return connection
             except redis.RedisError as exc:
                 if time.monotonic() > deadline:
@@ -223,11 +228,16 @@ def stop_local_redis(settings: Settings) -> int | None:
     return pid
 
 
-def row_encoding_note(connection: redis.Redis) -> str | None:
+def row_encoding_note(settings: Settings) -> str | None:
     """A note for users of their own Redis whose settings store each queued row in the large hash
-    encoding (about 2,170 B a row instead of about 640 B); None if rows stay compact or the server
-    will not say (CONFIG disabled, as on some managed services)."""
+    encoding (about 2,170 B a row instead of about 640 B). None for the embedded server (configured
+    here), when rows stay compact, or when the server will not say (unreachable, or CONFIG disabled
+    as on some managed services): a note must never stop the command."""
+    if not settings.redis_url:
+        return None
     try:
+        connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT,
+                                          retry=None)
         value = int(connection.config_get(HASH_VALUE_SETTING).get(HASH_VALUE_SETTING, COMPACT_HASH_VALUE))
     except (redis.RedisError, ValueError):
         return None
@@ -236,4 +246,3 @@ def row_encoding_note(connection: redis.Redis) -> str | None:
     return (f"note: this Redis stores queued rows over {value} bytes in the large hash encoding "
             f"({HASH_VALUE_SETTING} {value}), about 2,170 B a row instead of about 640 B; to keep them compact, "
             f"run: redis-cli CONFIG SET {HASH_VALUE_SETTING} {COMPACT_HASH_VALUE} (Redis 6.2 and 7)")
-

@@ -199,6 +199,11 @@ def print_json(value) -> None:
     out.print_json(json.dumps(value, ensure_ascii=False))
 
 
+def count(number: int, noun: str) -> str:
+    """`1 row`, `2 rows`: a number with its noun in the right form."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def say(message: str) -> None:
     """A line for people, on stderr."""
     err.print(message, highlight=False, markup=False)

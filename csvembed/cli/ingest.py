@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from csvembed import defaults
-from csvembed.cli.app import app, connection_of, out, print_json, say, settings_of
+from csvembed.cli.app import app, connection_of, count, on_interrupt, out, print_json, say, settings_of
 from csvembed.errors import UnknownSubmission
+from csvembed.settings import Settings
 
 
 @app.command(short_help="Queue one embedding job per CSV row; print the submission id.")
@@ -54,14 +55,19 @@ def submit(
         encoding=encoding, collection=collection, queue=queue, force=force, max_pending=max_pending,
     )
     connection = connection_of(ctx)
+    _say_row_encoding(settings)
     source = open_source(file)
+    # The producer takes back what it enqueued when it is interrupted part-way.
+    on_interrupt(ctx, f"interrupted: nothing of {source.name} was submitted (rows already queued were taken back)")
     result = Producer(connection, settings.db, settings.model).submit(source, options)
+    on_interrupt(ctx, f"stopped watching; submission {result.id} goes on: its rows stay queued for the workers"
+                 f" (csvembed status {result.id})")
     if as_json:
         print_json(result.as_json())
     else:
         print(result.id)
     skipped = f", {result.skipped} unchanged and skipped" if result.skipped else ""
-    say(f"submitted {result.total} rows of {source.name} to queue {result.queue} as {result.id}"
+    say(f"submitted {count(result.total, 'row')} of {source.name} to queue {result.queue} as {result.id}"
         f" (collection {result.collection}{skipped})")
     if wait:
         from csvembed.cli.watch import follow
@@ -98,9 +104,13 @@ def worker(
 def failures(
     ctx: typer.Context,
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {row_number, id, reason}.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print a JSON list of {row_number, id, reason, permanent}.")] = False,
 ) -> None:
-    """The rows of a submission that failed for good, with their reasons."""
+    """The rows of a submission that failed for good, with their reasons.
+
+    A permanent failure is the row's own fault (e.g. empty text): `retry` leaves it unless given --all.
+    """
     from csvembed.progress import SubmissionRecords
 
     records = SubmissionRecords(connection_of(ctx))
@@ -112,20 +122,38 @@ def failures(
         return
     for row in rows:
         out.print(f"row {row['row_number']}\tid {row['id']}\t{row['reason']}", highlight=False, markup=False)
-    say(f"{len(rows)} failed rows")
+    say(f"{count(len(rows), 'failed row')}")
 
 
-@app.command()
+@app.command(short_help="Requeue a submission's failed rows that may yet succeed.")
 def retry(
     ctx: typer.Context,
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print {requeued, expired} row numbers as JSON.")] = False,
+    every: Annotated[bool, typer.Option(
+        "--all", help="Requeue the permanent failures too (e.g. empty text), which fail again as they are.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print {requeued, expired, skipped} row numbers as JSON.")] = False,
 ) -> None:
-    """Put a submission's failed rows back in the queue (each with a fresh retry budget)."""
+    """Put a submission's failed rows back in the queue, each with a fresh retry budget.
+
+    Rows that failed for good because of their own content (permanent failures, see `failures`)
+    are skipped unless --all is given.
+    """
     from csvembed.retry import retry_failed
 
-    result = retry_failed(connection_of(ctx), submission_id)
+    result = retry_failed(connection_of(ctx), submission_id, include_permanent=every)
     if as_json:
         print_json(result.__dict__)
     expired = f"; {len(result.expired)} had expired and need a new submit" if result.expired else ""
-    say(f"requeued {len(result.requeued)} failed rows{expired}")
+    skipped = (f"; skipped {len(result.skipped)} that failed permanently (--all requeues them too)"
+               if result.skipped else "")
+    say(f"requeued {count(len(result.requeued), 'failed row')}{expired}{skipped}")
+
+
+def _say_row_encoding(settings: Settings) -> None:
+    """Once per command, on stderr: a user's own Redis would keep every queued row in the large encoding."""
+    from csvembed.broker import row_encoding_note
+
+    note = row_encoding_note(settings)
+    if note:
+        say(note)
