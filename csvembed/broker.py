@@ -152,6 +152,8 @@ def ensure_local_redis(data_dir: Path) -> redis.Redis:
 
 def _start_server(data_dir: Path, socket_path: Path) -> None:
     socket_path.unlink(missing_ok=True)
+    # An older version's RDB snapshot: with the AOF on, Redis never reads it, yet it holds rows.
+    (data_dir / "dump.rdb").unlink(missing_ok=True)
     subprocess.run(
         [
             redis_server_binary(),

@@ -10,6 +10,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 
 import apsw
 import pyarrow.parquet as pq
@@ -318,6 +319,8 @@ def test_redis_status_and_stop_find_the_embedded_server(embedded):
     assert (stopped.exit_code, stopped.stdout) == (3, f"not running; data in {embedded / 'redis'} (0.0 MB on disk)\n")
     assert not (embedded / "redis").exists()  # status never starts it
 
+    (embedded / "redis").mkdir(parents=True)
+    (embedded / "redis" / "dump.rdb").write_bytes(b"an older version's snapshot")
     connection = ensure_local_redis(embedded / "redis")
     pid = int((embedded / "redis" / "redis.pid").read_text())
     running = cli("redis", "status", "--json")
@@ -326,6 +329,9 @@ def test_redis_status_and_stop_find_the_embedded_server(embedded):
     assert {key: shown[key] for key in ("running", "pid", "version", "socket")} == {
         "running": True, "pid": pid, "version": "6.2.14", "socket": str(local_socket(embedded / "redis"))}
     assert connection.config_get("save") == {"save": ""}  # the AOF alone
+    while connection.info("persistence")["aof_rewrite_in_progress"]:
+        time.sleep(0.05)
+    assert connection.info("persistence")["aof_last_rewrite_time_sec"] >= 0  # compacted as it started
     assert connection.config_get("auto-aof-rewrite-min-size") == {"auto-aof-rewrite-min-size": str(4 * 1024 * 1024)}
 
     result = cli("redis", "stop")
@@ -334,7 +340,7 @@ def test_redis_status_and_stop_find_the_embedded_server(embedded):
     with pytest.raises(redis.ConnectionError):
         connection.ping()
     assert sorted(path.name for path in (embedded / "redis").iterdir()) == [
-        "appendonly.aof", "redis.log", "start.lock"]  # no RDB snapshot
+        "appendonly.aof", "redis.log", "start.lock"]  # no RDB snapshot, and the old one is gone
     again = cli("redis", "stop")
     assert (again.exit_code, again.stderr) == (0, "the embedded Redis is not running\n")
 

@@ -46,6 +46,9 @@ def submit(
     Rows whose id, text, fields and model are unchanged in the store are skipped (see --force).
     A row with more fields than the header rejects the file; missing trailing fields read as "".
     """
+    # Until the producer returns, it takes back what it enqueued when it is interrupted.
+    on_interrupt(ctx, f"interrupted: nothing of {'standard input' if file == '-' else file} was submitted"
+                 " (rows already queued were taken back)")
     from csvembed.producer import Producer, SubmitOptions
     from csvembed.reader import open_source
 
@@ -57,8 +60,6 @@ def submit(
     connection = connection_of(ctx)
     _say_row_encoding(settings)
     source = open_source(file)
-    # The producer takes back what it enqueued when it is interrupted part-way.
-    on_interrupt(ctx, f"interrupted: nothing of {source.name} was submitted (rows already queued were taken back)")
     result = Producer(connection, settings.db, settings.model).submit(source, options)
     on_interrupt(ctx, f"stopped watching; submission {result.id} goes on: its rows stay queued for the workers"
                  f" (csvembed status {result.id})")
