@@ -1,7 +1,8 @@
 """The Redis connection: a configured URL as given, or an embedded redis-server started on demand.
 
-The embedded server keeps its data (AOF on) in the csvembed home and listens on a unix socket
-there, so submit, worker, status and search all find the same server without any set-up.
+The embedded server keeps its data (an AOF alone, rewritten as it grows) in the csvembed home and
+listens on a unix socket there, so submit, worker, status and search all find the same server
+without any set-up; `csvembed redis status|stop` finds it the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -24,6 +26,13 @@ from csvembed.redact import mask_secrets
 from csvembed.settings import Settings, private_dir
 
 log = logging.getLogger(__name__)
+
+# The largest hash value Redis keeps in the compact encoding: a queued row (an RQ job hash) fits under it.
+COMPACT_HASH_VALUE = 8192
+# The name Redis 6.2 and 7 both know (7 calls it hash-max-listpack-value).
+HASH_VALUE_SETTING = "hash-max-ziplist-value"
+# The embedded server rewrites its AOF once it is this big and twice its size after the last rewrite.
+AOF_REWRITE_MIN_SIZE = "4mb"
 
 
 class PatientRetry(Retry):
@@ -54,10 +63,13 @@ def connect(settings: Settings, wait_forever: bool = False) -> redis.Redis:
     """A checked connection that then rides out Redis restarts (forever, for workers).
 
     A configured URL is used as given, never started or stopped here; its password is never shown.
+    A worker (wait_forever) says once if that Redis would keep its rows in the large encoding.
     """
     if settings.redis_url:
         described_as = mask_secrets(settings.redis_url)
         connection = _ping(_from_url(settings.redis_url), described_as)
+        if wait_forever and (note := row_encoding_note(settings)):
+            log.warning("%s", note)
     else:
         connection = ensure_local_redis(settings.home / "redis")
         described_as = str(local_socket(settings.home / "redis"))
@@ -128,6 +140,8 @@ def ensure_local_redis(data_dir: Path) -> redis.Redis:
         while True:
             try:
                 connection.ping()
+                # Compact what the last run appended; automatic rewrites measure growth from here.
+                connection.bgrewriteaof()
                 return connection
             except redis.RedisError as exc:
                 if time.monotonic() > deadline:
@@ -138,6 +152,8 @@ def ensure_local_redis(data_dir: Path) -> redis.Redis:
 
 def _start_server(data_dir: Path, socket_path: Path) -> None:
     socket_path.unlink(missing_ok=True)
+    # An older version's RDB snapshot: with the AOF on, Redis never reads it, yet it holds rows.
+    (data_dir / "dump.rdb").unlink(missing_ok=True)
     subprocess.run(
         [
             redis_server_binary(),
@@ -147,9 +163,14 @@ def _start_server(data_dir: Path, socket_path: Path) -> None:
             "--dir", str(data_dir),
             "--appendonly", "yes",
             "--appendfsync", "everysec",
+            # The AOF alone: no RDB snapshots besides it. Rewriting it once it doubles (from a small
+            # size up) keeps it near the live data instead of growing with every queued row.
+            "--save", "",
+            "--auto-aof-rewrite-percentage", "100",
+            "--auto-aof-rewrite-min-size", AOF_REWRITE_MIN_SIZE,
             # An RQ job hash holds one field over 64 bytes (the row); allowing the compact encoding
             # for larger values cuts a queued row from about 2 KB to about 0.6 KB.
-            "--hash-max-ziplist-value", "8192",
+            "--hash-max-ziplist-value", str(COMPACT_HASH_VALUE),
             "--daemonize", "yes",
             "--pidfile", str(data_dir / "redis.pid"),
             "--logfile", str(data_dir / "redis.log"),
@@ -161,12 +182,69 @@ def _start_server(data_dir: Path, socket_path: Path) -> None:
     )
 
 
-def stop_local_redis(settings: Settings) -> bool:
-    """Shut the embedded server down (saving its data). Returns False if it was not running."""
+@dataclass
+class LocalRedis:
+    """What `csvembed redis status` shows about the embedded server, found from the settings alone."""
+
+    data_dir: Path
+    socket: Path
+    pid: int | None  # None: not running
+    version: str
+    used_memory: int  # bytes
+    disk: int  # bytes of every file in data_dir (AOF, an older version's RDB, log)
+
+    def as_json(self) -> dict:
+        return {"running": self.pid is not None, "pid": self.pid, "version": self.version,
+                "socket": str(self.socket), "dir": str(self.data_dir), "used_memory": self.used_memory,
+                "disk": self.disk}
+
+
+def local_redis_status(settings: Settings) -> LocalRedis:
+    """The embedded server's state. Never starts it, unlike connect()."""
+    data_dir = settings.home / "redis"
+    socket_path = local_socket(data_dir)
+    disk = sum(path.stat().st_size for path in data_dir.iterdir() if path.is_file()) if data_dir.is_dir() else 0
+    found = LocalRedis(data_dir, socket_path, None, "", 0, disk)
+    if not socket_path.exists():
+        return found
+    connection = _from_url(f"unix://{socket_path}")
+    try:
+        info = connection.info("server") | connection.info("memory")
+    except redis.RedisError:
+        return found
+    found.pid, found.version, found.used_memory = info["process_id"], info["redis_version"], info["used_memory"]
+    return found
+
+
+def stop_local_redis(settings: Settings) -> int | None:
+    """Shut the embedded server down; its pid, or None if it was not running.
+
+    The AOF is flushed on shutdown, so nothing queued is lost; the next command starts it again.
+    """
     connection = _from_url(f"unix://{local_socket(settings.home / 'redis')}")
     try:
-        connection.ping()
+        pid = connection.info("server")["process_id"]
     except redis.ConnectionError:
-        return False
-    connection.shutdown(save=True)
-    return True
+        return None
+    connection.shutdown()  # returns once the server has flushed its AOF and closed the connection
+    return pid
+
+
+def row_encoding_note(settings: Settings) -> str | None:
+    """A note for users of their own Redis whose settings store each queued row in the large hash
+    encoding (about 2,170 B a row instead of about 640 B). None for the embedded server (configured
+    here), when rows stay compact, or when the server will not say (unreachable, or CONFIG disabled
+    as on some managed services): a note must never stop the command."""
+    if not settings.redis_url:
+        return None
+    try:
+        connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT,
+                                          retry=None)
+        value = int(connection.config_get(HASH_VALUE_SETTING).get(HASH_VALUE_SETTING, COMPACT_HASH_VALUE))
+    except (redis.RedisError, ValueError):
+        return None
+    if value >= COMPACT_HASH_VALUE:
+        return None
+    return (f"note: this Redis stores queued rows over {value} bytes in the large hash encoding "
+            f"({HASH_VALUE_SETTING} {value}), about 2,170 B a row instead of about 640 B; to keep them compact, "
+            f"run: redis-cli CONFIG SET {HASH_VALUE_SETTING} {COMPACT_HASH_VALUE} (Redis 6.2 and 7)")

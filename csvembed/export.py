@@ -15,19 +15,20 @@ FORMATS = ("jsonl", "csv", "parquet")
 PARQUET_CHUNK = 10_000
 
 
-def export(store: Store, submission: str, columns: list[str], fmt: str, out: BinaryIO) -> int:
+def export(store: Store, submission: str, columns: list[str], fmt: str, dimension: int, out: BinaryIO) -> int:
     """Write every row the submission stored to `out`; returns how many.
 
     jsonl: one {"collection", "submission", "row_number", "id", "text", "row", "vector"} per line.
     csv: the original columns, then one column per dimension (embedding_0, embedding_1, ...).
     parquet: the original columns, then an `embedding` list column.
+    With no row, csv still writes its header and parquet its schema: a valid, empty file.
     """
     rows = store.rows_of_submission(submission)
     collection = store.collection_of(submission)
     if fmt == "jsonl":
         return _jsonl(rows, collection, submission, out)
     if fmt == "csv":
-        return _csv(rows, columns, out)
+        return _csv(rows, columns, dimension, out)
     return _parquet(rows, columns, out)
 
 
@@ -41,13 +42,12 @@ def _jsonl(rows: Iterator, collection: str, submission: str, out: BinaryIO) -> i
     return count
 
 
-def _csv(rows: Iterator, columns: list[str], out: BinaryIO) -> int:
+def _csv(rows: Iterator, columns: list[str], dimension: int, out: BinaryIO) -> int:
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
     writer = csv.writer(text)
+    writer.writerow([*columns, *(f"embedding_{i}" for i in range(dimension))])
     count = 0
     for _, _, _, row_json, vector in rows:
-        if count == 0:
-            writer.writerow([*columns, *(f"embedding_{i}" for i in range(len(vector)))])
         row = json.loads(row_json)
         writer.writerow([*(row[column] for column in columns), *(repr(float(x)) for x in vector)])
         count += 1

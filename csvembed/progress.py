@@ -325,14 +325,16 @@ class SubmissionRecords:
         self._mark_done(keys=keys, args=[time.time(), *row_numbers], client=pipeline)
 
     def mark_failed(
-        self, pipeline: Pipeline | None, submission_id: str, row_number: int, row_id: str, reason: str
+        self, pipeline: Pipeline | None, submission_id: str, row_number: int, row_id: str, reason: str,
+        permanent: bool = False,
     ) -> bool:
         """Record a row's final failure, with its id and reason, unless it is already done.
 
-        Without a pipeline, returns False if the submission no longer exists: its job must then be
-        deleted, not kept as failed.
+        `permanent`: the row itself is at fault (e.g. empty text), so `retry` leaves it unless told
+        otherwise. Without a pipeline, returns False if the submission no longer exists: its job
+        must then be deleted, not kept as failed.
         """
-        record = json.dumps({"row_number": row_number, "id": row_id, "reason": reason})
+        record = json.dumps({"row_number": row_number, "id": row_id, "reason": reason, "permanent": permanent})
         keys = [_key(submission_id, part) for part in ("", "done", "failed", "errors", "recent_failures", "samples")]
         return bool(self._mark_failed(keys=keys, args=[row_number, record, time.time()],
                                       client=pipeline or self.connection))
@@ -343,7 +345,10 @@ class SubmissionRecords:
         return bool(self._clear_failure(keys=keys, args=[row_number]))
 
     def failures(self, submission_id: str) -> list[dict]:
-        records = [json.loads(raw) for raw in self.connection.hvals(_key(submission_id, "errors"))]
+        """{row_number, id, reason, permanent} of each failed row, in row order."""
+        # Records written before `permanent` existed count as transient: retry still takes them.
+        raw_records = self.connection.hvals(_key(submission_id, "errors"))
+        records = [{"permanent": False} | json.loads(raw) for raw in raw_records]
         return sorted(records, key=lambda record: record["row_number"])
 
     def recent_failures(self, submission_id: str, count: int) -> list[dict]:

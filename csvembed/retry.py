@@ -20,18 +20,27 @@ class RetryResult:
     requeued: list[int]
     # Rows whose failed job has already expired (after FAILURE_TTL): they need a new submit.
     expired: list[int]
+    # Rows left failed because the row itself is at fault (e.g. empty text): they would fail again.
+    skipped: list[int]
 
 
-def retry_failed(connection: redis.Redis, submission_id: str) -> RetryResult:
-    """Requeue every failed row of a submission with a fresh retry budget."""
+def retry_failed(connection: redis.Redis, submission_id: str, include_permanent: bool = False) -> RetryResult:
+    """Requeue the failed rows of a submission with a fresh retry budget.
+
+    Rows whose failure is permanent are skipped unless `include_permanent`: requeued as they are, they
+    can only fail the same way (the README promises they are not retried).
+    """
     records = SubmissionRecords(connection)
     snapshot = records.snapshot(submission_id)
     if snapshot is None:
         raise UnknownSubmission(f"no submission with id {submission_id!r}")
     registry = FailedJobRegistry(snapshot.queue, connection=connection, serializer=SERIALIZER)
-    result = RetryResult([], [])
+    result = RetryResult([], [], [])
     for failure in records.failures(submission_id):
         row_number = failure["row_number"]
+        if failure["permanent"] and not include_permanent:
+            result.skipped.append(row_number)
+            continue
         failed_job_id = job_id(submission_id, row_number)
         if connection.zscore(registry.key, failed_job_id) is None or not connection.exists(Job.key_for(failed_job_id)):
             result.expired.append(row_number)

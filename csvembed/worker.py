@@ -272,7 +272,7 @@ class BatchWorker(SimpleWorker):
             job.retries_left = 0  # the same row would fail the same way again
         reason = str(error) if isinstance(error, RowError) else f"{type(error).__name__}: {error}"
         if not job.should_retry and not self.ingestor.records.mark_failed(
-                None, task.submission_id, task.row_number, task.row_id, reason):
+                None, task.submission_id, task.row_number, task.row_id, reason, permanent=isinstance(error, RowError)):
             with self.connection.pipeline() as pipe:  # its submission was deleted meanwhile: keep nothing
                 self._delete_finished(job, execution, pipe)
                 pipe.execute()

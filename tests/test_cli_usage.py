@@ -39,10 +39,10 @@ def usage_error(usage: str, error: str, command: str = "") -> str:
     [
         (["nope"], usage_error("csvembed [OPTIONS] COMMAND [ARGS]...", "No such command 'nope'.")),
         (["--bogus", "list"], usage_error("csvembed [OPTIONS] COMMAND [ARGS]...", "No such option: --bogus")),
-        (["search"], usage_error("csvembed search [OPTIONS] {QUERY}", "Missing argument 'QUERY'.", "search")),
+        (["search"], usage_error("csvembed search [OPTIONS] QUERY", "Missing argument 'QUERY'.", "search")),
         (["status", "--bogus"], usage_error("csvembed status [OPTIONS] [ID]", "No such option: --bogus", "status")),
         (["search", "boots", "-k", "0"], usage_error(
-            "csvembed search [OPTIONS] {QUERY}",
+            "csvembed search [OPTIONS] QUERY",
             "Invalid value for '-k': Input should be greater than or equal to 1", "search")),
         (["worker", "--batch-size", "0"], usage_error(
             "csvembed worker [OPTIONS]",
@@ -92,7 +92,8 @@ def test_ctrl_c_leaves_the_work_and_exits_130(env, monkeypatch):
 
     monkeypatch.setattr("csvembed.search.search", interrupted)
     result = cli("search", "boots")
-    assert (result.exit_code, result.stdout, result.stderr) == (130, "", "interrupted; queued work goes on\n")
+    expected = (130, "", "interrupted; rows already queued stay queued and workers go on\n")
+    assert (result.exit_code, result.stdout, result.stderr) == expected
 
 
 @pytest.fixture
@@ -175,7 +176,7 @@ def test_export_to_a_directory_a_missing_folder_or_a_full_device(stored, env):
 
 
 def test_a_failed_export_leaves_no_half_written_file(stored, env, monkeypatch):
-    def half_then_full(store, submission, columns, fmt, out):
+    def half_then_full(store, submission, columns, fmt, dimension, out):
         out.write(b'{"half": ')
         out.flush()
         raise OSError(28, "No space left on device")

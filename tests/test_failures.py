@@ -44,13 +44,14 @@ def test_retried_to_the_limit_then_listed_then_retried_after_the_fix(env, submit
 
     listed = run_cli(env, "failures", result.id, "--json")
     assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout) == [{"row_number": 1, "id": "x1", "reason": "BusyError: database is locked"}]
+    assert json.loads(listed.stdout) == [{"row_number": 1, "id": "x1", "reason": "BusyError: database is locked",
+                                         "permanent": False}]
     waited = run_cli(env, "status", result.id, "--wait")
     assert waited.returncode == 1
 
     retried = run_cli(env, "retry", result.id, "--json")
     assert retried.returncode == 0, retried.stderr
-    assert json.loads(retried.stdout) == {"requeued": [1], "expired": []}
+    assert json.loads(retried.stdout) == {"requeued": [1], "expired": [], "skipped": []}
     snapshot = records.snapshot(result.id)
     assert (snapshot.state, snapshot.done, snapshot.failed, snapshot.pending) == ("running", 0, 0, 1)
 

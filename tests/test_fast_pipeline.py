@@ -76,7 +76,8 @@ def test_an_empty_text_fails_alone_and_the_rest_are_stored(env, submit, drain, f
 
     assert [(row_id, text) for _, row_id, _, text, _, _ in stored_rows(env)] == [("1", "alpha"), ("3", "gamma")]
     records = SubmissionRecords(env.connection)
-    assert records.failures(result.id) == [{"row_number": 2, "id": "2", "reason": "empty text: nothing to embed"}]
+    assert records.failures(result.id) == [{"row_number": 2, "id": "2", "reason": "empty text: nothing to embed",
+                                            "permanent": True}]
     snapshot = records.snapshot(result.id)
     assert (snapshot.state, snapshot.done, snapshot.failed, snapshot.pending) == ("partial", 2, 1, 0)
 

