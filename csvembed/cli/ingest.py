@@ -42,6 +42,8 @@ def submit(
     Rows whose id, text, fields and model are unchanged in the store are skipped (see --force).
     A row with more fields than the header rejects the file; missing trailing fields read as "".
     """
+    from csvembed.cli.app import err
+    from csvembed.cli.reading import ReadProgress
     from csvembed.producer import Producer, SubmitOptions
     from csvembed.reader import open_source
 
@@ -52,11 +54,19 @@ def submit(
     )
     connection = connection_of(ctx)
     source = open_source(file)
-    result = Producer(connection, settings.db, settings.model).submit(source, options)
+    with ReadProgress(err, source) as reading:
+
+        def created(submission_id: str) -> None:
+            # The id comes first, before any --max-pending wait; --json prints everything at the end.
+            if not as_json:
+                print(submission_id, flush=True)
+            reading.start()
+
+        result = Producer(connection, settings.db, settings.model).submit(
+            source, options, on_created=created, on_read=reading.update
+        )
     if as_json:
         print_json(result.as_json())
-    else:
-        print(result.id)
     skipped = f", {result.skipped} unchanged and skipped" if result.skipped else ""
     say(f"submitted {result.total} rows of {source.name} to queue {result.queue} as {result.id}"
         f" (collection {result.collection}{skipped})")
