@@ -23,6 +23,7 @@ import gzip
 import io
 import lzma
 import os
+import re
 import stat
 import sys
 import zlib
@@ -51,8 +52,9 @@ BOM_CODECS = {
 }
 
 
-# Compressed formats: the suffix that names each, and the bytes its streams start with.
+# Compressed formats by the suffix that names each; the bytes their streams start with are in _compression.
 SUFFIXES = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
+# Bytes read to recognise a compressed stream: bzip2 needs ten.
 MAGIC_BYTES = 10
 # zstd frames are decompressed from this much input at a time: a bound on one step's output.
 ZSTD_FEED = 16 * 1024
@@ -70,9 +72,8 @@ def _compression(head: bytes) -> str | None:
         return "xz"
     if head.startswith(b"\x28\xb5\x2f\xfd"):
         return "zstd"
-    if head[:3] == b"BZh" and head[3:4].isdigit() and head[3:4] != b"0" and head[4:10] in (
-        b"1AY&SY", b"\x17\x72\x45\x38\x50\x90"
-    ):
+    # "BZh", the block size 1-9, then a block's magic (pi's digits) or the end-of-stream magic (sqrt(pi)'s).
+    if re.match(rb"BZh[1-9](\x31\x41\x59\x26\x53\x59|\x17\x72\x45\x38\x50\x90)", head):
         return "bzip2"
     return None
 
@@ -135,20 +136,21 @@ def open_source(path: str) -> Source:
         raw = open(file, "rb")
     except OSError as exc:
         raise InputError(f"{path}: cannot be read: {exc.strerror}") from None
-    named = SUFFIXES.get(file.suffix.lower())
-    source = _opened(path, raw, is_stdin=False)
-    if named and source.compression != named and source.size:
-        raise InputError(f"{path} is not {named} data, though its name says so")
-    return source
+    return _opened(path, raw, is_stdin=False, named=SUFFIXES.get(file.suffix.lower()))
 
 
-def _opened(name: str, raw: BinaryIO, is_stdin: bool) -> Source:
-    """The input decompressed if its first bytes say it is compressed, and counted as it is read."""
+def _opened(name: str, raw: BinaryIO, is_stdin: bool, named: str | None = None) -> Source:
+    """The input decompressed if its first bytes say it is compressed, and counted as it is read.
+
+    A file whose name says `named` must hold it: a .gz that is not gzip is damaged or misnamed.
+    """
     info = os.fstat(raw.fileno())
     size = info.st_size if stat.S_ISREG(info.st_mode) else None
     counter = _Counting(raw)
     head = _read_head(counter, MAGIC_BYTES)
     compression = _compression(head)
+    if named and head and compression != named:
+        raise InputError(f"{name} is not {named} data, though its name says so")
     stream: BinaryIO = _Replay(head, counter)  # type: ignore[assignment]
     if compression:
         stream = _Decompressed(name, compression, io.BufferedReader(stream))  # type: ignore[assignment]
