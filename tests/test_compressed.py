@@ -159,7 +159,7 @@ def test_no_bar_when_stderr_is_not_a_terminal(env):
 
 
 def test_a_terminal_shows_bytes_read_and_rows_per_second(env, monkeypatch):
-    path = env.dir / "data.csv.gz"
+    path = env.dir / "[red]data.csv.gz"  # not rich markup
     path.write_bytes(gzip.compress(csv_text(12_000).encode()))
     shown = io.StringIO()
     monkeypatch.setattr(sys.modules["csvembed.cli.app"], "err", Console(file=shown, force_terminal=True, width=200))
@@ -174,7 +174,7 @@ def test_a_terminal_shows_bytes_read_and_rows_per_second(env, monkeypatch):
     assert "12,000 rows" in screen
     assert re.search(r"[\d,]+ rows/s", screen)
     assert screen.endswith(f"submitted 12000 rows of {path} to queue csvembed as {result.stdout.strip()}"
-                           " (collection data)\n")
+                           " (collection [red]data)\n")
 
 
 @pytest.mark.slow

@@ -30,10 +30,11 @@ class ReadProgress:
         if not self._console.is_terminal:
             return
         self._progress = Progress(
-            TextColumn("reading {task.description}"),
+            # A file name is text, not rich markup: "[/x].csv" must not be read as a closing tag.
+            TextColumn("reading {task.description}", markup=False),
             BarColumn(),
             DownloadColumn(),
-            TextColumn("{task.fields[rows]:,} rows  {task.fields[rate]:,.0f} rows/s"),
+            TextColumn("{task.fields[rows]:,} rows  {task.fields[rate]:,.0f} rows/s", markup=False),
             TimeElapsedColumn(),
             console=self._console,
             transient=True,
