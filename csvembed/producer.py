@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -102,7 +103,15 @@ class Producer:
         self.model = model
         self.records = SubmissionRecords(connection)
 
-    def submit(self, source: Source, options: SubmitOptions) -> SubmitResult:
+    def submit(
+        self,
+        source: Source,
+        options: SubmitOptions,
+        on_created: Callable[[str], None] | None = None,
+        on_read: Callable[[int], None] | None = None,
+    ) -> SubmitResult:
+        """Enqueue every row. `on_created(id)` runs once the submission exists, before any row is queued
+        (so the id can be shown before a --max-pending wait); `on_read(rows)` after each chunk is queued."""
         # Everything that can be checked is checked before the first job exists.
         csv_file = CsvFile(source, delimiter=options.delimiter, encoding=options.encoding)
         spec = TextSpec(csv_file.columns, options.text_columns, options.template)
@@ -127,6 +136,8 @@ class Producer:
         # row of the file wins even when the earlier one differs from the store and the later does not.
         enqueued_ids: set[str] | None = set() if id_index is not None else None
         try:
+            if on_created:
+                on_created(submission_id)
             with _Lease(self.records, submission_id):
                 self._withdraw_interrupted(collection, submission_id)
                 for first_row, rows in csv_file.chunks():
@@ -146,6 +157,8 @@ class Producer:
                     result.total += len(tasks)
                     result.enqueued += len(fresh)
                     result.skipped += len(tasks) - len(fresh)
+                    if on_read:
+                        on_read(result.total)
                 if not self.records.end_submitting(submission_id, RUNNING):
                     raise SubmissionGone(f"submission {submission_id} was deleted while it was being submitted")
         except SubmissionGone:

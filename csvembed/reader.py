@@ -6,17 +6,27 @@ rename a duplicate `a` to `a.1` and an empty name to `Unnamed: 1`. Duplicate nam
 The encoding (UTF-8, or UTF-8, UTF-16 or UTF-32 with a BOM) and the delimiter are detected from
 the first block unless given. A NUL anywhere in the text rejects the input, not only in the first block.
 
+Compressed input (gzip, bzip2, xz, zstd) is recognised by its magic bytes, on stdin too, and
+decompressed as it streams; a file named for one format must hold it. A corrupt or truncated
+stream is one InputError when the reader reaches the damage.
+
 Ragged rows: a row with more fields than the header rejects the submission, naming its line; a
 row with fewer fields reads its missing trailing fields as "" (as csv.DictReader and Excel do).
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import csv
+import gzip
 import io
+import lzma
 import os
+import re
+import stat
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +34,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import pandas as pd
+import zstandard
 
 from csvembed import defaults
 from csvembed.errors import InputError
@@ -41,32 +52,109 @@ BOM_CODECS = {
 }
 
 
+# Compressed formats by the suffix that names each; the bytes their streams start with are in _compression.
+SUFFIXES = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
+# Bytes read to recognise a compressed stream: bzip2 needs ten.
+MAGIC_BYTES = 10
+# zstd frames are decompressed from this much input at a time: a bound on one step's output.
+ZSTD_FEED = 16 * 1024
+
+
+def _compression(head: bytes) -> str | None:
+    """The compressed format that `head` starts, if any.
+
+    bzip2's "BZh" is plain text, so its block or end-of-stream marker must follow: a CSV whose
+    header starts "BZh" stays a CSV.
+    """
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    # "BZh", the block size 1-9, then a block's magic (pi's digits) or the end-of-stream magic (sqrt(pi)'s).
+    if re.match(rb"BZh[1-9](\x31\x41\x59\x26\x53\x59|\x17\x72\x45\x38\x50\x90)", head):
+        return "bzip2"
+    return None
+
+
+class _Counting(io.RawIOBase):
+    """The input's own bytes, counted as they are consumed: for a compressed file, compressed bytes."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self._raw.read(len(buffer))
+        buffer[: len(data)] = data
+        self.count += len(data)
+        return len(data)
+
+
 @dataclass
 class Source:
-    """An opened input: a display name for messages and a binary stream."""
+    """An opened input: a display name for messages and a binary stream (decompressed if need be).
+
+    `size` (bytes on disk, when the input is a regular file) and `bytes_read` measure how far it
+    has been read, for a progress bar.
+    """
 
     name: str
     stream: BinaryIO
     is_stdin: bool
+    size: int | None = None
+    compression: str | None = None
+    counter: _Counting | None = None
 
     @property
     def stem(self) -> str:
-        return "stdin" if self.is_stdin else Path(self.name).stem
+        """The default collection: `data` for data.csv and data.csv.gz alike."""
+        if self.is_stdin:
+            return "stdin"
+        path = Path(self.name)
+        return (path.with_suffix("") if path.suffix.lower() in SUFFIXES else path).stem
+
+    @property
+    def bytes_read(self) -> int:
+        return self.counter.count if self.counter else 0
 
 
 def open_source(path: str) -> Source:
     """Open FILE, or standard input for "-", with a clear error for what cannot be read."""
     if path == STDIN:
-        return Source("<stdin>", _stdin(), is_stdin=True)
+        return _opened("<stdin>", _stdin(), is_stdin=True)
     file = Path(path)
     if not file.exists():
         raise InputError(f"{path}: no such file")
     if file.is_dir():
         raise InputError(f"{path}: is a directory, not a CSV file")
     try:
-        return Source(path, open(file, "rb"), is_stdin=False)
+        raw = open(file, "rb")
     except OSError as exc:
         raise InputError(f"{path}: cannot be read: {exc.strerror}") from None
+    return _opened(path, raw, is_stdin=False, named=SUFFIXES.get(file.suffix.lower()))
+
+
+def _opened(name: str, raw: BinaryIO, is_stdin: bool, named: str | None = None) -> Source:
+    """The input decompressed if its first bytes say it is compressed, and counted as it is read.
+
+    A file whose name says `named` must hold it: a .gz that is not gzip is damaged or misnamed.
+    """
+    info = os.fstat(raw.fileno())
+    size = info.st_size if stat.S_ISREG(info.st_mode) else None
+    counter = _Counting(raw)
+    head = _read_head(counter, MAGIC_BYTES)
+    compression = _compression(head)
+    if named and head and compression != named:
+        raise InputError(f"{name} is not {named} data, though its name says so")
+    stream: BinaryIO = _Replay(head, counter)  # type: ignore[assignment]
+    if compression:
+        stream = _Decompressed(name, compression, io.BufferedReader(stream))  # type: ignore[assignment]
+    return Source(name, stream, is_stdin, size, compression, counter)
 
 
 def _stdin() -> BinaryIO:
@@ -98,6 +186,81 @@ class _Replay(io.RawIOBase):
             self._head = self._head[n:]
             return n
         data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _ZstdReader(io.RawIOBase):
+    """zstd frames one after another, as `zstd -d` reads them.
+
+    zstandard's stream_reader returns a truncated stream's data as if it were whole; this one
+    raises EOFError when the input ends inside a frame, as gzip, bz2 and lzma do.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._in_frame = False
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._out:
+            data = self._raw.read(ZSTD_FEED)
+            if not data:
+                if self._in_frame:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                return 0
+            self._out = memoryview(self._decompress(data))
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _decompress(self, data: bytes) -> bytes:
+        parts = []
+        while data:
+            parts.append(self._frame.decompress(data))
+            self._in_frame = not self._frame.eof
+            if self._in_frame:
+                break
+            data = self._frame.unused_data
+            self._frame = zstandard.ZstdDecompressor().decompressobj()
+        return b"".join(parts)
+
+
+DECOMPRESSORS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
+    "gzip": lambda raw: gzip.GzipFile(fileobj=raw),  # type: ignore[dict-item]
+    "bzip2": lambda raw: bz2.BZ2File(raw),  # type: ignore[dict-item]
+    "xz": lambda raw: lzma.LZMAFile(raw),  # type: ignore[dict-item]
+    "zstd": _ZstdReader,  # type: ignore[dict-item]
+}
+# What a damaged stream raises: gzip.BadGzipFile and bz2's "Invalid data stream" are OSErrors.
+DECOMPRESSION_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, zstandard.ZstdError)
+
+
+class _Decompressed(io.RawIOBase):
+    """A compressed stream's text bytes; damage is one InputError where the reader reaches it."""
+
+    def __init__(self, name: str, compression: str, raw: BinaryIO) -> None:
+        self._name = name
+        self._compression = compression
+        self._stream = DECOMPRESSORS[compression](raw)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        try:
+            data = self._stream.read(len(buffer))
+        except EOFError:
+            raise InputError(
+                f"{self._name} is truncated: its {self._compression} stream ends before its end marker"
+            ) from None
+        except DECOMPRESSION_ERRORS as exc:
+            raise InputError(f"{self._name} is not valid {self._compression} data: {exc}") from None
         buffer[: len(data)] = data
         return len(data)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from csvembed import defaults
-from csvembed.cli.app import app, connection_of, count, on_interrupt, out, print_json, say, settings_of
+from csvembed.cli.app import app, connection_of, count, err, on_interrupt, out, print_json, say, settings_of
 from csvembed.errors import UnknownSubmission
 from csvembed.settings import Settings
 
@@ -49,6 +49,7 @@ def submit(
     # Until the producer returns, it takes back what it enqueued when it is interrupted.
     on_interrupt(ctx, f"interrupted: nothing of {'standard input' if file == '-' else file} was submitted"
                  " (rows already queued were taken back)")
+    from csvembed.cli.reading import ReadProgress
     from csvembed.producer import Producer, SubmitOptions
     from csvembed.reader import open_source
 
@@ -60,13 +61,21 @@ def submit(
     connection = connection_of(ctx)
     _say_row_encoding(settings)
     source = open_source(file)
-    result = Producer(connection, settings.db, settings.model_id).submit(source, options)
+    with ReadProgress(err, source) as reading:
+
+        def created(submission_id: str) -> None:
+            # The id comes first, before any --max-pending wait; --json prints everything at the end.
+            if not as_json:
+                print(submission_id, flush=True)
+            reading.start()
+
+        result = Producer(connection, settings.db, settings.model_id).submit(
+            source, options, on_created=created, on_read=reading.update
+        )
     on_interrupt(ctx, f"stopped watching; submission {result.id} goes on: its rows stay queued for the workers"
                  f" (csvembed status {result.id})")
     if as_json:
         print_json(result.as_json())
-    else:
-        print(result.id)
     skipped = f", {result.skipped} unchanged and skipped" if result.skipped else ""
     say(f"submitted {count(result.total, 'row')} of {source.name} to queue {result.queue} as {result.id}"
         f" (collection {result.collection}{skipped})")
