@@ -142,9 +142,12 @@ def test_ctrl_c_while_submitting_says_nothing_was_submitted(env, monkeypatch):
     monkeypatch.setattr(Producer, "_enqueue", enqueue_then_ctrl_c)
     path = write_csv(env.dir / "gear.csv", GOOD)
     result = cli("submit", str(path))
-    assert (result.exit_code, result.stdout) == (130, "")
+    # The id was printed as soon as the submission existed; it was then withdrawn whole.
+    submission_id = result.stdout.strip()
+    assert result.exit_code == 130 and len(submission_id) == 10
     assert result.stderr == f"interrupted: nothing of {path} was submitted (rows already queued were taken back)\n"
     assert env.connection.llen("rq:queue:csvembed") == 0
+    assert env.connection.keys(f"*{submission_id}*") == []
 
 
 def test_ctrl_c_while_watching_a_submission_says_it_goes_on(env, monkeypatch):

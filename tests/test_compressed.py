@@ -162,7 +162,9 @@ def test_a_terminal_shows_bytes_read_and_rows_per_second(env, monkeypatch):
     path = env.dir / "[red]data.csv.gz"  # not rich markup
     path.write_bytes(gzip.compress(csv_text(12_000).encode()))
     shown = io.StringIO()
-    monkeypatch.setattr(sys.modules["csvembed.cli.app"], "err", Console(file=shown, force_terminal=True, width=200))
+    terminal = Console(file=shown, force_terminal=True, width=200)
+    for module in ("csvembed.cli.app", "csvembed.cli.ingest"):
+        monkeypatch.setattr(sys.modules[module], "err", terminal)
     result = cli("submit", str(path))
     assert result.exit_code == 0
     assert result.stdout == f"{result.stdout.strip()}\n"
