@@ -128,11 +128,15 @@ def choose_backend(settings: Settings, device: str = "auto", backend: str = "aut
     return ("cpu" if backend == "onnx" else chosen), backend
 
 
-def load_embedder(settings: Settings, device: str = "auto", backend: str = "auto") -> Embedder:
+def load_embedder(
+    settings: Settings, device: str = "auto", backend: str = "auto", may_export: bool = True
+) -> Embedder:
     """The model of `settings` on the backend asked for (see choose_backend).
 
     ONNX Runtime gives the same vectors (checked on first use) 1.7x faster on CPU. A model it cannot
     run exactly falls back to PyTorch, with one warning; int8 exists only on ONNX Runtime.
+    may_export=False (one query to embed): an fp32 model with no cached export runs on PyTorch rather
+    than spend half a minute exporting it.
     """
     device, backend = choose_backend(settings, device, backend)
     int8 = settings.precision == "int8"
@@ -154,7 +158,9 @@ def load_embedder(settings: Settings, device: str = "auto", backend: str = "auto
         except Exception as exc:  # noqa: BLE001 (offline, unknown name, no access: what loading would say too)
             raise ServiceUnavailable(f"cannot load model {settings.model!r}: {type(exc).__name__}: {exc}") from None
     try:
-        export = prepared_export(Path(location), settings.home / "onnx")
+        export = prepared_export(Path(location), settings.home / "onnx", create=may_export or int8)
+        if export is None:
+            return SentenceTransformerEmbedder(settings.model, device=device, name=settings.model_id)
         meta = read_meta(export)
         reason = None if meta["supported"] else meta["reason"]
     except Exception as exc:  # noqa: BLE001 (a crashed export is not recorded: the next start retries)

@@ -84,8 +84,9 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def prepared_export(folder: Path, cache_root: Path) -> Path:
-    """The export folder of a model, made (and checked against PyTorch) on first use.
+def prepared_export(folder: Path, cache_root: Path, create: bool = True) -> Path | None:
+    """The export folder of a model, made (and checked against PyTorch) on first use; with
+    create=False, None when no export is cached yet.
 
     A finished export appears by one atomic rename, so a reader never sees half of one, and a
     process killed mid-export leaves only a temporary folder.
@@ -93,6 +94,8 @@ def prepared_export(folder: Path, cache_root: Path) -> Path:
     target = cache_root / cache_key(folder)
     if (target / "meta.json").exists():
         return target
+    if not create:
+        return None
     with _locked(cache_root / f"{target.name}.lock"):
         if (target / "meta.json").exists():  # another worker made it while this one waited
             return target

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from csvembed.embedder import SentenceTransformerEmbedder
+from csvembed.embedder import load_embedder
 from csvembed.errors import InputError, NoStore
 from csvembed.settings import Settings
 from csvembed.store import Hit, Store, open_existing_store
@@ -29,7 +29,9 @@ def search(
         if store.dimension is None:
             raise NoStore(settings.db)
         check_filters(store, collection, where or {})
-        vector = SentenceTransformerEmbedder(settings.model).encode([query])[0]
+        # The workers' backend and precision: ONNX Runtime when they left an export here (no torch
+        # import, seconds faster), else PyTorch; the vectors are the same either way.
+        vector = load_embedder(settings, may_export=False).encode([query])[0]
         return store.search(vector, k, collection=collection, submission=submission, where=where)
     finally:
         store.close()

@@ -226,3 +226,12 @@ def test_auto_backend_is_onnx_on_the_cpu_and_pytorch_on_a_gpu(monkeypatch):
     assert embedder.choose_backend(settings(home), "auto", "onnx") == ("cpu", "onnx")
     with pytest.raises(InputError, match=r"^the ONNX backend runs on the CPU: use --backend torch with --device cuda$"):
         embedder.choose_backend(settings(home), "cuda", "onnx")
+
+
+@pytest.mark.slow
+def test_a_query_uses_the_cached_export_and_never_makes_one(onnx_embedder, onnx_cache, tmp_path):
+    """search embeds one query: the workers' export when it is there, else PyTorch, never a new export."""
+    bare = settings(tmp_path / "home")
+    assert type(load_embedder(bare, may_export=False)) is SentenceTransformerEmbedder
+    assert not (tmp_path / "home" / "onnx").exists()
+    assert type(load_embedder(settings(onnx_cache.parent), may_export=False)) is OnnxEmbedder
