@@ -41,6 +41,10 @@ Commands:
   worker    Embed queued rows and store them.
   failures  List the rows of a submission that failed for good, and why.
   retry     Requeue a submission's failed rows that may yet succeed.
+  status    Show progress: done, failed, pending, rows/s and ETA.
+  list      List the submissions, newest first, with their state.
+  workers   List the live workers: queues, batch size, rows done.
+  redis     Show or stop the embedded Redis server.
 """
 
 SUBMIT_HELP = """\
@@ -88,7 +92,7 @@ def test_the_command_list_has_one_whole_line_per_command():
     assert "  redis     Show or stop the embedded Redis server.\n" in result.stdout
     assert "..." not in result.stdout.split("Commands:")[1]
     assert "  --redis-url URL  " in result.stdout and "  --db PATH|URL  " in result.stdout
-    assert "  --model NAME|PATH  " in result.stdout
+    assert "  --model NAME|PATH  " in result.stdout and "  --precision fp32|int8  " in result.stdout
 
 
 def test_submit_help_reads_like_a_hand_written_tool():
@@ -387,3 +391,13 @@ def test_a_worker_says_it_once_as_it_connects(env, stock_redis, caplog):
         connect(Settings(home=env.home, db=env.db, model="", redis_url=stock_redis), wait_forever=True)
         connect(Settings(home=env.home, db=env.db, model="", redis_url=stock_redis))  # not a worker: silent
     assert [record.getMessage() for record in caplog.records] == [NOTE]
+
+
+def test_delete_counts_in_words_that_agree_with_the_number(env, submit, drain, fake_embedder):
+    path = write_csv(env.dir / "one.csv", "id,text\na,alpha\n")
+    submitted = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
+    drain(model=fake_embedder)
+    result = cli("delete", submitted.id)
+    assert (result.exit_code, result.stderr) == (
+        0, f"deleted submission {submitted.id}: 1 stored row and their vectors, 0 queued or failed jobs,"
+        " and its progress records\n")

@@ -105,11 +105,11 @@ def stored(env, submit, drain, fake_embedder, monkeypatch):
     submit(write_csv(env.dir / "food.csv", "a,b,c\n1,apple,red\n"), model=fake_embedder.name,
            text_columns=("b",), collection="food")
     drain(model=fake_embedder)
-    monkeypatch.setattr("csvembed.search.SentenceTransformerEmbedder", lambda model: fake_embedder)
+    monkeypatch.setattr("csvembed.search.load_embedder", lambda settings, **options: fake_embedder)
     return first.id
 
 
-def no_model(model: str):
+def no_model(settings, **options):
     raise AssertionError("the model was loaded")
 
 
@@ -135,7 +135,7 @@ def test_search_finds_the_exact_row(stored):
                                  for store in STORES], indirect=True)
 def test_search_rejects_an_unknown_column_or_collection_before_loading_the_model(env, stored, monkeypatch, args,
                                                                                   message):
-    monkeypatch.setattr("csvembed.search.SentenceTransformerEmbedder", no_model)
+    monkeypatch.setattr("csvembed.search.load_embedder", no_model)
     result = cli("search", "boots", *args)
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"csvembed: error: {message}\n")
 
@@ -149,7 +149,7 @@ def test_a_known_column_without_a_matching_value_is_no_match(stored):
 
 
 def test_search_and_export_of_a_missing_store(stored, env, monkeypatch):
-    monkeypatch.setattr("csvembed.search.SentenceTransformerEmbedder", no_model)
+    monkeypatch.setattr("csvembed.search.load_embedder", no_model)
     missing = env.dir / "elsewhere" / "none.db"
     for args in (["search", "boots"], ["export", stored]):
         result = cli("--db", str(missing), *args)

