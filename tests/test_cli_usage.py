@@ -244,7 +244,7 @@ def _as_reader_who_cannot_write(store_dir: Path) -> dict:
 
 READER = (
     "import sys; from doubles import HashEmbedder; import csvembed.search as s; "
-    "s.SentenceTransformerEmbedder = lambda model: HashEmbedder(); "
+    "s.load_embedder = lambda settings, **options: HashEmbedder(); "
     "from csvembed.cli import main; sys.argv[0] = 'csvembed'; main()"
 )
 
