@@ -26,6 +26,7 @@ from csvembed.progress import SubmissionRecords, record_key
 from csvembed.reader import Source
 from csvembed.retry import retry_failed
 from csvembed.store import open_store
+from csvembed.windows import Shape
 
 # PostgreSQL costs a server start: its variants belong to the slow tier.
 BOTH_STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)]
@@ -232,7 +233,7 @@ def test_writes_for_a_deleted_submission_never_recreate_its_record(env, submit, 
     records = SubmissionRecords(env.connection)
     with env.connection.pipeline() as pipe:
         records.mark_started(pipe, result.id)
-        records.mark_done(pipe, result.id, [1])
+        records.mark_done(pipe, result.id, [(1, Shape(1, False))])
         records.mark_failed(pipe, result.id, 1, "1", "late")
         records.add_rows(result.id, 5, 0, 5, pipe)
         pipe.execute()

@@ -37,7 +37,8 @@ def search(
     column: Annotated[Optional[list[str]], typer.Option(
         "--column", help="Also show this original column in the table (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help=(
-        "Print a JSON list of {collection, submission, row_number, id, distance, text, row}, nearest first."
+        "Print a JSON list of {collection, submission, row_number, id, distance, text, row, match}, nearest "
+        "first; match is the {start, end} of the window that matched, in characters of text."
     ))] = False,
 ) -> None:
     """The stored rows nearest to QUERY by cosine distance, nearest first."""
@@ -58,7 +59,8 @@ def search(
     header = f"{'distance':<8}  {'id':<{id_width}}  " + "".join(f"{n:<{w}}  " for n, w in extra.items()) + "text"
     out.print(header, style="bold", highlight=False, markup=False)
     for hit in hits:
-        snippet = " ".join(hit.text.split())
+        # The window that matched: for a long row, the part of it that the query is near.
+        snippet = " ".join((hit.text[hit.match["start"]:hit.match["end"]] if hit.match else hit.text).split())
         if len(snippet) > text_width:
             snippet = snippet[: text_width - 1] + "…"
         cells = "".join(f"{str(hit.row.get(n, '')):<{w}}  " for n, w in extra.items())
@@ -71,12 +73,14 @@ def export(
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
     fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or parquet.")] = "jsonl",
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="File to write. Default: stdout.")] = None,
+    windows: Annotated[bool, typer.Option(
+        "--windows", help="One record per window (window, start, end) instead of one per row.")] = False,
 ) -> None:
     """Write a submission's stored rows with their vectors, in row order.
 
     jsonl: one {collection, submission, row_number, id, text, row, vector} per line. csv: the
     original columns, then embedding_0 ... embedding_N. parquet: the original columns and an
-    `embedding` list column.
+    `embedding` list column. A row embedded in windows gets the normalised mean of its windows.
     """
     from csvembed.export import FORMATS
     from csvembed.export import export as run_export
@@ -94,11 +98,11 @@ def export(
         if store is None or store.dimension is None:
             raise NoStore(db)
         columns = records.columns(submission_id)
-        count = _write(output, lambda target: run_export(store, submission_id, columns, fmt, target))
+        count = _write(output, lambda target: run_export(store, submission_id, columns, fmt, target, windows))
     finally:
         if store is not None:
             store.close()
-    say(f"exported {count} rows" + (f" to {output}" if output else ""))
+    say(f"exported {count} {'windows' if windows else 'rows'}" + (f" to {output}" if output else ""))
 
 
 def _write(path: Path | None, write: Callable[[BinaryIO], int]) -> int:
