@@ -68,7 +68,7 @@ CREATE INDEX IF NOT EXISTS csvembed_rows_fields ON csvembed_rows USING gin (row 
 """
 
 WINDOWS = """
-CREATE TABLE csvembed_windows(
+CREATE TABLE IF NOT EXISTS csvembed_windows(
     collection text NOT NULL,
     id text NOT NULL,
     window_index integer NOT NULL,
@@ -79,8 +79,8 @@ CREATE TABLE csvembed_windows(
     PRIMARY KEY (collection, id, window_index),
     FOREIGN KEY (collection, id) REFERENCES csvembed_rows ON DELETE CASCADE
 );
-CREATE INDEX csvembed_windows_embedding ON csvembed_windows USING hnsw (embedding vector_cosine_ops);
-CREATE INDEX csvembed_windows_by_submission ON csvembed_windows(submission);
+CREATE INDEX IF NOT EXISTS csvembed_windows_embedding ON csvembed_windows USING hnsw (embedding vector_cosine_ops);
+CREATE INDEX IF NOT EXISTS csvembed_windows_by_submission ON csvembed_windows(submission);
 """
 
 UPSERT = """
@@ -183,7 +183,7 @@ class PostgresStore:
         if existing is None:
             self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             self.connection.execute(ROWS.format(dimension=int(dimension)))
-            _migrate_windows(self.connection)  # here: creates the windows table (it has no rows to copy)
+            self.connection.execute(WINDOWS.format(dimension=int(dimension)))
             self.connection.execute(
                 "INSERT INTO csvembed_meta(key, value) VALUES ('dimension', %s) ON CONFLICT DO NOTHING",
                 (str(dimension),))

@@ -298,3 +298,35 @@ def test_submit_long_text_options_on_the_command_line(env):
                                          "rows_truncated")} == {"long_text": "truncate", "window_overlap": 4,
                                                                 "rows_whole": 0, "rows_windowed": 0, "windows": 0,
                                                                 "rows_truncated": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", ["postgres"], indirect=True)
+def test_a_postgres_store_made_before_windows_is_migrated_when_opened(env):
+    import psycopg
+
+    vector = (np.array([1, 2, 3, 4]) / np.linalg.norm([1, 2, 3, 4])).astype(np.float32)
+    with psycopg.connect(env.db, autocommit=True) as connection:
+        connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        connection.execute("CREATE TABLE csvembed_meta(key text PRIMARY KEY, value text NOT NULL)")
+        connection.execute("INSERT INTO csvembed_meta VALUES ('dimension', '4')")
+        connection.execute("""
+            CREATE TABLE csvembed_rows(collection text NOT NULL, id text NOT NULL, submission text NOT NULL,
+                row_number bigint NOT NULL, text text NOT NULL, row jsonb NOT NULL, content_hash text NOT NULL,
+                model text NOT NULL, stored_at timestamptz NOT NULL DEFAULT now(), embedding vector(4) NOT NULL,
+                PRIMARY KEY (collection, id));
+            CREATE INDEX csvembed_rows_embedding ON csvembed_rows USING hnsw (embedding vector_cosine_ops)""")
+        connection.execute("INSERT INTO csvembed_rows(collection, id, submission, row_number, text, row, content_hash,"
+                           " model, embedding) VALUES ('c', 'A', 's', 1, 'café au lait', '{}', 'h', 'm', %s::vector)",
+                           (str(vector.tolist()),))
+    store = open_store(env.db)
+    try:
+        assert store.counts() == (1, 1)
+        [(row_id, _, text, _, spans, vectors)] = store.windows_of_submission("s")
+        assert (row_id, text, spans) == ("A", "café au lait", [(0, 12)])
+        np.testing.assert_allclose(vectors, vector[None], rtol=1e-6)
+        [hit] = store.search(vector, 5)
+        assert (hit.id, hit.match) == ("A", {"start": 0, "end": 12})
+        assert store.connection.execute("SELECT to_regclass('csvembed_rows_embedding')").fetchone() == (None,)
+    finally:
+        store.close()
