@@ -83,6 +83,9 @@ class HookedEmbedder:
     def __init__(self, real, at: int, hook) -> None:
         self.real, self.at, self.hook = real, at, hook
         self.name, self.dimension, self.device = real.name, real.dimension, real.device
+        # How it splits long text into windows is the real one's.
+        self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
+        self.token_spans = real.token_spans
         self.calls = 0
 
     def encode(self, texts):
