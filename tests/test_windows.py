@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import sqlite_vec
 
-from conftest import run_cli, write_csv
+from conftest import STORES, run_cli, write_csv
 from csvembed.errors import InputError
 from csvembed.progress import SubmissionRecords
 from csvembed.store import StoredRow, open_store
@@ -330,3 +330,78 @@ def test_a_postgres_store_made_before_windows_is_migrated_when_opened(env):
         assert store.connection.execute("SELECT to_regclass('csvembed_rows_embedding')").fetchone() == (None,)
     finally:
         store.close()
+
+
+# --- the real model -----------------------------------------------------------------------------
+
+FILLER = " ".join(
+    ["Water the tomato seedlings every morning and mulch the beds with straw to keep the soil moist."] * 25)
+NEEDLE = "The submarine surfaced at dawn and its periscope and sonar found the enemy convoy."
+OTHERS = ["A sailing boat crossed the bay at dawn.", "The recipe needs two cups of flour.",
+          "Stock markets fell sharply on Monday."]
+QUERY = "a submarine found the enemy convoy with its sonar"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", STORES, indirect=True)
+def test_a_match_past_the_models_window_is_found_with_window_and_not_with_truncate(env, submit, drain, embedder):
+    text = f"{FILLER} {NEEDLE}"
+    at = text.index(NEEDLE)
+    assert len(embedder.token_spans(text[:at])) > 2 * embedder.max_seq_length - 32  # past the second window
+    path = write_csv(env.dir / "tickets.csv", "id,text\n" + "".join(
+        f'{name},"{body}"\n' for name, body in [("long", text), *((f"o{i}", o) for i, o in enumerate(OTHERS))]))
+    query = embedder.encode([QUERY])[0]
+    hits = {}
+    for policy in ("window", "truncate"):
+        result = submit(path, id_column="id", text_columns=("text",), long_text=policy)
+        assert result.enqueued == (4 if policy == "window" else 1)  # only the long row reads differently
+        drain()
+        store = open_store(env.db)
+        try:
+            hits[policy] = store.search(query, 1)
+            [(spans, vectors)] = [(s, v) for row_id, *_, s, v in store.windows_of_submission(result.id)
+                                  if row_id == "long"]
+        finally:
+            store.close()
+        expected = [(0, 1210), (1055, 2263), (2117, len(text))] if policy == "window" else [(0, 1210)]
+        assert spans == expected
+        np.testing.assert_allclose(vectors, embedder.encode([text[a:b] for a, b in spans]), atol=1e-6)
+        assert max(len(embedder.model.tokenizer(text[a:b])["input_ids"]) for a, b in spans) == 256
+    [hit] = hits["window"]
+    assert (hit.id, hit.match) == ("long", {"start": 2117, "end": len(text)})
+    assert hit.match["start"] < at < at + len(NEEDLE) <= hit.match["end"]
+    assert [hit.id for hit in hits["truncate"]] == ["o0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", STORES, indirect=True)
+def test_windowed_rows_survive_a_worker_kill_exactly_once(env, submit, embedder):
+    import signal
+
+    from rq.registry import StartedJobRegistry
+    from test_crashes import start_worker, wait_for
+
+    count = 60
+    texts = {f"r{i}": f"row {i}: " + " ".join(f"ticket{i} line{j} says" for j in range(150)) for i in range(count)}
+    path = write_csv(env.dir / "long.csv", "id,text\n" + "".join(f"{k},{v}\n" for k, v in texts.items()))
+    result = submit(path, id_column="id", text_columns=("text",))
+    records, started = SubmissionRecords(env.connection), StartedJobRegistry("csvembed", connection=env.connection)
+    victim = start_worker(env, "--batch-size", "10")
+    wait_for(lambda: records.snapshot(result.id).done >= 10 and started.count > 0, 180, "a batch in flight")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert records.snapshot(result.id).done < count
+    survivor = start_worker(env, "--batch-size", "10")
+    try:
+        wait_for(lambda: records.snapshot(result.id).state == "done", 300, "all rows done")
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        assert survivor.wait(60) == 0
+    expected = {row_id: split(text, embedder.token_spans, embedder.window_tokens, 32, MAX_WINDOWS).spans
+                for row_id, text in texts.items()}
+    windows = sum(map(len, expected.values()))
+    assert windows == 3 * count
+    stored = stored_windows(env, result.id)
+    assert {row_id: spans for row_id, (spans, _) in stored.items()} == expected
+    assert counts(env) == (count, windows)  # no window without its row, none twice
+    assert shape_counts(env, result.id) == (count, 0, 0, count, windows, 0)
