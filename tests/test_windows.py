@@ -400,7 +400,7 @@ def test_windowed_rows_survive_a_worker_kill_exactly_once(env, submit, embedder)
     expected = {row_id: split(text, embedder.token_spans, embedder.window_tokens, 32, MAX_WINDOWS).spans
                 for row_id, text in texts.items()}
     windows = sum(map(len, expected.values()))
-    assert windows == 3 * count
+    assert windows == 4 * count
     stored = stored_windows(env, result.id)
     assert {row_id: spans for row_id, (spans, _) in stored.items()} == expected
     assert counts(env) == (count, windows)  # no window without its row, none twice
