@@ -16,7 +16,7 @@ import sqlite_vec
 from conftest import STORES, run_cli, write_csv
 from csvembed.errors import InputError
 from csvembed.progress import SubmissionRecords
-from csvembed.store import StoredRow, open_store
+from csvembed.store import StoredRow, open_existing_store, open_store
 from csvembed.windows import MAX_WINDOWS, split
 from doubles import WordWindowEmbedder
 
@@ -261,7 +261,7 @@ def test_a_store_made_before_windows_is_migrated_when_opened(env):
     connection.execute("INSERT INTO vectors(rowid, embedding, collection, submission) VALUES (5, ?, 'c', 's')",
                        (vector.tobytes(),))
     connection.close()
-    store = open_store(env.db)  # a reader would migrate it too, if it may write the file
+    store = open_existing_store(env.db, read_only=True)  # search's way in: it migrates the file it may write
     try:
         assert store.counts() == (1, 1)
         [(row_id, _, text, _, spans, vectors)] = store.windows_of_submission("s")
