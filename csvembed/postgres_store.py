@@ -233,18 +233,21 @@ class PostgresStore:
 
     @staticmethod
     def _upsert(cursor: psycopg.Cursor, rows: list[tuple[StoredRow, np.ndarray]]) -> list[tuple[StoredRow, np.ndarray]]:
-        """Upsert the rows; those written (not superseded by a later row), with their windows' vectors."""
+        """Upsert the rows; those stored now (not superseded by a later row), with their windows' vectors.
+
+        An id twice in one batch is upserted twice in order, so the last one written is the one stored.
+        """
         cursor.executemany(UPSERT, [
             (row.collection, row.id, row.submission, row.row_number, row.text, Jsonb(json.loads(row.row_json)),
              row.content_hash, row.model, row_vector(vectors), row.submitted_at)
             for row, vectors in rows
         ], returning=True)
-        written = []
+        written = {}
         for row, vectors in rows:
             if cursor.fetchone() is not None:
-                written.append((row, vectors))
+                written[row.collection, row.id] = (row, vectors)
             cursor.nextset()
-        return written
+        return list(written.values())
 
     def _read(self, query: str, params: Sequence) -> list[tuple]:
         connection = self._usable()

@@ -157,6 +157,18 @@ def test_a_rerun_replaces_all_windows_and_a_shrunk_row_loses_its_extra_ones(env,
 
 
 @pytest.mark.parametrize("env", BOTH_STORES, indirect=True)
+def test_an_id_twice_in_one_batch_keeps_the_later_rows_windows_only(env, submit, drain, words):
+    later = " ".join(f"v{i}" for i in range(12))  # two windows: "v0 .. v7", "v6 .. v11"
+    path = write_csv(env.dir / "twice.csv", f"id,text\nX,{WORDS}\nX,{later}\n")
+    result = submit(path, model=words.name, id_column="id", text_columns=("text",), window_overlap=2)
+    drain(model=words)
+    spans, vectors = stored_windows(env, result.id)["X"]
+    assert spans == [(0, 23), (18, len(later))]
+    np.testing.assert_array_equal(vectors, np.stack([words.vector(later[a:b]) for a, b in spans]))
+    assert counts(env) == (1, 2)
+
+
+@pytest.mark.parametrize("env", BOTH_STORES, indirect=True)
 def test_deleting_a_submission_removes_every_window(env, submit, drain, words):
     from csvembed.delete import delete_submission
 
