@@ -76,10 +76,9 @@ def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_w
     spans: list[tuple[int, int]] = []
     start = 0
     while True:
-        for token in stream:  # until the window's tokens and the one after it are known
+        # Read on until the window's tokens and the one after it are known, or the text ends.
+        while len(tokens) + base <= first + window_tokens and (token := next(stream, None)) is not None:
             tokens.append(token)
-            if len(tokens) + base > first + window_tokens:
-                break
         if len(tokens) + base <= first + window_tokens:  # the rest fits: the last window
             spans.append((start, len(text)))
             return Split(spans, truncated=False)
