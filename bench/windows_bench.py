@@ -5,8 +5,8 @@
 In one run on one machine: the tickets' token lengths (how many rows outgrow the model's window,
 and the windows they make), then rows/s from `csvembed submit --force` until every row is done with
 one warm `csvembed worker` (the default backend), medians over --runs, alternating the policies.
-Then the peak RSS and time of `worker --burst` on a single cell of --huge-mb megabytes (windowed up
-to MAX_WINDOWS windows).
+Then the peak RSS and time of `worker --burst` on a single cell of --huge-mb megabytes, per policy
+(windowed: up to MAX_WINDOWS windows).
 """
 
 from __future__ import annotations
@@ -42,19 +42,20 @@ def token_stats(embedder, texts: list[str]) -> str:
             f" windows {windows} ({windows / len(texts):.3f} per row)")
 
 
-def huge_cell(world: World, scratch: Path, megabytes: int) -> str:
+def huge_cell(world: World, scratch: Path, megabytes: int, policy: str) -> str:
     path = scratch / "huge.csv"
     sentence = "The replacement you sent last month has exactly the same problem, and I would like a refund. "
     with path.open("w", newline="") as fh:
         csv.writer(fh).writerows([("id", "body"), ("1", sentence * (megabytes * 1_000_000 // len(sentence)))])
-    submission = world.submit(path, "--text-column", "body", "--force")
+    submission = world.submit(path, "--text-column", "body", "--force", "--long-text", policy)
     started = time.perf_counter()
     done = subprocess.run(["/usr/bin/time", "-f", "%M", BIN / "csvembed", "worker", "--burst"], env=world.env,
                           capture_output=True, check=True)
     seconds = time.perf_counter() - started
     snapshot = world.records.snapshot(submission)
     rss = int(done.stderr.decode().strip().splitlines()[-1]) / 1024
-    return (f"{megabytes} MB cell: worker --burst peak RSS {rss:.0f} MB in {seconds:.1f} s (model load included);"
+    return (f"{megabytes} MB cell, {policy}: worker --burst peak RSS {rss:.0f} MB in {seconds:.1f} s"
+            " (model load included);"
             f" windows {snapshot.windows}, rows truncated {snapshot.rows_truncated}")
 
 
@@ -87,7 +88,8 @@ def main() -> None:
         for policy, figures in rates.items():
             print(f"{policy:>8}: {statistics.median(r for r, _ in figures):.0f} rows/s end to end,"
                   f" worker {statistics.median(w for _, w in figures):.0f} rows/s (median of {options.runs})")
-        print(huge_cell(world, scratch, options.huge_mb), flush=True)
+        for policy in POLICIES:
+            print(huge_cell(world, scratch, options.huge_mb, policy), flush=True)
     finally:
         world.close()
 
