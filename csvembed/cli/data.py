@@ -98,7 +98,7 @@ def export(
         if store is None or store.dimension is None:
             raise NoStore(db)
         columns = records.columns(submission_id)
-        count = _write(output, lambda target: run_export(store, submission_id, columns, fmt, target, windows))
+        count = _write(output, lambda target: run_export(store, submission_id, columns, fmt, target, windows=windows))
     finally:
         if store is not None:
             store.close()
