@@ -21,12 +21,18 @@ log = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
-    """What the worker needs from a model: a name to record, a dimension and a batched encode."""
+    """What the worker needs from a model: a name to record, a dimension, a batched encode, and the
+    tokenizer's offsets with the window size, to split long text into windows (csvembed.windows)."""
 
     name: str
     dimension: int
+    max_seq_length: int  # tokens the model reads, its special tokens included
+    window_tokens: int  # tokens of text per model call: max_seq_length less the special tokens
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) character offsets of the text's tokens, special tokens left out, none cut off."""
 
 
 def resolve_model(model: str) -> tuple[str, bool]:
@@ -98,7 +104,13 @@ class SentenceTransformerEmbedder:
         self.name = name or model
         self.device = device
         self.dimension = int(self.model.get_embedding_dimension())
-        self.text_cap = text_char_cap(self.model.max_seq_length)
+        self.max_seq_length = int(self.model.max_seq_length)
+        self.window_tokens = self.max_seq_length - self.model.tokenizer.num_special_tokens_to_add(pair=False)
+        self.text_cap = text_char_cap(self.max_seq_length)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return self.model.tokenizer(text, add_special_tokens=False, truncation=False,
+                                    return_offsets_mapping=True)["offset_mapping"]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self.model.encode(

@@ -1,9 +1,13 @@
 """Embed and store a batch of rows, so that one bad row fails alone and the rest are stored.
 
 The worker calls `Ingestor.ingest` with every row it holds: one model call, one transaction.
-It returns, per row, None for settled (stored, or dropped because its submission was deleted) or
-the exception that failed it; nothing is marked in Redis here, so a row is only ever marked done by
-the caller after the transaction committed.
+It returns, per row, its Shape once settled (stored, or dropped because its submission was deleted:
+no windows) or the exception that failed it; nothing is marked in Redis here, so a row is only ever
+marked done by the caller after the transaction committed.
+
+A text longer than the model's window is read as its submission's --long-text policy says
+(csvembed.windows): every window of every row of the batch goes into the one model call, whose
+length sort puts the windows of a long row into sub-batches of similar length.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import numpy as np
 from csvembed.embedder import Embedder, bad_vector_reason
 from csvembed.errors import RowError
 from csvembed.jobs import RowTask
-from csvembed.progress import SubmissionRecords
-from csvembed.store import Store, StoredRow, row_json
+from csvembed.progress import Origin, SubmissionRecords
+from csvembed.store import Store, StoredRow, reading, row_json
+from csvembed.windows import MAX_WINDOWS, Shape, split
 
 log = logging.getLogger(__name__)
 
@@ -29,77 +34,96 @@ class Ingestor:
         self.embedder = embedder
         self.store = store
         self.records = records
-        self._submissions: dict[str, tuple[str, list[str], float] | None] = {}
+        self._submissions: dict[str, Origin | None] = {}
 
-    def _submission(self, submission_id: str) -> tuple[str, list[str], float] | None:
-        """(collection, columns, created_at) of a submission, None if it is gone; they never change, so
-        they are cached (the store itself refuses rows of a submission deleted later)."""
+    def _submission(self, submission_id: str) -> Origin | None:
+        """How to store a submission's rows, None if it is gone; it never changes, so it is cached (the
+        store itself refuses rows of a submission deleted later)."""
         if submission_id not in self._submissions:
             self._submissions[submission_id] = self.records.origin(submission_id)
         return self._submissions[submission_id]
 
-    def _stored_row(self, task: RowTask) -> StoredRow | None:
-        """The row to write, or None for a row of a deleted submission: nothing of it may be kept.
+    def _stored_row(self, task: RowTask) -> tuple[StoredRow, bool] | None:
+        """The row to write with its windows and whether text was cut off, or None for a row of a deleted
+        submission: nothing of it may be kept.
 
         Failing it instead would leave a failed job (and RQ's result stream) behind after `delete`.
         """
         origin = self._submission(task.submission_id)
         if origin is None:
             return None
-        collection, columns, submitted_at = origin
         if not task.text.strip():
             raise RowError("empty text: nothing to embed")
-        return StoredRow(
-            collection=collection,
+        windowed = origin.long_text == "window"
+        found = split(task.text, self.embedder.token_spans, self.embedder.window_tokens, origin.window_overlap,
+                      MAX_WINDOWS if windowed else 1)
+        long = found.truncated or len(found.spans) > 1
+        if long and origin.long_text == "fail":
+            raise RowError(f"longer than the model's window ({self.embedder.max_seq_length} tokens)")
+        row = StoredRow(
+            collection=origin.collection,
             id=task.row_id,
             submission=task.submission_id,
             row_number=task.row_number,
             text=task.text,
-            row_json=row_json(columns, task.values),
+            row_json=row_json(origin.columns, task.values),
             model=self.embedder.name,
-            submitted_at=submitted_at,
+            submitted_at=origin.created_at,
+            spans=found.spans,
+            reading=reading(origin.long_text, origin.window_overlap) if long else "",
         )
+        return row, found.truncated
 
-    def ingest(self, tasks: Sequence[RowTask]) -> list[Exception | None]:
-        """Embed and store tasks; per task, None if settled, else why it failed.
+    def ingest(self, tasks: Sequence[RowTask]) -> list[Exception | Shape]:
+        """Embed and store tasks; per task, its Shape if settled, else why it failed.
 
         The store itself refuses rows of a submission deleted meanwhile (in the write's transaction).
         A failure of the store itself (for instance a lock held past the busy timeout) raises:
         then no row of the batch was stored and every one of them should be retried.
         """
-        outcomes: list[Exception | None] = [None] * len(tasks)
+        outcomes: list[Exception | Shape] = [Shape(0, False)] * len(tasks)
         rows: list[StoredRow] = []
         positions: list[int] = []
         for position, task in enumerate(tasks):
             try:
-                row = self._stored_row(task)
+                found = self._stored_row(task)
             except RowError as exc:
                 outcomes[position] = exc
                 continue
-            if row is not None:
+            if found is not None:
+                row, truncated = found
                 rows.append(row)
                 positions.append(position)
+                outcomes[position] = Shape(len(row.windows), truncated)
         if not rows:
             return outcomes
-        vectors = self._encode([row.text for row in rows], outcomes, positions)
-        keep = [i for i, position in enumerate(positions) if outcomes[position] is None]
-        if keep:
-            self.store.write([rows[i] for i in keep], vectors[keep])
+        texts = [row.text[start:end] for row in rows for start, end in row.windows]
+        owners = [position for row, position in zip(rows, positions) for _ in row.windows]
+        vectors = self._encode(texts, outcomes, owners)
+        keep = np.array([isinstance(outcomes[owner], Shape) for owner in owners], dtype=bool)
+        if keep.any():
+            self.store.write([row for row, position in zip(rows, positions) if isinstance(outcomes[position], Shape)],
+                             vectors[keep])
+        cut = sum(isinstance(outcome, Shape) and outcome.truncated for outcome in outcomes)
+        if cut:
+            log.info("%d rows longer than the model's window were cut off (--long-text truncate, or past %d windows)",
+                     cut, MAX_WINDOWS)
         return outcomes
 
-    def _encode(self, texts: list[str], outcomes: list[Exception | None], positions: list[int]) -> np.ndarray:
-        """One model call for the batch; if it raises, one call per row to find the bad one."""
+    def _encode(self, texts: list[str], outcomes: list[Exception | Shape], owners: list[int]) -> np.ndarray:
+        """One model call for every window of the batch; if it raises, one call per window to find the bad
+        rows. A window that fails fails its row."""
         try:
             vectors = self.embedder.encode(texts)
         except Exception:
-            log.warning("batched encode of %d rows failed; encoding them one by one", len(texts), exc_info=True)
+            log.warning("batched encode of %d texts failed; encoding them one by one", len(texts), exc_info=True)
             vectors = np.zeros((len(texts), self.embedder.dimension), dtype=np.float32)
             for i, text in enumerate(texts):
                 try:
                     vectors[i] = self.embedder.encode([text])[0]
                 except Exception as exc:  # a model error on one row fails that row alone
-                    outcomes[positions[i]] = RowError(f"the model failed on this row: {type(exc).__name__}: {exc}")
+                    outcomes[owners[i]] = RowError(f"the model failed on this row: {type(exc).__name__}: {exc}")
         for i, vector in enumerate(vectors):
-            if outcomes[positions[i]] is None and (reason := bad_vector_reason(vector)):
-                outcomes[positions[i]] = RowError(reason)
+            if isinstance(outcomes[owners[i]], Shape) and (reason := bad_vector_reason(vector)):
+                outcomes[owners[i]] = RowError(reason)
         return vectors

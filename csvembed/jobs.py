@@ -83,10 +83,10 @@ def embed_row(submission_id: str, row_number: int, row_id: str, text: str, value
     ingestor = _process_ingestor()
     task = RowTask(submission_id, row_number, row_id, text, values)
     (outcome,) = ingestor.ingest([task])
-    if outcome is not None:
+    if isinstance(outcome, Exception):
         raise outcome
     with ingestor.records.connection.pipeline() as pipe:
-        ingestor.records.mark_done(pipe, submission_id, [row_number])
+        ingestor.records.mark_done(pipe, submission_id, [(row_number, outcome)])
         pipe.execute()
 
 

@@ -228,7 +228,14 @@ class OnnxEmbedder:
         self.tokenizer = Tokenizer.from_file(str(export / "tokenizer.json"))
         self.tokenizer.no_padding()  # each sub-batch is padded here, to its own longest text
         self.tokenizer.enable_truncation(max_length=int(meta["max_seq_length"]), strategy="longest_first")
-        self.text_cap = text_char_cap(int(meta["max_seq_length"]))
+        self.max_seq_length = int(meta["max_seq_length"])
+        self.text_cap = text_char_cap(self.max_seq_length)
+        # Offsets for windows come from a second copy that never truncates (pieces are bounded by the caller).
+        self.span_tokenizer = Tokenizer.from_file(str(export / "tokenizer.json"))
+        self.span_tokenizer.no_padding()
+        self.span_tokenizer.no_truncation()
+        processor = self.span_tokenizer.post_processor
+        self.window_tokens = self.max_seq_length - (processor.num_special_tokens_to_add(False) if processor else 0)
         self.threads = 0
         self.use_threads(threads)
 
@@ -248,6 +255,9 @@ class OnnxEmbedder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
         self.threads = threads
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return self.span_tokenizer.encode(text, add_special_tokens=False).offsets
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised vectors; texts are run longest first in sub-batches of similar length."""

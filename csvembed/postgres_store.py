@@ -1,16 +1,22 @@
 """The PostgreSQL + pgvector store: the same identity and guarantees as the SQLite store, for many hosts.
 
-`csvembed_rows` is keyed by (collection, id) and holds the row, its jsonb fields and its vector;
-a batch is one transaction of `INSERT ... ON CONFLICT (collection, id) DO UPDATE`, so a retried
-row is stored once. The vector column's dimension comes from the first model that writes, and
-is recorded, so another model cannot share the table by accident. Search uses an HNSW index on
-cosine distance, and a GIN index on the jsonb row makes `--where col=value` an indexed filter.
+`csvembed_rows` is keyed by (collection, id) and holds the row, its jsonb fields and its vector (the
+normalised mean of its windows); `csvembed_windows` holds each window's vector and character span,
+keyed by (collection, id, window_index) and deleted with its row (ON DELETE CASCADE). A batch is
+one transaction: `INSERT ... ON CONFLICT (collection, id) DO UPDATE` of the rows, then the written
+rows' windows deleted and inserted again, so a retried row is stored once with exactly its windows.
+The vector columns' dimension comes from the first model that writes, and is recorded, so another
+model cannot share the tables by accident. Search uses an HNSW index on the windows (cosine
+distance), keeping each row's best window; a GIN index on the jsonb row makes `--where col=value` an
+indexed filter. A store made before windows is migrated when opened: each row's vector becomes its
+one window.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from itertools import groupby
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -21,7 +27,12 @@ from psycopg.types.json import Jsonb
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
 from csvembed.redact import MASK, mask_secrets
-from csvembed.store import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow
+from csvembed.store import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow, row_vector
+
+# Search asks for this many windows per row wanted, more while windows of the same rows crowd them
+# out, up to SEARCH_WINDOWS windows.
+OVERSAMPLE = 4
+SEARCH_WINDOWS = 4096
 
 SCHEMA_LOCK = 0x637365  # an advisory lock id: first writers must not race on CREATE TABLE
 # The first half of the two-part advisory lock (namespace, hashtext(submission)): writes of a
@@ -53,8 +64,23 @@ CREATE TABLE IF NOT EXISTS csvembed_rows(
     PRIMARY KEY (collection, id)
 );
 CREATE INDEX IF NOT EXISTS csvembed_rows_by_submission ON csvembed_rows(submission, row_number);
-CREATE INDEX IF NOT EXISTS csvembed_rows_embedding ON csvembed_rows USING hnsw (embedding vector_cosine_ops);
 CREATE INDEX IF NOT EXISTS csvembed_rows_fields ON csvembed_rows USING gin (row jsonb_path_ops);
+"""
+
+WINDOWS = """
+CREATE TABLE IF NOT EXISTS csvembed_windows(
+    collection text NOT NULL,
+    id text NOT NULL,
+    window_index integer NOT NULL,
+    submission text NOT NULL,
+    char_start integer NOT NULL,
+    char_end integer NOT NULL,
+    embedding vector({dimension}) NOT NULL,
+    PRIMARY KEY (collection, id, window_index),
+    FOREIGN KEY (collection, id) REFERENCES csvembed_rows ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS csvembed_windows_embedding ON csvembed_windows USING hnsw (embedding vector_cosine_ops);
+CREATE INDEX IF NOT EXISTS csvembed_windows_by_submission ON csvembed_windows(submission);
 """
 
 UPSERT = """
@@ -64,7 +90,12 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (collection, id) DO UPDATE SET submission = excluded.submission, row_number = excluded.row_number,
     text = excluded.text, row = excluded.row, content_hash = excluded.content_hash, model = excluded.model,
     embedding = excluded.embedding, stored_at = now(), submitted_at = excluded.submitted_at
-""" + "WHERE " + LATER_WINS.format(stored="csvembed_rows")
+""" + "WHERE " + LATER_WINS.format(stored="csvembed_rows") + " RETURNING collection, id"
+
+INSERT_WINDOW = """
+INSERT INTO csvembed_windows(collection, id, window_index, submission, char_start, char_end, embedding)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+"""
 
 
 def is_postgres_url(db: str) -> bool:
@@ -79,9 +110,30 @@ def _password(url: str) -> str | None:
         return None
 
 
+def _by_row(rows: Sequence[StoredRow], vectors: np.ndarray) -> Iterator[tuple[StoredRow, np.ndarray]]:
+    """Each row with its windows' vectors (stacked in row order in `vectors`)."""
+    first = 0
+    for row in rows:
+        yield row, np.asarray(vectors[first:first + len(row.windows)], dtype=np.float32)
+        first += len(row.windows)
+    if first != len(vectors):
+        raise ValueError(f"{len(vectors)} vectors for {first} windows")
+
+
 def _as_array(embedding) -> np.ndarray:
     """pgvector hands back numpy arrays from text results and Vector objects from binary ones."""
     return np.asarray(embedding.to_numpy() if hasattr(embedding, "to_numpy") else embedding, dtype=np.float32)
+
+
+def _migrate_windows(connection: psycopg.Connection) -> None:
+    """A store made before windows gets its windows table: each row's vector becomes its one window."""
+    if connection.execute("SELECT to_regclass('csvembed_rows') IS NOT NULL"
+                          " AND to_regclass('csvembed_windows') IS NULL").fetchone()[0]:
+        (dimension,) = connection.execute("SELECT value FROM csvembed_meta WHERE key = 'dimension'").fetchone()
+        connection.execute(WINDOWS.format(dimension=int(dimension)))
+        connection.execute("INSERT INTO csvembed_windows SELECT collection, id, 0, submission, 0, char_length(text),"
+                           " embedding FROM csvembed_rows")
+        connection.execute("DROP INDEX IF EXISTS csvembed_rows_embedding")
 
 
 class PostgresStore:
@@ -104,6 +156,7 @@ class PostgresStore:
                 connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
                 connection.execute(META)
+                _migrate_windows(connection)
         except psycopg.Error as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             # libpq's messages may repeat the whole URL, or quote the password alone (a bad %-escape).
@@ -130,6 +183,7 @@ class PostgresStore:
         if existing is None:
             self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             self.connection.execute(ROWS.format(dimension=int(dimension)))
+            self.connection.execute(WINDOWS.format(dimension=int(dimension)))
             self.connection.execute(
                 "INSERT INTO csvembed_meta(key, value) VALUES ('dimension', %s) ON CONFLICT DO NOTHING",
                 (str(dimension),))
@@ -165,11 +219,35 @@ class PostgresStore:
                                " ORDER BY hashtext(s)", (SUBMISSION_LOCKS, submissions))
             deleted = {submission for (submission,) in connection.execute(
                 "SELECT submission FROM csvembed_deleted_submissions WHERE submission = ANY(%s)", (submissions,))}
-            cursor.executemany(UPSERT, [
-                (row.collection, row.id, row.submission, row.row_number, row.text, Jsonb(json.loads(row.row_json)),
-                 row.content_hash, row.model, np.asarray(vector, dtype=np.float32), row.submitted_at)
-                for row, vector in zip(rows, vectors, strict=True) if row.submission not in deleted
+            written = self._upsert(cursor, [(row, vectors) for row, vectors in _by_row(rows, vectors)
+                                             if row.submission not in deleted])
+            keys = [(row.collection, row.id) for row, _ in written]
+            connection.execute("DELETE FROM csvembed_windows WHERE (collection, id) IN"
+                               " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                               ([collection for collection, _ in keys], [row_id for _, row_id in keys]))
+            cursor.executemany(INSERT_WINDOW, [
+                (row.collection, row.id, index, row.submission, start, end, vector)
+                for row, row_vectors in written
+                for index, ((start, end), vector) in enumerate(zip(row.windows, row_vectors))
             ])
+
+    @staticmethod
+    def _upsert(cursor: psycopg.Cursor, rows: list[tuple[StoredRow, np.ndarray]]) -> list[tuple[StoredRow, np.ndarray]]:
+        """Upsert the rows; those stored now (not superseded by a later row), with their windows' vectors.
+
+        An id twice in one batch is upserted twice in order, so the last one written is the one stored.
+        """
+        cursor.executemany(UPSERT, [
+            (row.collection, row.id, row.submission, row.row_number, row.text, Jsonb(json.loads(row.row_json)),
+             row.content_hash, row.model, row_vector(vectors), row.submitted_at)
+            for row, vectors in rows
+        ], returning=True)
+        written = {}
+        for row, vectors in rows:
+            if cursor.fetchone() is not None:
+                written[row.collection, row.id] = (row, vectors)
+            cursor.nextset()
+        return list(written.values())
 
     def _read(self, query: str, params: Sequence) -> list[tuple]:
         connection = self._usable()
@@ -191,7 +269,8 @@ class PostgresStore:
         submission: str | None = None,
         where: dict[str, str] | None = None,
     ) -> list[Hit]:
-        """The k nearest rows by cosine distance through the HNSW index, nearest first."""
+        """The k rows whose best window is nearest by cosine distance (HNSW index), nearest first: the `wanted`
+        nearest windows are kept one per row, and more are asked for while fewer than k rows remain."""
         if self.dimension is None:
             return []
         filters, params = "", [np.asarray(query, dtype=np.float32)]
@@ -200,21 +279,35 @@ class PostgresStore:
                 filters += f" AND {column} = %s"
                 params.append(value)
         if where:
-            filters += " AND row @> %s"
+            filters += " AND (collection, id) IN (SELECT collection, id FROM csvembed_rows WHERE row @> %s)"
             params.append(Jsonb(where))
+        wanted = min(k * OVERSAMPLE, SEARCH_WINDOWS)
+        while True:
+            windows, found = self._nearest_rows(filters, params, wanted, k)
+            if len(found) >= k or windows < wanted or wanted == SEARCH_WINDOWS:
+                return [Hit(c, s, n, i, float(d), t, r, {"start": start, "end": end})
+                        for _, c, s, n, i, d, t, r, start, end in found]
+            wanted = min(wanted * OVERSAMPLE, SEARCH_WINDOWS)
+
+    def _nearest_rows(self, filters: str, params: list, wanted: int, k: int) -> tuple[int, list[tuple]]:
+        """(windows looked at, rows): the `wanted` nearest windows, then the k rows of the best ones."""
         connection = self._usable()
         with connection.transaction():
-            # Filtered HNSW scans keep going until k rows pass the filter (pgvector 0.8); relaxed order
-            # is re-sorted below, so the results are still nearest first.
+            # Filtered HNSW scans keep going until `wanted` windows pass the filter (pgvector 0.8); relaxed
+            # order is re-sorted below, so the results are still nearest first.
             connection.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            connection.execute(f"SET LOCAL hnsw.ef_search = {max(defaults.HNSW_EF_SEARCH, 2 * k)}")
+            connection.execute(f"SET LOCAL hnsw.ef_search = {min(max(defaults.HNSW_EF_SEARCH, 2 * k), 1000)}")
             found = connection.execute(
-                "WITH nearest AS MATERIALIZED (SELECT collection, submission, row_number, id,"
-                " embedding <=> %s AS distance, text, row FROM csvembed_rows WHERE true" + filters +
-                " ORDER BY distance LIMIT %s) SELECT * FROM nearest ORDER BY distance",
-                (*params, k),
+                "WITH nearest AS MATERIALIZED (SELECT collection, id, char_start, char_end,"
+                " embedding <=> %s AS distance FROM csvembed_windows WHERE true" + filters +
+                " ORDER BY distance LIMIT %s), best AS (SELECT DISTINCT ON (collection, id) * FROM nearest"
+                " ORDER BY collection, id, distance)"
+                " SELECT (SELECT count(*) FROM nearest), r.collection, r.submission, r.row_number, r.id, b.distance,"
+                " r.text, r.row, b.char_start, b.char_end FROM best b JOIN csvembed_rows r USING (collection, id)"
+                " ORDER BY b.distance LIMIT %s",
+                (*params, wanted, k),
             ).fetchall()
-        return [Hit(c, s, n, i, float(d), t, r) for c, s, n, i, d, t, r in found]
+        return (found[0][0] if found else 0), found
 
     def rows_of_submission(self, submission: str) -> Iterator[tuple[str, int, str, str, np.ndarray]]:
         if self.dimension is None:
@@ -225,6 +318,23 @@ class PostgresStore:
                            " ORDER BY row_number", (submission,))
             for row_id, number, text, row, embedding in cursor:
                 yield row_id, number, text, json.dumps(row, ensure_ascii=False), _as_array(embedding)
+
+    def windows_of_submission(
+        self, submission: str
+    ) -> Iterator[tuple[str, int, str, str, list[tuple[int, int]], np.ndarray]]:
+        if self.dimension is None:
+            return
+        connection = self._usable()
+        with connection.transaction(), connection.cursor(name="csvembed_export_windows") as cursor:
+            cursor.execute("SELECT r.id, r.row_number, r.text, r.row, w.char_start, w.char_end, w.embedding"
+                           " FROM csvembed_rows r JOIN csvembed_windows w USING (collection, id)"
+                           " WHERE r.submission = %s ORDER BY r.row_number, r.collection, r.id, w.window_index",
+                           (submission,))
+            for (row_id, number, text, row), windows in groupby(cursor, key=lambda found: found[:4]):
+                windows = list(windows)
+                yield (row_id, number, text, json.dumps(row, ensure_ascii=False),
+                       [(start, end) for *_, start, end, _ in windows],
+                       np.stack([_as_array(embedding) for *_, embedding in windows]))
 
     def collection_of(self, submission: str) -> str:
         found = self._read("SELECT collection FROM csvembed_rows WHERE submission = %s LIMIT 1", (submission,))
@@ -261,7 +371,7 @@ class PostgresStore:
             return connection.execute("DELETE FROM csvembed_rows WHERE submission = %s", (submission,)).rowcount
 
     def counts(self) -> tuple[int, int]:
-        found = self._read("SELECT count(*), count(embedding) FROM csvembed_rows", ())
+        found = self._read("SELECT (SELECT count(*) FROM csvembed_rows), (SELECT count(*) FROM csvembed_windows)", ())
         return (found[0][0], found[0][1]) if found else (0, 0)
 
     def close(self) -> None:

@@ -22,12 +22,13 @@ from rq import Queue
 from csvembed import defaults
 from csvembed.delete import delete_submission
 from csvembed.enqueue import RowEnqueuer, withdraw_queued
-from csvembed.errors import CsvembedError, UnknownSubmission
+from csvembed.errors import CsvembedError, InputError, UnknownSubmission
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.progress import INTERRUPTED, RUNNING, SubmissionRecords, new_submission_id, record_key
 from csvembed.reader import CsvFile, Source
 from csvembed.rowtext import TextSpec, id_column_index
-from csvembed.store import Store, content_hash, open_store, row_json
+from csvembed.store import Store, content_hash, open_store, reading, row_json
+from csvembed.windows import DEFAULT_OVERLAP, DEFAULT_POLICY, POLICIES
 
 
 @dataclass
@@ -43,6 +44,8 @@ class SubmitOptions:
     queue: str = defaults.QUEUE_NAME
     force: bool = False
     max_pending: int | None = None
+    long_text: str = DEFAULT_POLICY
+    window_overlap: int = DEFAULT_OVERLAP
 
 
 @dataclass
@@ -113,6 +116,10 @@ class Producer:
         """Enqueue every row. `on_created(id)` runs once the submission exists, before any row is queued
         (so the id can be shown before a --max-pending wait); `on_read(rows)` after each chunk is queued."""
         # Everything that can be checked is checked before the first job exists.
+        if options.long_text not in POLICIES:
+            raise InputError(f"unknown --long-text {options.long_text!r}: use one of {', '.join(POLICIES)}")
+        if options.window_overlap < 0:
+            raise InputError(f"--window-overlap must be 0 or more, not {options.window_overlap}")
         csv_file = CsvFile(source, delimiter=options.delimiter, encoding=options.encoding)
         spec = TextSpec(csv_file.columns, options.text_columns, options.template)
         id_index = id_column_index(csv_file.columns, options.id_column)
@@ -130,6 +137,8 @@ class Producer:
             model=self.model,
             columns=csv_file.columns,
             text=spec.description,
+            long_text=options.long_text,
+            window_overlap=options.window_overlap,
         )
         result = SubmitResult(submission_id, collection, options.queue, 0, 0, 0)
         # Ids this submission enqueued: a later row with one of them is never skipped, so the later
@@ -151,7 +160,7 @@ class Producer:
                         )
                         for offset, values in enumerate(rows)
                     ]
-                    fresh = self._unchanged_removed(store, collection, csv_file.columns, tasks, options.force,
+                    fresh = self._unchanged_removed(store, collection, csv_file.columns, tasks, options,
                                                     enqueued_ids)
                     self._enqueue(queue, submission_id, fresh, len(tasks) - len(fresh), options.max_pending)
                     result.total += len(tasks)
@@ -192,21 +201,24 @@ class Producer:
         collection: str,
         columns: list[str],
         tasks: list[RowTask],
-        force: bool,
+        options: SubmitOptions,
         enqueued_ids: set[str] | None,
     ) -> list[RowTask]:
-        """Drop rows whose id, text, fields and model are exactly what the store already holds.
+        """Drop rows whose id, text, fields and model are exactly what the store already holds, and which
+        were read as this submission would: whole, or (a long row) under the same --long-text reading.
 
         A row whose id this submission already enqueued (earlier in this chunk or before) is kept:
         it must replace that earlier row, whatever the store holds now.
         """
-        stored = {} if force else store.stored_hashes(collection, [task.row_id for task in tasks])
+        stored = {} if options.force else store.stored_hashes(collection, [task.row_id for task in tasks])
+        how = reading(options.long_text, options.window_overlap)
         fresh = []
         for task in tasks:
             repeated = enqueued_ids is not None and task.row_id in enqueued_ids
             known = stored.get(task.row_id)
-            if repeated or known is None or known != content_hash(self.model, task.text,
-                                                                  row_json(columns, task.values)):
+            values = row_json(columns, task.values)
+            if repeated or known is None or known not in (content_hash(self.model, task.text, values),
+                                                          content_hash(self.model, task.text, values, how)):
                 fresh.append(task)
                 if enqueued_ids is not None:
                     enqueued_ids.add(task.row_id)

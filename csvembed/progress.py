@@ -18,6 +18,7 @@ import redis
 from redis.client import Pipeline
 
 from csvembed import defaults
+from csvembed.windows import DEFAULT_OVERLAP, DEFAULT_POLICY, Shape
 
 PREFIX = "csvembed"
 SUBMISSIONS_KEY = f"{PREFIX}:submissions"
@@ -50,17 +51,28 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSETNX', KEYS[1], 'starte
 return 0
 """
 
+# ARGV: the time, then per row its number, its windows and 1 if text was cut off (0 otherwise). The
+# counts grow only for a row not yet done, so a row that runs twice is counted once.
 _MARK_DONE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 2, #ARGV do
-  redis.call('SETBIT', KEYS[2], ARGV[i], 1)
+for i = 2, #ARGV, 3 do
+  if redis.call('SETBIT', KEYS[2], ARGV[i], 1) == 0 then
+    local windows = tonumber(ARGV[i + 1])
+    if ARGV[i + 2] == '1' then redis.call('HINCRBY', KEYS[1], 'rows_truncated', 1) end
+    if windows > 1 then
+      redis.call('HINCRBY', KEYS[1], 'rows_windowed', 1)
+      redis.call('HINCRBY', KEYS[1], 'windows', windows)
+    elseif windows == 1 and ARGV[i + 2] == '0' then
+      redis.call('HINCRBY', KEYS[1], 'rows_whole', 1)
+    end
+  end
   redis.call('SETBIT', KEYS[3], ARGV[i], 0)
   redis.call('HDEL', KEYS[4], ARGV[i])
 end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
 """ + _push_sample("KEYS[5]", "ARGV[1]") + """
-return #ARGV - 1
+return (#ARGV - 1) / 3
 """
 
 _MARK_FAILED = """
@@ -163,6 +175,14 @@ class Snapshot:
     text: str = ""
     # (worker's time, rows finished) each time rows finished, oldest first; the rate comes from these.
     samples: list[tuple[float, int]] = field(default_factory=list, repr=False)
+    long_text: str = DEFAULT_POLICY
+    window_overlap: int = DEFAULT_OVERLAP
+    # Done rows by how their text was read: whole (one window), in windows (and those windows), or
+    # cut off (the truncate policy, or past MAX_WINDOWS; such a windowed row counts in both).
+    rows_whole: int = 0
+    rows_windowed: int = 0
+    windows: int = 0
+    rows_truncated: int = 0
 
     @property
     def finished(self) -> bool:
@@ -210,7 +230,24 @@ def _snapshot(
         columns=json.loads(fields.get("columns", "[]")),
         text=fields.get("text", ""),
         samples=_samples(samples),
+        long_text=fields.get("long_text", DEFAULT_POLICY),
+        window_overlap=int(fields.get("window_overlap", DEFAULT_OVERLAP)),
+        rows_whole=int(fields.get("rows_whole", 0)),
+        rows_windowed=int(fields.get("rows_windowed", 0)),
+        windows=int(fields.get("windows", 0)),
+        rows_truncated=int(fields.get("rows_truncated", 0)),
     )
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What a worker needs of a submission to store its rows; none of it changes after submit."""
+
+    collection: str
+    columns: list[str]
+    created_at: float
+    long_text: str = DEFAULT_POLICY
+    window_overlap: int = DEFAULT_OVERLAP
 
 
 @dataclass
@@ -245,6 +282,8 @@ class SubmissionRecords:
         model: str,
         columns: Sequence[str],
         text: str,
+        long_text: str = DEFAULT_POLICY,
+        window_overlap: int = DEFAULT_OVERLAP,
     ) -> None:
         """A new record in state submitting, with a lease that the submit process must keep renewing.
 
@@ -265,6 +304,8 @@ class SubmissionRecords:
                     "model": model,
                     "columns": json.dumps(list(columns)),
                     "text": text,
+                    "long_text": long_text,
+                    "window_overlap": window_overlap,
                     "created_at": now,
                     "total": 0,
                     "skipped": 0,
@@ -308,21 +349,26 @@ class SubmissionRecords:
         raw = self.connection.hget(_key(submission_id), "columns")
         return json.loads(raw) if raw else []
 
-    def origin(self, submission_id: str) -> tuple[str, list[str], float] | None:
-        """(collection, columns, created_at) of a submission, or None if it no longer exists."""
-        collection, columns, created_at = self.connection.hmget(_key(submission_id), "collection", "columns",
-                                                                "created_at")
+    def origin(self, submission_id: str) -> Origin | None:
+        """How to store a submission's rows, or None if it no longer exists (records of older versions
+        have no long-text fields: they get the defaults)."""
+        fields = ("collection", "columns", "created_at", "long_text", "window_overlap")
+        collection, columns, created_at, long_text, overlap = self.connection.hmget(_key(submission_id), *fields)
         if collection is None or created_at is None:
             return None
-        return collection.decode(), json.loads(columns) if columns else [], float(created_at)
+        return Origin(collection.decode(), json.loads(columns) if columns else [], float(created_at),
+                      long_text.decode() if long_text else DEFAULT_POLICY,
+                      int(overlap) if overlap else DEFAULT_OVERLAP)
 
     def mark_started(self, pipeline: Pipeline, submission_id: str) -> None:
         """The first time a worker starts rows of this submission: where its rate is measured from."""
         self._mark_started(keys=[_key(submission_id)], args=[time.time()], client=pipeline)
 
-    def mark_done(self, pipeline: Pipeline, submission_id: str, row_numbers: Iterable[int]) -> None:
+    def mark_done(self, pipeline: Pipeline, submission_id: str, rows: Iterable[tuple[int, Shape]]) -> None:
+        """Mark rows (number, how it was embedded) done, and count each one's shape once."""
         keys = [_key(submission_id, part) for part in ("", "done", "failed", "errors", "samples")]
-        self._mark_done(keys=keys, args=[time.time(), *row_numbers], client=pipeline)
+        args = [value for number, shape in rows for value in (number, shape.windows, int(shape.truncated))]
+        self._mark_done(keys=keys, args=[time.time(), *args], client=pipeline)
 
     def mark_failed(
         self, pipeline: Pipeline | None, submission_id: str, row_number: int, row_id: str, reason: str,

@@ -1,9 +1,13 @@
 """The SQLite + sqlite-vec store: one file, shared safely by several worker processes on one host.
 
 Identity: a collection holds rows keyed by id (the --id-column value, else the row number). The
-`rows` table's UNIQUE(collection, id) owns the rowid, and the vec0 table `vectors` uses the same
-rowid. vec0 has no upsert, so a write upserts the row, then deletes and re-inserts its vector, all
-in one BEGIN IMMEDIATE transaction: a retried or duplicated job leaves one row and one vector.
+`rows` table's UNIQUE(collection, id) owns the rowid; a row's windows live in the vec0 table
+`window_vectors` at rowids (row rowid << WINDOW_BITS) + window index, with their character spans as
+auxiliary columns, and `rows.windows` says how many there are. vec0 has no upsert, so a write
+upserts the row, then deletes all of its old windows and inserts the new ones, in one BEGIN
+IMMEDIATE transaction: a retried or duplicated job leaves one row and its windows, and a row that
+shrinks loses its extra windows. Stores made before windows (a vec0 table `vectors` keyed by the
+row's rowid) are migrated when first opened for writing: each vector becomes its row's one window.
 
 apsw is the binding because this Python's stdlib sqlite3 cannot load extensions, and apsw
 bundles a current SQLite (3.54) with extension loading; it also leaves transactions to us, which
@@ -26,9 +30,17 @@ import sqlite_vec
 
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
-from csvembed.store import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow
+from csvembed.store import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow, row_vector
+from csvembed.windows import MAX_WINDOWS
 
 SCHEMA_VERSION = "1"
+# A window's rowid is (row rowid << WINDOW_BITS) + its index, so a row's windows need no table of their own.
+WINDOW_BITS = 10
+assert MAX_WINDOWS <= 1 << WINDOW_BITS
+# sqlite-vec refuses a KNN query for more neighbours than this.
+KNN_LIMIT = 4096
+# Search asks for this many windows per row wanted, more while windows of the same rows crowd them out.
+OVERSAMPLE = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS csvembed_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,11 +56,21 @@ CREATE TABLE IF NOT EXISTS rows(
     model TEXT NOT NULL,
     stored_at REAL NOT NULL,
     submitted_at REAL NOT NULL DEFAULT 0,
+    windows INTEGER NOT NULL DEFAULT 1,
     UNIQUE(collection, id)
 );
 CREATE INDEX IF NOT EXISTS rows_by_submission ON rows(submission, row_number);
 CREATE TABLE IF NOT EXISTS deleted_submissions(submission TEXT PRIMARY KEY, deleted_at REAL NOT NULL);
 """
+
+
+def _window_ids(rowid: int, count: int) -> list[tuple[int]]:
+    return [((rowid << WINDOW_BITS) + index,) for index in range(count)]
+
+
+def _vector_table(dimension: int) -> str:
+    return (f"CREATE VIRTUAL TABLE window_vectors USING vec0(embedding float[{dimension}] distance_metric=cosine,"
+            " collection text, submission text, +char_start integer, +char_end integer)")
 
 
 def _json_path(column: str) -> str:
@@ -115,6 +137,10 @@ class SqliteStore:
         # False only for a reader that found a file without csvembed's tables (nothing stored yet).
         self.has_schema = True
         self._check_or_create_schema()
+        if read_only and self._legacy():
+            self.connection.close()
+            SqliteStore(path).close()  # migrates, if this process may write the file
+            self.connection = _connect(path, read_only)
 
     @classmethod
     def open_existing(cls, path: Path) -> SqliteStore | None:
@@ -134,11 +160,29 @@ class SqliteStore:
                 columns = {name for _, name, *_ in self.connection.execute("PRAGMA table_info(rows)")}
                 if "submitted_at" not in columns:  # a store written before submissions were ordered
                     self.connection.execute("ALTER TABLE rows ADD COLUMN submitted_at REAL NOT NULL DEFAULT 0")
+                if "windows" not in columns:  # a store written before windows: one vector per row
+                    self.connection.execute("ALTER TABLE rows ADD COLUMN windows INTEGER NOT NULL DEFAULT 1")
+                if self._legacy():
+                    self._migrate_vectors()
                 self.connection.execute(
                     "INSERT OR IGNORE INTO csvembed_meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
                 )
         except (apsw.NotADBError, apsw.ReadOnlyError, apsw.CantOpenError, apsw.IOError) as exc:
             raise ServiceUnavailable(f"cannot use the store {self.path}: {exc}") from None
+
+    def _legacy(self) -> bool:
+        """Whether the vectors are still in the one-per-row table of stores made before windows."""
+        return self.connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'vectors' AND type = 'table'").fetchone() is not None
+
+    def _migrate_vectors(self) -> None:
+        """Each row's vector becomes its one window, spanning its whole text (inside the schema transaction)."""
+        self.connection.execute(_vector_table(self.dimension))
+        self.connection.execute(
+            f"INSERT INTO window_vectors(rowid, embedding, collection, submission, char_start, char_end)"
+            f" SELECT v.rowid << {WINDOW_BITS}, v.embedding, v.collection, v.submission, 0, length(r.text)"
+            " FROM vectors v JOIN rows r ON r.rowid = v.rowid")
+        self.connection.execute("DROP TABLE vectors")
 
     @contextmanager
     def _immediate(self) -> Iterator[None]:
@@ -165,10 +209,7 @@ class SqliteStore:
         """The vec0 table's dimension is fixed by the first model that writes to the store."""
         existing = self.dimension
         if existing is None:
-            self.connection.execute(
-                f"CREATE VIRTUAL TABLE IF NOT EXISTS vectors USING vec0("
-                f"embedding float[{dimension}] distance_metric=cosine, collection text, submission text)"
-            )
+            self.connection.execute(_vector_table(dimension))
             self.connection.execute("INSERT INTO csvembed_meta(key, value) VALUES ('dimension', ?)", (str(dimension),))
         elif existing != dimension:
             raise InputError(
@@ -177,38 +218,51 @@ class SqliteStore:
             )
 
     def write(self, rows: Sequence[StoredRow], vectors: np.ndarray) -> None:
-        """Store rows and their vectors in one transaction; re-writing a row replaces it."""
+        """Store rows and their windows' vectors (stacked in row order) in one transaction; re-writing a
+        row replaces it and all of its windows."""
         now = time.time()
         with self._immediate():
             self._ensure_vectors_table(vectors.shape[1])
             # A submission deleted while a worker held its rows: BEGIN IMMEDIATE orders this check
             # against the delete's transaction, so nothing of it is written after the delete.
             deleted = self._deleted({row.submission for row in rows})
-            for row, vector in zip(rows, vectors, strict=True):
-                if row.submission in deleted:
-                    continue
-                # The row of the later submission wins, and within one submission the later row of a
-                # duplicated id, whatever order the workers took them in.
-                written = self.connection.execute(
-                    "INSERT INTO rows(collection, id, submission, row_number, text, row_json, content_hash, model,"
-                    " stored_at, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT(collection, id) DO UPDATE SET submission = excluded.submission,"
-                    " row_number = excluded.row_number, text = excluded.text, row_json = excluded.row_json,"
-                    " content_hash = excluded.content_hash, model = excluded.model, stored_at = excluded.stored_at,"
-                    " submitted_at = excluded.submitted_at"
-                    f" WHERE {LATER_WINS.format(stored='rows')}"
-                    " RETURNING rowid",
-                    (row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
-                     row.content_hash, row.model, now, row.submitted_at),
-                ).fetchone()
-                if written is None:  # superseded by a later row with the same id
-                    continue
-                self.connection.execute("DELETE FROM vectors WHERE rowid = ?", written)
-                self.connection.execute(
-                    "INSERT INTO vectors(rowid, embedding, collection, submission) VALUES (?, ?, ?, ?)",
-                    (written[0], np.ascontiguousarray(vector, dtype=np.float32).tobytes(), row.collection,
-                     row.submission),
-                )
+            first = 0
+            for row in rows:
+                spans = row.windows
+                row_vectors, first = vectors[first:first + len(spans)], first + len(spans)
+                if row.submission not in deleted:
+                    self._write_row(row, spans, row_vectors, now)
+            if first != len(vectors):
+                raise ValueError(f"{len(vectors)} vectors for {first} windows")
+
+    def _write_row(self, row: StoredRow, spans: list[tuple[int, int]], vectors: np.ndarray, now: float) -> None:
+        before = self.connection.execute("SELECT rowid, windows FROM rows WHERE collection = ? AND id = ?",
+                                         (row.collection, row.id)).fetchone()
+        # The row of the later submission wins, and within one submission the later row of a
+        # duplicated id, whatever order the workers took them in.
+        written = self.connection.execute(
+            "INSERT INTO rows(collection, id, submission, row_number, text, row_json, content_hash, model,"
+            " stored_at, submitted_at, windows) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(collection, id) DO UPDATE SET submission = excluded.submission,"
+            " row_number = excluded.row_number, text = excluded.text, row_json = excluded.row_json,"
+            " content_hash = excluded.content_hash, model = excluded.model, stored_at = excluded.stored_at,"
+            " submitted_at = excluded.submitted_at, windows = excluded.windows"
+            f" WHERE {LATER_WINS.format(stored='rows')}"
+            " RETURNING rowid",
+            (row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
+             row.content_hash, row.model, now, row.submitted_at, len(spans)),
+        ).fetchone()
+        if written is None:  # superseded by a later row with the same id
+            return
+        if before is not None:
+            self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?", _window_ids(*before))
+        self.connection.executemany(
+            "INSERT INTO window_vectors(rowid, embedding, collection, submission, char_start, char_end)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(window_id, np.ascontiguousarray(vector, dtype=np.float32).tobytes(), row.collection, row.submission,
+              start, end)
+             for (window_id,), vector, (start, end) in zip(_window_ids(written[0], len(spans)), vectors, spans)],
+        )
 
     def _deleted(self, submissions: set[str]) -> set[str]:
         """Which of these submissions were deleted (their tombstones are kept for good)."""
@@ -238,10 +292,12 @@ class SqliteStore:
         submission: str | None = None,
         where: dict[str, str] | None = None,
     ) -> list[Hit]:
-        """The k nearest rows by cosine distance, nearest first, within the filters given.
+        """The k rows whose best window is nearest by cosine distance, nearest first, within the filters.
 
-        collection and submission are vec0 metadata columns, filtered inside the KNN scan. A
-        `where` on original columns selects rows first, then ranks exactly those rows.
+        collection and submission are vec0 metadata columns, filtered inside the KNN scan, which asks
+        for more windows than k until k distinct rows are found (or sqlite-vec's limit of KNN_LIMIT
+        windows is reached). A `where` on original columns selects rows first, then ranks exactly
+        those rows' windows.
         """
         if self.dimension is None:
             return []
@@ -253,21 +309,42 @@ class SqliteStore:
                 params.append(value)
         if where:
             for column, value in where.items():
-                filters += " AND rowid IN (SELECT rowid FROM rows WHERE json_extract(row_json, ?) = ?)"
+                filters += (f" AND rowid >> {WINDOW_BITS} IN (SELECT rowid FROM rows"
+                            " WHERE json_extract(row_json, ?) = ?)")
                 params += [_json_path(column), value]
-            nearest = (f"SELECT rowid, vec_distance_cosine(embedding, ?) AS distance FROM vectors"
-                       f" WHERE 1{filters} ORDER BY distance LIMIT ?")
-            params = [vector, *params, k]
+            # SQLite takes the bare columns of a min() aggregate from the row that has the minimum.
+            best = list(self.connection.execute(
+                f"SELECT rowid >> {WINDOW_BITS} AS row, min(vec_distance_cosine(embedding, ?)) AS distance,"
+                f" char_start, char_end FROM window_vectors WHERE 1{filters} GROUP BY row ORDER BY distance LIMIT ?",
+                [vector, *params, k]))
         else:
+            best = self._nearest_rows(vector, k, filters, params)
+        return self._hits(best)
+
+    def _nearest_rows(self, vector: bytes, k: int, filters: str, params: list) -> list[tuple[int, float, int, int]]:
+        """(row rowid, distance, start, end) of the best window of the k nearest rows, nearest first."""
+        wanted = min(k * OVERSAMPLE, KNN_LIMIT)
+        while True:
             # sqlite-vec KNN must be written `MATCH ? AND k = ?`: the LIMIT form fails on older SQLite.
-            nearest = f"SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ?{filters}"
-            params = [vector, k, *params]
-        found = self.connection.execute(
-            "SELECT r.collection, r.submission, r.row_number, r.id, v.distance, r.text, r.row_json"
-            f" FROM ({nearest}) v JOIN rows r ON r.rowid = v.rowid ORDER BY v.distance",
-            params,
-        )
-        return [Hit(c, s, n, i, d, t, json.loads(j)) for c, s, n, i, d, t, j in found]
+            found = self.connection.execute(
+                "SELECT rowid, distance, char_start, char_end FROM window_vectors"
+                f" WHERE embedding MATCH ? AND k = ?{filters} ORDER BY distance", [vector, wanted, *params]).fetchall()
+            best: dict[int, tuple[int, float, int, int]] = {}
+            for window_id, distance, start, end in found:
+                best.setdefault(window_id >> WINDOW_BITS, (window_id >> WINDOW_BITS, distance, start, end))
+            if len(best) >= k or len(found) < wanted or wanted == KNN_LIMIT:
+                return list(best.values())[:k]
+            wanted = min(wanted * OVERSAMPLE, KNN_LIMIT)
+
+    def _hits(self, best: list[tuple[int, float, int, int]]) -> list[Hit]:
+        if not best:
+            return []
+        marks = ",".join("?" * len(best))
+        rows = {rowid: rest for rowid, *rest in self.connection.execute(
+            f"SELECT rowid, collection, submission, row_number, id, text, row_json FROM rows WHERE rowid IN ({marks})",
+            [rowid for rowid, *_ in best])}
+        return [Hit(c, s, n, i, d, t, json.loads(j), {"start": start, "end": end})
+                for rowid, d, start, end in best for c, s, n, i, t, j in [rows[rowid]]]
 
     def collections(self) -> list[str]:
         """The collections that hold stored rows, by name."""
@@ -290,14 +367,26 @@ class SqliteStore:
         return found is not None
 
     def rows_of_submission(self, submission: str) -> Iterator[tuple[str, int, str, str, np.ndarray]]:
-        """(id, row_number, text, row_json, vector) of the rows a submission last wrote, in row order."""
+        """(id, row_number, text, row_json, vector) of the rows a submission last wrote, in row order: the
+        vector of a windowed row is the normalised mean of its windows."""
+        for row_id, number, text, row_json_text, _, vectors in self.windows_of_submission(submission):
+            yield row_id, number, text, row_json_text, row_vector(vectors)
+
+    def windows_of_submission(
+        self, submission: str
+    ) -> Iterator[tuple[str, int, str, str, list[tuple[int, int]], np.ndarray]]:
+        """(id, row_number, text, row_json, spans, vectors) of the rows a submission last wrote, in row order."""
         found = self.connection.execute(
-            "SELECT r.id, r.row_number, r.text, r.row_json, v.embedding FROM rows r"
-            " JOIN vectors v ON v.rowid = r.rowid WHERE r.submission = ? ORDER BY r.row_number",
+            "SELECT rowid, id, row_number, text, row_json, windows FROM rows WHERE submission = ? ORDER BY row_number",
             (submission,),
         )
-        for row_id, number, text, row_json_text, embedding in found:
-            yield row_id, number, text, row_json_text, np.frombuffer(embedding, dtype=np.float32)
+        for rowid, row_id, number, text, row_json_text, count in found:
+            ids = _window_ids(rowid, count)
+            windows = self.connection.execute(
+                f"SELECT embedding, char_start, char_end FROM window_vectors WHERE rowid IN ({','.join('?' * count)})"
+                " ORDER BY rowid", [window_id for (window_id,) in ids]).fetchall()
+            vectors = np.stack([np.frombuffer(embedding, dtype=np.float32) for embedding, _, _ in windows])
+            yield row_id, number, text, row_json_text, [(start, end) for _, start, end in windows], vectors
 
     def collection_of(self, submission: str) -> str:
         found = self.connection.execute("SELECT collection FROM rows WHERE submission = ? LIMIT 1",
@@ -312,20 +401,21 @@ class SqliteStore:
         with self._immediate():
             self.connection.execute("INSERT OR REPLACE INTO deleted_submissions(submission, deleted_at) VALUES (?, ?)",
                                     (submission, time.time()))
-            rowids = [rowid for (rowid,) in self.connection.execute(
-                "SELECT rowid FROM rows WHERE submission = ?", (submission,))]
+            rows = self.connection.execute("SELECT rowid, windows FROM rows WHERE submission = ?",
+                                           (submission,)).fetchall()
             if self.dimension is not None:
-                self.connection.executemany("DELETE FROM vectors WHERE rowid = ?", [(r,) for r in rowids])
+                self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?",
+                                            [window_id for row in rows for window_id in _window_ids(*row)])
             self.connection.execute("DELETE FROM rows WHERE submission = ?", (submission,))
-        return len(rowids)
+        return len(rows)
 
     def counts(self) -> tuple[int, int]:
-        """(rows, vectors): equal in a healthy store."""
+        """(rows, windows): equal in a store of short rows; any window whose row is gone counts too."""
         (rows,) = self.connection.execute("SELECT count(*) FROM rows").fetchone()
-        vectors = 0
+        windows = 0
         if self.dimension is not None:
-            (vectors,) = self.connection.execute("SELECT count(*) FROM vectors").fetchone()
-        return rows, vectors
+            (windows,) = self.connection.execute("SELECT count(*) FROM window_vectors").fetchone()
+        return rows, windows
 
     def close(self) -> None:
         self.connection.close()

@@ -20,13 +20,20 @@ import numpy as np
 COLUMNS_SAMPLE = 1000
 
 
-def content_hash(model: str, text: str, row_json: str) -> str:
-    """What decides whether a stored row is unchanged: the model, the embedded text and the row."""
+def content_hash(model: str, text: str, row_json: str, reading: str = "") -> str:
+    """What decides whether a stored row is unchanged: the model, the embedded text and the row, and
+    for a text longer than the model's window how it was read (see `reading`)."""
     digest = hashlib.blake2b(digest_size=16)
-    for part in (model, text, row_json):
+    for part in (model, text, row_json, *((reading,) if reading else ())):
         digest.update(part.encode())
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+def reading(long_text: str, overlap: int) -> str:
+    """How a long text is read under a policy. It is part of a long row's hash only: a re-submit with
+    another policy re-embeds the rows it changes, and no row that fits the model's window."""
+    return f"window/{overlap}" if long_text == "window" else long_text
 
 
 def row_json(columns: Sequence[str], values: Sequence[str]) -> str:
@@ -51,10 +58,18 @@ class StoredRow:
     # When the row's submission was created (Redis' clock): a row of an older submission never
     # replaces one of a newer submission, whatever order workers store them in.
     submitted_at: float = 0.0
+    # The (start, end) character spans of its windows, one vector each; None: one window, all of the text.
+    spans: list[tuple[int, int]] | None = None
+    # How its text was read when it did not fit the model's window (`reading`); "" when it did.
+    reading: str = ""
 
     @property
     def content_hash(self) -> str:
-        return content_hash(self.model, self.text, self.row_json)
+        return content_hash(self.model, self.text, self.row_json, self.reading)
+
+    @property
+    def windows(self) -> list[tuple[int, int]]:
+        return self.spans if self.spans is not None else [(0, len(self.text))]
 
 
 @dataclass
@@ -68,6 +83,16 @@ class Hit:
     distance: float
     text: str
     row: dict
+    # The window that matched: {"start", "end"} character offsets in `text`.
+    match: dict[str, int] | None = None
+
+
+def row_vector(windows: np.ndarray) -> np.ndarray:
+    """One vector for a row: its only window's, or the normalised mean of its windows."""
+    if len(windows) == 1:
+        return windows[0]
+    mean = windows.mean(axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
 
 
 class Store(Protocol):
@@ -79,14 +104,21 @@ class Store(Protocol):
     def dimension(self) -> int | None: ...
 
     def write(self, rows: Sequence[StoredRow], vectors: np.ndarray) -> None:
-        """Store rows and vectors in one transaction; re-writing an id replaces it (later row wins)."""
+        """Store rows and their windows' vectors (stacked in row order) in one transaction; re-writing an
+        id replaces the row and all of its windows (later row wins)."""
 
     def stored_hashes(self, collection: str, ids: Sequence[str]) -> dict[str, str]: ...
 
     def search(self, query: np.ndarray, k: int, collection: str | None = None, submission: str | None = None,
                where: dict[str, str] | None = None) -> list[Hit]: ...
 
-    def rows_of_submission(self, submission: str) -> Iterator[tuple[str, int, str, str, np.ndarray]]: ...
+    def rows_of_submission(self, submission: str) -> Iterator[tuple[str, int, str, str, np.ndarray]]:
+        """(id, row_number, text, row_json, row_vector) of a submission's rows, in row order."""
+
+    def windows_of_submission(
+        self, submission: str
+    ) -> Iterator[tuple[str, int, str, str, list[tuple[int, int]], np.ndarray]]:
+        """(id, row_number, text, row_json, spans, one vector per span) of a submission's rows, in row order."""
 
     def collection_of(self, submission: str) -> str: ...
 
@@ -101,7 +133,8 @@ class Store(Protocol):
 
     def delete_submission(self, submission: str) -> int: ...
 
-    def counts(self) -> tuple[int, int]: ...
+    def counts(self) -> tuple[int, int]:
+        """(rows, windows); windows whose row is gone are counted too, so orphans show."""
 
     def close(self) -> None: ...
 

@@ -35,6 +35,7 @@ from csvembed.errors import RowError
 from csvembed.ingest import Ingestor
 from csvembed.jobs import SERIALIZER, CsvembedJob, RowTask, refusal
 from csvembed.settings import Settings
+from csvembed.windows import Shape
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class BatchWorker(SimpleWorker):
             with self._held_lock:
                 self._held = None
         self._finish(batch, tasks, outcomes)
-        failed = sum(outcome is not None for outcome in outcomes)
+        failed = sum(isinstance(outcome, Exception) for outcome in outcomes)
         log.info("%d rows stored, %d failed, in %.1f s", len(tasks) - failed, failed, time.perf_counter() - started)
         self.set_state(WorkerStatus.IDLE)
 
@@ -238,19 +239,19 @@ class BatchWorker(SimpleWorker):
             pipe.execute()
         return _Batch(queue, jobs, executions)
 
-    def _finish(self, batch: _Batch, tasks: list[RowTask], outcomes: list[Exception | None]) -> None:
+    def _finish(self, batch: _Batch, tasks: list[RowTask], outcomes: list[Exception | Shape]) -> None:
         """Finish the stored rows in one pipeline; fail the others one by one (the rare path)."""
-        stored_rows: dict[str, list[int]] = defaultdict(list)
+        stored_rows: dict[str, list[tuple[int, Shape]]] = defaultdict(list)
         failed = []
         with self.connection.pipeline() as pipe:
             for job, execution, task, outcome in zip(batch.jobs, batch.executions, tasks, outcomes):
-                if outcome is None:
-                    stored_rows[task.submission_id].append(task.row_number)
+                if isinstance(outcome, Shape):
+                    stored_rows[task.submission_id].append((task.row_number, outcome))
                     self._delete_finished(job, execution, pipe)
                 else:
                     failed.append((job, execution, task, outcome))
-            for submission_id, row_numbers in stored_rows.items():
-                self.ingestor.records.mark_done(pipe, submission_id, row_numbers)
+            for submission_id, done in stored_rows.items():
+                self.ingestor.records.mark_done(pipe, submission_id, done)
             pipe.hincrby(self.key, "successful_job_count", sum(map(len, stored_rows.values())))
             pipe.execute()
         for job, execution, task, outcome in failed:

@@ -4,6 +4,7 @@ queue and store mechanics, where what matters is which rows are stored, not what
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,9 +20,13 @@ class HashEmbedder:
     name = "test-hash-embedder"
     dimension = 16
     device = "cpu"
+    # Its "tokens" are words; its window is wide enough that no test text of the fast tier is windowed.
+    max_seq_length = 100_002
+    window_tokens = 100_000
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
+        self.tokenized: list[int] = []  # the length of every text handed to token_spans
 
     def vector(self, text: str) -> np.ndarray:
         seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
@@ -31,3 +36,16 @@ class HashEmbedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         self.calls.append(list(texts))
         return np.stack([self.vector(text) for text in texts]) if texts else np.zeros((0, self.dimension), np.float32)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        self.tokenized.append(len(text))
+        return [match.span() for match in re.finditer(r"\S+", text)]
+
+
+class WordWindowEmbedder(HashEmbedder):
+    """The HashEmbedder with a model window of 8 words (10 tokens less its 2 special ones), so that the
+    windowing of long text is tested in milliseconds: a window's vector is the hash of its text."""
+
+    name = "test-word-window-embedder"
+    max_seq_length = 10
+    window_tokens = 8

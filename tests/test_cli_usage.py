@@ -176,7 +176,7 @@ def test_export_to_a_directory_a_missing_folder_or_a_full_device(stored, env):
 
 
 def test_a_failed_export_leaves_no_half_written_file(stored, env, monkeypatch):
-    def half_then_full(store, submission, columns, fmt, dimension, out):
+    def half_then_full(store, submission, columns, fmt, dimension, out, windows=False):
         out.write(b'{"half": ')
         out.flush()
         raise OSError(28, "No space left on device")

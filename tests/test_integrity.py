@@ -26,6 +26,7 @@ from csvembed.progress import SubmissionRecords, record_key
 from csvembed.reader import Source
 from csvembed.retry import retry_failed
 from csvembed.store import open_store
+from csvembed.windows import Shape
 
 # PostgreSQL costs a server start: its variants belong to the slow tier.
 BOTH_STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)]
@@ -82,6 +83,9 @@ class HookedEmbedder:
     def __init__(self, real, at: int, hook) -> None:
         self.real, self.at, self.hook = real, at, hook
         self.name, self.dimension, self.device = real.name, real.dimension, real.device
+        # How it splits long text into windows is the real one's.
+        self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
+        self.token_spans = real.token_spans
         self.calls = 0
 
     def encode(self, texts):
@@ -232,7 +236,7 @@ def test_writes_for_a_deleted_submission_never_recreate_its_record(env, submit, 
     records = SubmissionRecords(env.connection)
     with env.connection.pipeline() as pipe:
         records.mark_started(pipe, result.id)
-        records.mark_done(pipe, result.id, [1])
+        records.mark_done(pipe, result.id, [(1, Shape(1, False))])
         records.mark_failed(pipe, result.id, 1, "1", "late")
         records.add_rows(result.id, 5, 0, 5, pipe)
         pipe.execute()

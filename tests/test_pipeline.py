@@ -67,7 +67,8 @@ def test_sample_file_end_to_end_through_the_cli(env, embedder):
     assert len(hits) == 3
     assert all("Waterproof Hiking Boot" in hit["row"]["title"] for hit in hits)
     assert [hit["distance"] for hit in hits] == sorted(hit["distance"] for hit in hits)
-    assert set(hits[0]) == {"collection", "submission", "row_number", "id", "distance", "text", "row"}
+    assert set(hits[0]) == {"collection", "submission", "row_number", "id", "distance", "text", "row", "match"}
+    assert hits[0]["match"] == {"start": 0, "end": len(hits[0]["text"])}  # a short row: one window, all of it
     assert hits[0]["row"] == expected[hits[0]["id"]]
     assert hits[0]["collection"] == "products" and hits[0]["submission"] == submission_id
 

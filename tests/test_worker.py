@@ -21,6 +21,9 @@ class PoisonTextEmbedderDouble:
     def __init__(self, real, poison: str) -> None:
         self.real, self.poison = real, poison
         self.name, self.dimension = real.name, real.dimension
+        # How it splits long text into windows is the real one's.
+        self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
+        self.token_spans = real.token_spans
         self.calls: list[int] = []
 
     def encode(self, texts):
@@ -36,6 +39,9 @@ class SlowEmbedderDouble:
     def __init__(self, real, seconds: float) -> None:
         self.real, self.seconds = real, seconds
         self.name, self.dimension = real.name, real.dimension
+        # How it splits long text into windows is the real one's.
+        self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
+        self.token_spans = real.token_spans
         self.texts_seen: list[str] = []
 
     def encode(self, texts):

@@ -43,7 +43,8 @@ def search(
     column: Annotated[Optional[list[str]], typer.Option(
         "--column", metavar="COLUMN", help="Also show this original column in the table (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help=(
-        "Print a JSON list of {collection, submission, row_number, id, distance, text, row}, nearest first."
+        "Print a JSON list of {collection, submission, row_number, id, distance, text, row, match}, nearest "
+        "first; match is the {start, end} of the window that matched, in characters of text."
     ))] = False,
 ) -> None:
     """The stored rows nearest to QUERY by cosine distance, nearest first."""
@@ -70,7 +71,8 @@ def hit_lines(hits: list[Hit], shown: list[str], width: int) -> list[str]:
     text_width = max(width - len("distance  ") - sum(w + 2 for w in widths.values()), 20)
     found = [f"{'distance':<8}  " + "".join(f"{name:<{w}}  " for name, w in widths.items()) + "text"]
     for number, hit in enumerate(hits):
-        snippet = " ".join(hit.text.split())
+        # The window that matched: for a long row, the part of it that the query is near.
+        snippet = " ".join((hit.text[hit.match["start"]:hit.match["end"]] if hit.match else hit.text).split())
         if len(snippet) > text_width:
             snippet = snippet[: text_width - 1] + "…"
         cells = "".join(f"{fixed[name][number]:<{w}}  " for name, w in widths.items())
@@ -85,13 +87,16 @@ def export(
     fmt: Annotated[str, typer.Option("--format", metavar="jsonl|csv|parquet", help="The file format.")] = "jsonl",
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", metavar="FILE", help="File to write. Default: stdout (not parquet on a terminal).")] = None,
+    windows: Annotated[bool, typer.Option(
+        "--windows", help="One record per window (window, start, end) instead of one per row.")] = False,
 ) -> None:
     """Write a submission's stored rows with their vectors, in row order.
 
     jsonl: one {collection, submission, row_number, id, text, row, vector} per line. csv: the
     original columns, then embedding_0 ... embedding_N. parquet: the original columns and an
-    `embedding` list column (to a file: -o). The rows a submission skipped as unchanged stay
-    stored under the earlier submission that wrote them: the closing line names it.
+    `embedding` list column (to a file: -o). A row embedded in windows gets the normalised mean of
+    its windows (--windows: every window). The rows a submission skipped as unchanged stay stored
+    under the earlier submission that wrote them: the closing line names it.
     """
     from csvembed.export import FORMATS
     from csvembed.export import export as run_export
@@ -113,11 +118,12 @@ def export(
             raise NoStore(db)
         dimension = store.dimension
         exported = _write(output, lambda target: run_export(store, submission_id, snapshot.columns, fmt, dimension,
-                                                            target))
+                                                            target, windows=windows))
     finally:
         if store is not None:
             store.close()
-    say("; ".join([f"exported {count(exported, 'row')}" + (f" to {output}" if output else ""),
+    say("; ".join([f"exported {count(exported, 'window' if windows else 'row')}"
+                   + (f" to {output}" if output else ""),
                    *_not_exported(records, snapshot, exported)]))
 
 

@@ -37,6 +37,11 @@ def submit(
         "--force", help="Re-embed rows even if they are unchanged in the store.")] = False,
     max_pending: Annotated[Optional[int], typer.Option(
         help="Pause reading while this many rows wait in the queue.", min=1)] = None,
+    long_text: Annotated[str, typer.Option(
+        help="Text longer than the model's window (all-MiniLM-L6-v2: 256 tokens, about 1,200 characters): "
+        "window (embed all of it in overlapping windows), truncate (embed its first window) or fail.")] = "window",
+    window_overlap: Annotated[int, typer.Option(
+        help="Tokens each window shares with the previous one (at most half a window).", min=0)] = 32,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print {id, rows, enqueued, skipped, queue, collection} as JSON.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Then show the live status until every row is done.")] = False,
@@ -57,6 +62,7 @@ def submit(
     options = SubmitOptions(
         text_columns=tuple(text_column or ()), template=template, id_column=id_column, delimiter=delimiter,
         encoding=encoding, collection=collection, queue=queue, force=force, max_pending=max_pending,
+        long_text=long_text, window_overlap=window_overlap,
     )
     connection = connection_of(ctx)
     _say_row_encoding(settings)

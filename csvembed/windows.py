@@ -1,0 +1,97 @@
+"""Long text in windows: which characters of a row each model call reads, and what a row's policy does.
+
+A model reads at most `max_seq_length` tokens (all-MiniLM-L6-v2: 256 word pieces, about 1,200
+characters of English); the rest of a longer text never reaches it. Under the `window` policy a long
+row is split into overlapping windows of whole words, each embedded on its own; `truncate` keeps
+only the first window; `fail` fails the row. Windows are character spans of the row's text, so a
+window's vector is exactly the model's vector of `text[start:end]`.
+
+The tokenizer sees the text in pieces of at most `window_tokens * CHARS_PER_TOKEN` characters cut at
+whitespace, and only as far as the windows reach: a 50 MB cell costs at most MAX_WINDOWS windows of
+tokenizing, not the whole cell at once (which took 3.9 GB of RSS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from csvembed import defaults
+
+POLICIES = ("window", "truncate", "fail")
+DEFAULT_POLICY = "window"
+DEFAULT_OVERLAP = 32
+# Windows kept per row; past it the rest of the row is cut off, counted as truncated. 512 windows
+# of MiniLM read about 600 KB of English, and cost about 10 s of model time on 2 cores.
+MAX_WINDOWS = 512
+
+# (start, end) character offsets of each token of a text, without the model's special tokens.
+Tokenize = Callable[[str], list[tuple[int, int]]]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a stored row was embedded, for the submission's counts: its windows, and whether text was cut off."""
+
+    windows: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class Split:
+    """A row's windows as (start, end) character spans, and whether text past the last one is left out."""
+
+    spans: list[tuple[int, int]]
+    truncated: bool
+
+
+def _tokens(text: str, tokenize: Tokenize, piece: int) -> Iterator[tuple[int, int]]:
+    """The tokens of `text`, tokenizing at most `piece` characters at a time.
+
+    A piece ends after whitespace (where the model's pre-tokenizers split anyway), so the tokens are
+    those of the whole text; a piece without whitespace (one huge "word") is cut where it ends.
+    """
+    position = 0
+    while position < len(text):
+        end = min(position + piece, len(text))
+        if end < len(text):
+            cut = max(text.rfind(" ", position, end), text.rfind("\n", position, end))
+            end = cut + 1 if cut > position else end
+        for start, stop in tokenize(text[position:end]):
+            yield position + start, position + stop
+        position = end
+
+
+def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_windows: int) -> Split:
+    """At most `max_windows` windows of at most `window_tokens` tokens, each overlapping the previous one.
+
+    Windows end after a whole word (a token followed by a gap) when one ends in the window's second
+    half, and start at a word within `overlap` tokens before the previous window's end, so no word
+    is cut in two. A text that fits is one window: all of it.
+    """
+    overlap = min(overlap, window_tokens // 2)
+    tokens: list[tuple[int, int]] = []  # tokens from index `base` on; those before are dropped
+    base, first = 0, 0  # first: the index of the current window's first token
+    stream = _tokens(text, tokenize, window_tokens * defaults.CHARS_PER_TOKEN)
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while True:
+        # Read on until the window's tokens and the one after it are known, or the text ends.
+        while len(tokens) + base <= first + window_tokens and (token := next(stream, None)) is not None:
+            tokens.append(token)
+        if len(tokens) + base <= first + window_tokens:  # the rest fits: the last window
+            spans.append((start, len(text)))
+            return Split(spans, truncated=False)
+        if len(spans) == max_windows - 1:
+            spans.append((start, tokens[first + window_tokens - 1 - base][1]))
+            return Split(spans, truncated=True)
+        last = first + window_tokens - 1
+        word_end = next((i for i in range(last, first + window_tokens // 2 - 1, -1)
+                         if tokens[i - base][1] < tokens[i + 1 - base][0]), last)
+        spans.append((start, tokens[word_end - base][1]))
+        after = word_end + 1
+        first = next((i for i in range(after - overlap, after) if tokens[i - base][0] > tokens[i - 1 - base][1]),
+                     after - overlap)
+        start = tokens[first - base][0]
+        del tokens[: first - base]
+        base = first
