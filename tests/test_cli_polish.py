@@ -61,27 +61,41 @@ Arguments:
   FILE  The CSV file, or - for standard input.
 
 Options:
-  --text-column COLUMN  Column to embed (repeatable; joined by newlines).
-                        Without --text-column or --template, every column is
-                        embedded as 'name: value' lines.
-  --template TEXT       Text to embed, e.g. '{title}: {body}'.
-  --id-column COLUMN    Column holding each row's own key. Default: the row
-                        number. A row with an id already in the collection
-                        replaces it; within one file the later row with an id
-                        wins.
-  --delimiter CHAR      Field delimiter. Default: sniffed.
-  --encoding NAME       Text encoding. Default: UTF-8, or what a byte-order mark
-                        says (UTF-8-BOM, UTF-16).
-  --collection NAME     The dataset the rows belong to. Default: the file's
-                        stem, or 'stdin'.
-  --queue NAME          The RQ queue to put the rows on.  [default: csvembed]
-  --force               Re-embed rows even if they are unchanged in the store.
-  --max-pending N       Pause reading while this many rows wait in the queue.
-                        [x>=1]
-  --json                Print {id, rows, enqueued, skipped, queue, collection}
-                        as JSON.
-  --wait                Then show the live status until every row is done.
-  -h, --help            Show this message and exit.
+  --text-column COLUMN            Column to embed (repeatable; joined by
+                                  newlines). Without --text-column or
+                                  --template, every column is embedded as 'name:
+                                  value' lines.
+  --template TEXT                 Text to embed, e.g. '{title}: {body}'.
+  --id-column COLUMN              Column holding each row's own key. Default:
+                                  the row number. A row with an id already in
+                                  the collection replaces it; within one file
+                                  the later row with an id wins.
+  --delimiter CHAR                Field delimiter. Default: sniffed.
+  --encoding NAME                 Text encoding. Default: UTF-8, or what a byte-
+                                  order mark says (UTF-8-BOM, UTF-16, UTF-32).
+  --collection NAME               The dataset the rows belong to. Default: the
+                                  file's stem (data for data.csv.gz), or stdin-
+                                  ID for standard input.
+  --queue NAME                    The RQ queue to put the rows on.  [default:
+                                  csvembed]
+  --force                         Re-embed rows even if they are unchanged in
+                                  the store.
+  --max-pending N                 Pause reading while this many rows wait in the
+                                  queue.  [x>=1]
+  --long-text window|truncate|fail
+                                  Text longer than the model's window (all-
+                                  MiniLM-L6-v2: 256 tokens, about 1,200
+                                  characters): window (embed all of it in
+                                  overlapping windows), truncate (embed its
+                                  first window) or fail.  [default: window]
+  --window-overlap N              Tokens each window shares with the previous
+                                  one (at most half a window).  [default: 32;
+                                  x>=0]
+  --json                          Print {id, rows, enqueued, skipped, queue,
+                                  collection} as JSON.
+  --wait                          Then show the live status until every row is
+                                  done.
+  -h, --help                      Show this message and exit.
 """
 
 

@@ -233,7 +233,7 @@ def test_export_writes_the_mean_per_row_and_every_window_on_request(env, submit,
         for windows in (False, True):
             out = (env.dir / f"out-{windows}.jsonl").open("wb")
             with out:
-                count = export(store, result.id, ["id", "text"], "jsonl", out, windows=windows)
+                count = export(store, result.id, ["id", "text"], "jsonl", words.dimension, out, windows=windows)
             lines = [json.loads(line) for line in (env.dir / f"out-{windows}.jsonl").read_text().splitlines()]
             assert count == len(lines) == (4 if windows else 2)
             if not windows:
@@ -291,7 +291,7 @@ def test_search_json_names_the_matching_window(env, submit, drain, words, monkey
     result = submit(long_rows_csv(env), model=words.name, id_column="id", text_columns=("text",),
                     window_overlap=2)
     drain(model=words)
-    monkeypatch.setattr(csvembed.search, "SentenceTransformerEmbedder", lambda model: words)
+    monkeypatch.setattr(csvembed.search, "load_embedder", lambda settings, **options: words)
     [hit] = csvembed.search.search(env.settings, WORDS[18:45], 1)
     assert (hit.id, hit.submission, hit.match, hit.distance) == ("long", result.id, {"start": 18, "end": 45},
                                                                 pytest.approx(0, abs=1e-6))

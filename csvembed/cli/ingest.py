@@ -29,16 +29,17 @@ def submit(
     delimiter: Annotated[Optional[str], typer.Option(metavar="CHAR", help="Field delimiter. Default: sniffed.")] = None,
     encoding: Annotated[Optional[str], typer.Option(
         metavar="NAME",
-        help="Text encoding. Default: UTF-8, or what a byte-order mark says (UTF-8-BOM, UTF-16).")] = None,
+        help="Text encoding. Default: UTF-8, or what a byte-order mark says (UTF-8-BOM, UTF-16, UTF-32).")] = None,
     collection: Annotated[Optional[str], typer.Option(
-        metavar="NAME", help="The dataset the rows belong to. Default: the file's stem, or 'stdin'.")] = None,
+        metavar="NAME", help="The dataset the rows belong to. Default: the file's stem (data for data.csv.gz), or "
+        "stdin-ID for standard input.")] = None,
     queue: Annotated[str, typer.Option(metavar="NAME", help="The RQ queue to put the rows on.")] = defaults.QUEUE_NAME,
     force: Annotated[bool, typer.Option(
         "--force", help="Re-embed rows even if they are unchanged in the store.")] = False,
     max_pending: Annotated[Optional[int], typer.Option(
         help="Pause reading while this many rows wait in the queue.", min=1)] = None,
     long_text: Annotated[str, typer.Option(
-        help="Text longer than the model's window (all-MiniLM-L6-v2: 256 tokens, about 1,200 characters): "
+        metavar="window|truncate|fail", help="Text longer than the model's window (all-MiniLM-L6-v2: 256 tokens, about 1,200 characters): "
         "window (embed all of it in overlapping windows), truncate (embed its first window) or fail.")] = "window",
     window_overlap: Annotated[int, typer.Option(
         help="Tokens each window shares with the previous one (at most half a window).", min=0)] = 32,
