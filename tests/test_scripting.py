@@ -152,9 +152,10 @@ def test_search_filters(env, catalogue, submit, drain):
     assert [h["id"] for h in both] == ["9"]
     table = run_cli(env, "search", "waterproof hiking", "-k", "2", "--column", "colour")
     lines = table.stdout.decode().splitlines()
-    assert lines[0].split() == ["distance", "id", "colour", "text"]
+    assert lines[0].split() == ["distance", "collection", "id", "colour", "text"]
     nearest = everything[0]
-    assert lines[1].split()[:3] == [f"{nearest['distance']:.4f}", nearest["id"], nearest["row"]["colour"]]
+    assert lines[1].split()[:4] == [f"{nearest['distance']:.4f}", nearest["collection"], nearest["id"],
+                                    nearest["row"]["colour"]]
     bad = run_cli(env, "search", "x", "--where", "colour")
     assert (bad.returncode, bad.stderr) == (2, b"csvembed: error: --where takes COLUMN=VALUE, not 'colour'\n")
 

@@ -80,7 +80,7 @@ def test_a_row_that_breaks_the_batched_call_is_isolated(env, submit, drain, embe
     assert stored_ids(env) == sorted(str(i) for i in range(1, 11))
     assert double.calls[0] == 11 and double.calls[1:] == [1] * 11  # one batch, then one by one
     failures = SubmissionRecords(env.connection).failures(result.id)
-    assert failures == [{"row_number": 11, "id": "11",
+    assert failures == [{"row_number": 11, "id": "11", "permanent": True,
                          "reason": "the model failed on this row: ValueError: poisoned input"}]
 
 

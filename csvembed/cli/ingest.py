@@ -39,7 +39,8 @@ def submit(
     max_pending: Annotated[Optional[int], typer.Option(
         help="Pause reading while this many rows wait in the queue.", min=1)] = None,
     long_text: Annotated[str, typer.Option(
-        metavar="window|truncate|fail", help="Text longer than the model's window (all-MiniLM-L6-v2: 256 tokens, about 1,200 characters): "
+        metavar="window|truncate|fail",
+        help="Text longer than the model's window (all-MiniLM-L6-v2: 256 tokens, about 1,200 characters): "
         "window (embed all of it in overlapping windows), truncate (embed its first window) or fail.")] = "window",
     window_overlap: Annotated[int, typer.Option(
         help="Tokens each window shares with the previous one (at most half a window).", min=0)] = 32,
