@@ -36,23 +36,21 @@ DEPENDENCIES_SUFFIX = ":dependencies"
 
 # Moves up to ARGV[1] ids from the queue to the intermediate queue (as RQ's dequeue does) and returns,
 # per id, what the worker needs of its hash: id, data, origin and the three callback names. Ids
-# without a hash (deleted while queued) are taken off the intermediate queue and not returned; a
-# key that is not a hash is returned with empty fields, for the worker to refuse.
+# without a job hash (deleted while queued) are taken off the intermediate queue and not returned; a
+# key that is not a hash is returned alone, for the worker to judge.
 _TAKE = """
 local out = {}
 for i = 1, tonumber(ARGV[1]) do
   local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
   if not id then break end
-  local key = ARGV[2] .. id
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'hash' then
-    local f = redis.call('HMGET', key, 'data', 'origin', 'success_callback_name', 'failure_callback_name',
-                         'stopped_callback_name')
-    out[#out + 1] = {id, f[1], f[2], f[3], f[4], f[5]}
-  elseif kind == 'none' then
-    redis.call('LREM', KEYS[2], 1, id)
-  else
+  local f = redis.pcall('HMGET', ARGV[2] .. id, 'data', 'origin', 'success_callback_name', 'failure_callback_name',
+                        'stopped_callback_name')
+  if f['err'] then
     out[#out + 1] = {id}
+  elseif f[1] or f[2] then
+    out[#out + 1] = {id, f[1], f[2], f[3], f[4], f[5]}
+  else
+    redis.call('LREM', KEYS[2], 1, id)
   end
 end
 return out
@@ -93,8 +91,9 @@ return gone
 """
 
 # Per job, what Execution.delete and Job.delete (via Job.cleanup(0)) remove on RQ's success path for
-# a result_ttl=0 job: the execution, its entries in the started registry, the job's execution
-# registry and the worker's execution index, then the job's hash and every key of its own.
+# a result_ttl=0 job: the execution, its entries in the started registry and the worker's execution
+# index, then the job's hash and every key of its own (its execution registry with it, so RQ's ZREM
+# from that registry is left out: the end state is the same).
 _FINISH = """
 local job_prefix, execution_prefix, executions_prefix, results_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local dependents, dependencies = ARGV[5], ARGV[6]
@@ -102,12 +101,10 @@ for i = 7, #ARGV, 2 do
   local id, eid = ARGV[i], ARGV[i + 1]
   local composite = id .. ':' .. eid
   local job_key = job_prefix .. id
-  redis.call('DEL', execution_prefix .. composite)
   redis.call('ZREM', KEYS[1], composite)
-  redis.call('ZREM', executions_prefix .. id, eid)
   redis.call('SREM', KEYS[2], composite)
-  redis.call('DEL', job_key, job_key .. dependents, job_key .. dependencies, results_prefix .. id,
-             executions_prefix .. id)
+  redis.call('DEL', execution_prefix .. composite, job_key, job_key .. dependents, job_key .. dependencies,
+             results_prefix .. id, executions_prefix .. id)
 end
 return 0
 """
@@ -182,7 +179,7 @@ def _row(reply: list, queue_name: str) -> RowTask | None:
             raw = zlib.decompress(data)
         except zlib.error:
             raw = data
-        func, instance, args, kwargs = json.loads(raw)
+        func, instance, args, kwargs = json.loads(raw.decode())
     except (ValueError, TypeError):
         return None
     if func != RowTask.FUNC or instance is not None or not RowTask.well_formed(args, kwargs):
