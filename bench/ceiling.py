@@ -124,7 +124,9 @@ def static_csvembed(path: Path, rows: int, model_path: Path, batch_size: int, sc
     start = time.time()
     submit = subprocess.Popen([BIN / "csvembed", "submit", str(path), "--text-column", "body"], env=world.env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    worker.work(burst=False, max_idle_time=2, logging_level="WARNING")
+    while not world.connection.llen(f"rq:queue:{defaults.QUEUE_NAME}"):  # the CLI's start-up (a warm worker waits)
+        time.sleep(0.01)
+    worker.work(burst=False, max_idle_time=5, logging_level="WARNING")
     submission_id = submit.communicate(timeout=60)[0].decode().strip()
     snapshot = world.records.snapshot(submission_id)
     assert (snapshot.done, snapshot.failed) == (rows, 0), snapshot

@@ -98,16 +98,29 @@ class SentenceTransformerEmbedder:
         self.name = name or model
         self.device = device
         self.dimension = int(self.model.get_embedding_dimension())
-        self.text_cap = text_char_cap(self.model.max_seq_length)
+        # A static model's max_seq_length is infinite (it reads every token): its texts are capped as
+        # for STATIC_MAX_TOKENS tokens, which still bounds the tokenizer's memory.
+        self.text_cap = text_char_cap(min(self.model.max_seq_length, defaults.STATIC_MAX_TOKENS))
+        self.encode_batch_size = encode_batch_size(self.model, device)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self.model.encode(
             [text[: self.text_cap] for text in texts],
-            batch_size=defaults.ENCODE_BATCH_SIZE,
+            batch_size=self.encode_batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
         ).astype(np.float32, copy=False)
+
+
+def encode_batch_size(model, device: str) -> int:
+    """Texts per forward pass: a token-lookup (static) model or a GPU takes the worker's whole batch in
+    one call; a transformer on the CPU is fastest at ENCODE_BATCH_SIZE within its length-sorted call."""
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+
+    if device != "cpu" or isinstance(model[0], StaticEmbedding):
+        return defaults.WHOLE_BATCH_ENCODE
+    return defaults.ENCODE_BATCH_SIZE
 
 
 def choose_backend(settings: Settings, device: str = "auto", backend: str = "auto") -> tuple[str, str]:
