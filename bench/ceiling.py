@@ -138,7 +138,7 @@ def show(title: str, runs: list[dict]) -> None:
     print(title)
     for key in runs[0]:
         values = [run[key] for run in runs]
-        print(f"  {key:<16} median {statistics.median(values):>10,.1f}   runs " + " ".join(f"{v:,.1f}" for v in values))
+        print(f"  {key:<16} median {statistics.median(values):>10,.2f}   runs " + " ".join(f"{v:,.2f}" for v in values))
 
 
 def main() -> None:
