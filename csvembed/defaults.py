@@ -17,8 +17,12 @@ LENGTH_SORT_WINDOW = 5_000
 
 # Rows a worker takes from the queue at once; they are embedded in one model call.
 BATCH_SIZE = 256
-# The batch size passed to SentenceTransformer.encode (longer batches were slower on 2 cores).
+# The batch size passed to SentenceTransformer.encode for a transformer on the CPU (longer batches
+# were slower on 2 cores).
 ENCODE_BATCH_SIZE = 32
+# ... and for a static (token lookup) model or any model on a GPU: the worker's whole batch in one
+# call (capped only by --batch-size); 32 rows per call left a static model at a fraction of its speed.
+WHOLE_BATCH_ENCODE = 65_536
 # Characters of a text handed to the tokenizer, per token the model reads (max_seq_length). A
 # 50 MB field made a worker reach 3.9 GB while tokenizing, though the model reads 256 tokens.
 # WordPiece turns any word over 100 characters into one [UNK] (BPE and unigram pieces are shorter
@@ -26,6 +30,8 @@ ENCODE_BATCH_SIZE = 32
 # token (32,768 characters for 256 tokens) cannot cut a token the model would read unless words
 # are separated by ~28 whitespace characters on average.
 CHARS_PER_TOKEN = 128
+# Tokens of one text a static (token lookup) model reads at most; such models have no length limit.
+STATIC_MAX_TOKENS = 8192
 
 # Per-row job settings. The vector lives in SQLite, so no RQ result is kept at all.
 JOB_TIMEOUT = 600

@@ -104,22 +104,38 @@ class SentenceTransformerEmbedder:
         self.name = name or model
         self.device = device
         self.dimension = int(self.model.get_embedding_dimension())
-        self.max_seq_length = int(self.model.max_seq_length)
-        self.window_tokens = self.max_seq_length - self.model.tokenizer.num_special_tokens_to_add(pair=False)
+        # A static model's max_seq_length is infinite (it reads every token): it is windowed and capped
+        # as for STATIC_MAX_TOKENS tokens, which still bounds the tokenizer's memory.
+        self.max_seq_length = int(min(self.model.max_seq_length, defaults.STATIC_MAX_TOKENS))
+        self.window_tokens = self.max_seq_length - self.model.tokenizer.num_special_tokens_to_add(False)
         self.text_cap = text_char_cap(self.max_seq_length)
+        self.encode_batch_size = encode_batch_size(self.model, device)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        return self.model.tokenizer(text, add_special_tokens=False, truncation=False,
-                                    return_offsets_mapping=True)["offset_mapping"]
+        tokenizer = self.model.tokenizer
+        if not callable(tokenizer):  # a static model holds a bare `tokenizers.Tokenizer`
+            return tokenizer.encode(text, add_special_tokens=False).offsets
+        encoded = tokenizer(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True)
+        return encoded["offset_mapping"]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self.model.encode(
             [text[: self.text_cap] for text in texts],
-            batch_size=defaults.ENCODE_BATCH_SIZE,
+            batch_size=self.encode_batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
         ).astype(np.float32, copy=False)
+
+
+def encode_batch_size(model, device: str) -> int:
+    """Texts per forward pass: a token-lookup (static) model or a GPU takes the worker's whole batch in
+    one call; a transformer on the CPU is fastest at ENCODE_BATCH_SIZE within its length-sorted call."""
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+
+    if device != "cpu" or isinstance(model[0], StaticEmbedding):
+        return defaults.WHOLE_BATCH_ENCODE
+    return defaults.ENCODE_BATCH_SIZE
 
 
 def choose_backend(settings: Settings, device: str = "auto", backend: str = "auto") -> tuple[str, str]:

@@ -123,7 +123,10 @@ class Ingestor:
                     vectors[i] = self.embedder.encode([text])[0]
                 except Exception as exc:  # a model error on one row fails that row alone
                     outcomes[owners[i]] = RowError(f"the model failed on this row: {type(exc).__name__}: {exc}")
-        for i, vector in enumerate(vectors):
-            if isinstance(outcomes[owners[i]], Shape) and (reason := bad_vector_reason(vector)):
+        # One pass over the whole batch; bad_vector_reason only for the vectors it flags (per-row numpy
+        # calls cost more than the rest of a row's handling with a fast model).
+        suspect = ~(np.isfinite(vectors).all(axis=1) & vectors.any(axis=1))
+        for i in np.flatnonzero(suspect):
+            if isinstance(outcomes[owners[i]], Shape) and (reason := bad_vector_reason(vectors[i])):
                 outcomes[owners[i]] = RowError(reason)
         return vectors
