@@ -300,11 +300,12 @@ def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_siz
     Returns whether any job was processed.
     """
     from csvembed.broker import connect
-    from csvembed.embedder import choose_backend, load_embedder
+    from csvembed.embedder import choose_backend, load_embedder, resolve_model
     from csvembed.progress import SubmissionRecords
     from csvembed.store import open_store
 
     device, backend = choose_backend(settings, device, backend)
+    resolve_model(settings.model)  # a mistyped model path is an error even with nothing to do
     connection = connect(settings, wait_forever=True)
     if burst and not _has_work(connection, queues):
         # A script's unchanged re-run ends here: loading the model would take most of its time.

@@ -12,12 +12,12 @@ pytestmark = pytest.mark.slow  # every test runs the CLI in a subprocess
 GOOD = "sku,title,body\n001,Boot,Waterproof leather boot\n002,Hat,Wool hat\n"
 
 
-def assert_rejected(env, result, exit_code: int, message: str) -> None:
+def assert_rejected(env, result, exit_code: int, message: str, stdout: bytes = b"") -> None:
     stderr = result.stderr.decode()
     assert result.returncode == exit_code, stderr
     assert stderr.count("\n") == 1, stderr  # exactly one line
     assert stderr == f"csvembed: error: {message}\n"
-    assert result.stdout == b""
+    assert result.stdout == stdout
     assert env.connection.keys("rq:job:*") == []
     assert env.connection.llen("rq:queue:csvembed") == 0
     assert env.connection.zcard("csvembed:submissions") == 0
@@ -59,7 +59,11 @@ def test_a_rejected_row_late_in_the_file_withdraws_the_rows_already_enqueued(env
     rows = "".join(f"{i},row {i}\n" for i in range(1, 12_001))  # more than two read chunks
     path = write_csv(tmp_path / "late.csv", "id,text\n" + rows + "12001,bad,extra\n")
     result = run_cli(env, "submit", str(path))
-    assert_rejected(env, result, 2, f"{path}: malformed CSV: Expected 2 fields in line 12002, saw 3")
+    # The id came out first, before the bad row was read; the submission it names was then withdrawn whole.
+    withdrawn = result.stdout.decode().strip()
+    assert len(withdrawn) == 10 and env.connection.keys(f"*{withdrawn}*") == []
+    assert_rejected(env, result, 2, f"{path}: malformed CSV: Expected 2 fields in line 12002, saw 3",
+                    stdout=f"{withdrawn}\n".encode())
 
 
 def test_unreachable_redis_names_the_url(env, tmp_path):
