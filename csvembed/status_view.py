@@ -166,10 +166,20 @@ def _table(shown: list[Line], width: int) -> Table:
     return table
 
 
+def long_text_line(snapshot: Snapshot) -> str | None:
+    """How a submission's long rows were read, once any was windowed or cut off; None otherwise."""
+    if not snapshot.rows_windowed and not snapshot.rows_truncated:
+        return None
+    return (f"{snapshot.id} long text: {count(snapshot.rows_windowed, 'row')} in {count(snapshot.windows, 'window')},"
+            f" {snapshot.rows_truncated} truncated, {snapshot.rows_whole} whole")
+
+
 def render(reading: Reading, at: float, failures: dict[str, list[dict]], width: int) -> Group:
-    """Progress bars, one per submission, then a line per queue and the latest failure reasons."""
+    """Progress bars, one per submission, then a line per queue, how long rows were read, and the
+    latest failure reasons."""
     parts: list = [_table(lines(reading, at), width)]
     parts += [Text(queue_line(queue), style="dim") for queue in reading.queues.values()]
+    parts += [Text(text, style="dim") for snapshot in reading.snapshots if (text := long_text_line(snapshot))]
     for submission_id, recent in failures.items():
         for failure in recent:
             parts.append(Text(f"{submission_id} row {failure['row_number']} (id {failure['id']}):"

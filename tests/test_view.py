@@ -220,3 +220,15 @@ def test_status_json_keeps_simple_state_identifiers(env, submit, drain, fake_emb
     result = CliRunner().invoke(app, ["status", submission, "--json"])
     assert (result.exit_code, json.loads(result.stdout)["state"]) == (0, "partial")
     assert "samples" not in json.loads(result.stdout)
+
+
+def test_the_live_view_counts_how_long_rows_were_read():
+    plain_rows = snapshot(3000, state="done")
+    assert shown(render(reading(plain_rows), T0 + 60, {}, 120), 120)[2:] == [  # nothing long: no line
+        "queue csvembed: 1200 waiting, 256 in progress, 2 workers"]
+    windowed = snapshot(3000, state="done")
+    windowed.rows_whole, windowed.rows_windowed, windowed.windows, windowed.rows_truncated = 2997, 3, 14, 1
+    assert shown(render(reading(windowed), T0 + 60, {}, 120), 120)[2:] == [
+        "queue csvembed: 1200 waiting, 256 in progress, 2 workers",
+        "7b1fcd75ea long text: 3 rows in 14 windows, 1 truncated, 2997 whole",
+    ]
