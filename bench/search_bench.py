@@ -1,6 +1,9 @@
 """Search latency over many stored rows: sqlite-vec brute force, with and without filters.
 
-    .venv/bin/python bench/search_bench.py [--rows 100000] [--queries 30]
+    .venv/bin/python bench/search_bench.py [--rows 100000] [--queries 30] [--windows 1]
+
+--windows N stores every row as N windows (N vectors), as long text under `--long-text window` is:
+search then ranks rows by their best window and returns each row once.
 
 Rows get random unit vectors (no model needed to fill the store); queries are random unit
 vectors too, so the figure is the store's own time, without embedding the query (the model adds
@@ -17,19 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from csvembed.store import Store, StoredRow, row_json
+from csvembed.store import Store, StoredRow, open_store, row_json
 
 COLOURS = ["red", "blue", "green", "black", "white"]
 
 
-def fill(store: Store, rows: int, dimension: int, rng: np.random.Generator) -> None:
+def fill(store: Store, rows: int, dimension: int, windows: int, rng: np.random.Generator) -> None:
     for start in range(0, rows, 5000):
         count = min(5000, rows - start)
-        vectors = rng.standard_normal((count, dimension)).astype(np.float32)
+        vectors = rng.standard_normal((count * windows, dimension)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         batch = [
-            StoredRow(collection=f"c{n % 10}", id=str(n), submission="bench", row_number=n, text=f"row {n}",
-                      row_json=row_json(["n", "colour"], [str(n), COLOURS[n % 5]]), model="random")
+            StoredRow(collection=f"c{n % 10}", id=str(n), submission="bench", row_number=n, text="w" * windows,
+                      row_json=row_json(["n", "colour"], [str(n), COLOURS[n % 5]]), model="random",
+                      spans=[(i, i + 1) for i in range(windows)] if windows > 1 else None)
             for n in range(start + 1, start + count + 1)
         ]
         store.write(batch, vectors)
@@ -49,12 +53,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--windows", type=int, default=1, help="Windows (vectors) per row.")
     options = parser.parse_args()
     rng = np.random.default_rng(0)
-    store = Store(Path(tempfile.mkdtemp(prefix="csvembed-search-")) / "store.db")
+    store = open_store(str(Path(tempfile.mkdtemp(prefix="csvembed-search-")) / "store.db"))
     start = time.perf_counter()
-    fill(store, options.rows, 384, rng)
-    print(f"filled {options.rows:,} rows in {time.perf_counter() - start:.1f} s")
+    fill(store, options.rows, 384, options.windows, rng)
+    print(f"filled {options.rows:,} rows of {options.windows} windows in {time.perf_counter() - start:.1f} s")
     queries = rng.standard_normal((options.queries, 384)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     store.search(queries[0], 10)  # warm the page cache
