@@ -134,6 +134,17 @@ def run_cli(env: Env, *args: str, input: bytes | None = None, timeout: float = 3
     )
 
 
+def store_counts(env: Env) -> tuple[int, int]:
+    """(rows, vectors) in the test's store: equal in a healthy one."""
+    from csvembed.store import open_store
+
+    store = open_store(env.db)
+    try:
+        return store.counts()
+    finally:
+        store.close()
+
+
 def stored_rows(env: Env) -> list[tuple]:
     """Every stored row as (submission, id, row_number, text, row_json, vector), whatever the store."""
     from csvembed.progress import SubmissionRecords

@@ -11,10 +11,9 @@ import json
 import numpy as np
 from rq import Queue
 
-from conftest import stored_rows, write_csv
+from conftest import store_counts, stored_rows, write_csv
 from csvembed.jobs import SERIALIZER
 from csvembed.progress import SubmissionRecords
-from csvembed.store import open_store
 
 # Quoted separators, an empty field, leading zeros and non-ASCII text: all must come back as written.
 CSV = (
@@ -35,14 +34,6 @@ EXPECTED = {  # id -> (row_number, text, row)
 }
 
 
-def counts(env) -> tuple[int, int]:
-    store = open_store(env.db)
-    try:
-        return store.counts()
-    finally:
-        store.close()
-
-
 def test_submit_then_drain_stores_every_row_exactly(env, submit, drain, fake_embedder):
     path = write_csv(env.dir / "products.csv", CSV)
     result = submit(path, model=fake_embedder.name, id_column="sku", text_columns=("title",))
@@ -57,7 +48,7 @@ def test_submit_then_drain_stores_every_row_exactly(env, submit, drain, fake_emb
         == [(result.id, row_id, number, text, row) for row_id, (number, text, row) in EXPECTED.items()]
     for _, _, _, text, _, vector in rows:
         np.testing.assert_array_equal(vector, fake_embedder.vector(text))
-    assert counts(env) == (5, 5)
+    assert store_counts(env) == (5, 5)
     # Batches of at most two texts, and each text embedded once.
     assert all(len(call) <= 2 for call in fake_embedder.calls)
     assert sorted(text for call in fake_embedder.calls for text in call) == sorted(t for _, t, _ in EXPECTED.values())
@@ -101,6 +92,6 @@ def test_resubmitting_enqueues_only_changed_rows(env, submit, drain, fake_embedd
     by_id = {row_id: (submission, text) for submission, row_id, _, text, _, _ in stored_rows(env)}
     assert by_id == {"1": (first.id, "alpha"), "2": (changed.id, "BETA"), "3": (first.id, "gamma"),
                      "4": (changed.id, "delta")}
-    assert counts(env) == (4, 4)
+    assert store_counts(env) == (4, 4)
     snapshot = SubmissionRecords(env.connection).snapshot(changed.id)
     assert (snapshot.state, snapshot.total, snapshot.done, snapshot.skipped, snapshot.pending) == ("done", 4, 2, 2, 0)

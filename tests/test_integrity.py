@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from rq import Queue
 
-from conftest import run_cli, write_csv
+from conftest import run_cli, store_counts, write_csv
 from csvembed.delete import delete_submission
 from csvembed.enqueue import RowEnqueuer
 from csvembed.errors import InputError, UnknownSubmission
@@ -47,14 +47,6 @@ def all_rows(env) -> list[tuple[str, str, str, str]]:
 def store_rows(env) -> dict[str, tuple[str, str]]:
     """id -> (submission, text) of every stored row."""
     return {row_id: (submission, text) for _, row_id, submission, text in all_rows(env)}
-
-
-def store_counts(env) -> tuple[int, int]:
-    store = open_store(env.db)
-    try:
-        return store.counts()
-    finally:
-        store.close()
 
 
 def traces(env, submission_id: str) -> list[str]:

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from rq import Queue
 
-from conftest import STORES, run_cli, stored_rows, write_csv
+from conftest import STORES, run_cli, store_counts, stored_rows, write_csv
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.progress import SubmissionRecords
-from csvembed.store import open_store
 
 pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 
@@ -23,14 +22,6 @@ SAMPLE = Path(__file__).parent.parent / "sample_data" / "products.csv"
 def stored(env) -> list[tuple[str, int, str, str, np.ndarray]]:
     """(id, row_number, text, row_json, vector) of every stored row."""
     return [row[1:] for row in stored_rows(env)]
-
-
-def counts(env) -> tuple[int, int]:
-    store = open_store(env.db)
-    try:
-        return store.counts()
-    finally:
-        store.close()
 
 
 def test_sample_file_end_to_end_through_the_cli(env, embedder):
@@ -53,7 +44,7 @@ def test_sample_file_end_to_end_through_the_cli(env, embedder):
     with SAMPLE.open(newline="", encoding="utf-8") as fh:
         expected = {row["sku"]: row for row in csv.DictReader(fh)}
     rows = stored(env)
-    assert counts(env) == (320, 320)
+    assert store_counts(env) == (320, 320)
     assert sorted(row_id for row_id, *_ in rows) == sorted(expected)
     texts = [text for _, _, text, _, _ in rows]
     assert texts == [f"{expected[i]['title']}\n{expected[i]['description']}" for i, *_ in rows]
@@ -115,7 +106,7 @@ def test_a_job_run_twice_leaves_one_row_and_one_vector(env, submit, drain):
     queue = Queue("csvembed", connection=env.connection, serializer=SERIALIZER)
     queue.enqueue_many([RowTask(result.id, 1, "1", "alpha beta", ["1", "alpha beta"]).enqueue_data()])
     drain()
-    assert counts(env) == (2, 2)
+    assert store_counts(env) == (2, 2)
     snapshot = SubmissionRecords(env.connection).snapshot(result.id)
     assert (snapshot.done, snapshot.failed, snapshot.pending, snapshot.state) == (2, 0, 0, "done")
 
@@ -128,7 +119,7 @@ def test_batch_sizes_store_identical_vectors(env, submit, drain):
         submit(path, id_column="id", text_columns=("text",), force=True)
         drain(batch_size=batch_size)
         vectors[batch_size] = {row_id: vector for row_id, _, _, _, vector in stored(env)}
-        assert counts(env) == (40, 40)
+        assert store_counts(env) == (40, 40)
     for batch_size in (7, 64):
         for row_id, vector in vectors[1].items():
             np.testing.assert_allclose(vectors[batch_size][row_id], vector, atol=1e-5)
@@ -150,7 +141,7 @@ def test_resubmitting_skips_unchanged_rows_and_updates_changed_ones(env, submit,
     drain()
     rows = {row_id: (sub, json.loads(row_json)["price"]) for sub, row_id, _, _, row_json, _ in stored_rows(env)}
     assert rows == {"1": (first.id, "10"), "2": (changed.id, "25"), "3": (first.id, "30"), "4": (changed.id, "5")}
-    assert counts(env) == (4, 4)
+    assert store_counts(env) == (4, 4)
 
     forced = submit(path, id_column="id", text_columns=("text",), force=True)
     assert (forced.enqueued, forced.skipped) == (4, 0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import sqlite_vec
 
-from conftest import STORES, run_cli, write_csv
+from conftest import STORES, run_cli, store_counts, write_csv
 from csvembed.errors import InputError
 from csvembed.progress import SubmissionRecords
 from csvembed.store import StoredRow, open_existing_store, open_store
@@ -36,14 +36,6 @@ def stored_windows(env, submission: str) -> dict[str, tuple[list[tuple[int, int]
     store = open_store(env.db)
     try:
         return {row_id: (spans, vectors) for row_id, _, _, _, spans, vectors in store.windows_of_submission(submission)}
-    finally:
-        store.close()
-
-
-def counts(env) -> tuple[int, int]:
-    store = open_store(env.db)
-    try:
-        return store.counts()
     finally:
         store.close()
 
@@ -108,7 +100,7 @@ def test_a_long_row_is_stored_as_windows_whose_vectors_are_the_models(env, submi
     np.testing.assert_array_equal(vectors, np.stack([words.vector(WORDS[a:b]) for a, b in WORD_SPANS]))
     assert stored["short"][0] == [(0, 11)]
     np.testing.assert_array_equal(stored["short"][1], words.vector("a few words")[None])
-    assert counts(env) == (2, 4)
+    assert store_counts(env) == (2, 4)
     assert shape_counts(env, result.id) == (2, 1, 1, 1, 3, 0)
     # Every window went into the one model call.
     assert sorted(words.calls[0]) == sorted(["a few words", *(WORDS[a:b] for a, b in WORD_SPANS)])
@@ -143,14 +135,14 @@ def test_a_rerun_replaces_all_windows_and_a_shrunk_row_loses_its_extra_ones(env,
     drain(model=words)
     again = submit(path, model=words.name, id_column="id", text_columns=("text",), window_overlap=2, force=True)
     drain(model=words)
-    assert counts(env) == (2, 4)
+    assert store_counts(env) == (2, 4)
     assert stored_windows(env, first.id) == {}
     assert stored_windows(env, again.id)["long"][0] == WORD_SPANS
     write_csv(path, "id,text\nshort,a few words\nlong,w0 w1 w2\n")
     shrunk = submit(path, model=words.name, id_column="id", text_columns=("text",))
     assert (shrunk.enqueued, shrunk.skipped) == (1, 1)
     drain(model=words)
-    assert counts(env) == (2, 2)
+    assert store_counts(env) == (2, 2)
     spans, vectors = stored_windows(env, shrunk.id)["long"]
     assert spans == [(0, 8)]
     np.testing.assert_array_equal(vectors, words.vector("w0 w1 w2")[None])
@@ -165,7 +157,7 @@ def test_an_id_twice_in_one_batch_keeps_the_later_rows_windows_only(env, submit,
     spans, vectors = stored_windows(env, result.id)["X"]
     assert spans == [(0, 23), (18, len(later))]
     np.testing.assert_array_equal(vectors, np.stack([words.vector(later[a:b]) for a, b in spans]))
-    assert counts(env) == (1, 2)
+    assert store_counts(env) == (1, 2)
 
 
 @pytest.mark.parametrize("env", BOTH_STORES, indirect=True)
@@ -179,7 +171,7 @@ def test_deleting_a_submission_removes_every_window(env, submit, drain, words):
         assert delete_submission(env.connection, store, result.id).rows == 2
     finally:
         store.close()
-    assert counts(env) == (0, 0)
+    assert store_counts(env) == (0, 0)
 
 
 def test_truncate_keeps_the_first_window_and_counts_it(env, submit, drain, words):
@@ -415,5 +407,5 @@ def test_windowed_rows_survive_a_worker_kill_exactly_once(env, submit, embedder)
     assert windows == 4 * count
     stored = stored_windows(env, result.id)
     assert {row_id: spans for row_id, (spans, _) in stored.items()} == expected
-    assert counts(env) == (count, windows)  # no window without its row, none twice
+    assert store_counts(env) == (count, windows)  # no window without its row, none twice
     assert shape_counts(env, result.id) == (count, 0, 0, count, windows, 0)
