@@ -145,10 +145,6 @@ class PostgresStore:
         self._migrated = False
         self.connection = self._connect()
 
-    @classmethod
-    def open_existing(cls, url: str) -> PostgresStore:
-        return cls(url)
-
     def _connect(self) -> psycopg.Connection:
         try:
             connection = psycopg.connect(self.url, connect_timeout=int(defaults.REDIS_CONNECT_TIMEOUT))

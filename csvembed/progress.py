@@ -341,14 +341,6 @@ class SubmissionRecords:
         keys = [_key(submission_id), _key(submission_id, "lease")]
         return bool(self._end_submitting(keys=keys, args=[INTERRUPTED, "unleased"]))
 
-    def last_row(self, submission_id: str) -> int:
-        raw = self.connection.hget(_key(submission_id), "last_row")
-        return int(raw) if raw else 0
-
-    def columns(self, submission_id: str) -> list[str]:
-        raw = self.connection.hget(_key(submission_id), "columns")
-        return json.loads(raw) if raw else []
-
     def origin(self, submission_id: str) -> Origin | None:
         """How to store a submission's rows, or None if it no longer exists (records of older versions
         have no long-text fields: they get the defaults)."""

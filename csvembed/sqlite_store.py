@@ -142,11 +142,6 @@ class SqliteStore:
             SqliteStore(path).close()  # migrates, if this process may write the file
             self.connection = _connect(path, read_only)
 
-    @classmethod
-    def open_existing(cls, path: Path) -> SqliteStore | None:
-        """The store if its file exists; readers use this so they never create an empty one."""
-        return cls(path) if path.exists() else None
-
     def _check_or_create_schema(self) -> None:
         try:
             tables = {name for (name,) in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
