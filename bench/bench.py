@@ -34,8 +34,8 @@ from datasets import write_tickets, write_titles  # noqa: E402
 
 from csvembed.broker import connect, stop_local_redis  # noqa: E402
 from csvembed.embedder import SentenceTransformerEmbedder  # noqa: E402
-from csvembed.progress import SubmissionRecords  # noqa: E402
 from csvembed.settings import Settings  # noqa: E402
+from csvembed.submissions import SubmissionRecords  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

@@ -38,10 +38,10 @@ from csvembed import defaults  # noqa: E402
 from csvembed.broker import connect, stop_local_redis  # noqa: E402
 from csvembed.ingest import Ingestor  # noqa: E402
 from csvembed.producer import Producer, SubmitOptions  # noqa: E402
-from csvembed.progress import SubmissionRecords  # noqa: E402
 from csvembed.reader import open_source  # noqa: E402
 from csvembed.settings import Settings  # noqa: E402
 from csvembed.store import open_store  # noqa: E402
+from csvembed.submissions import SubmissionRecords  # noqa: E402
 from csvembed.worker import BatchWorker  # noqa: E402
 
 BIN = Path(sys.executable).parent

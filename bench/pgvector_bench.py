@@ -19,9 +19,9 @@ import numpy as np
 from psycopg.types.json import Jsonb
 
 from csvembed import defaults
-from csvembed.postgres_store import PostgresStore
-from csvembed.sqlite_store import SqliteStore
 from csvembed.store import StoredRow, row_json
+from csvembed.store.postgres import PostgresStore
+from csvembed.store.sqlite import SqliteStore
 
 DIMENSION = 384
 EF_SEARCH = (40, 100, 200)

@@ -9,12 +9,9 @@ READ_CHUNK_ROWS = 5_000
 # Bytes looked at to detect the encoding and sniff the delimiter.
 SNIFF_BYTES = 64 * 1024
 
-# enqueue_many builds one MULTI for everything it is given; 1000 per pipeline measured ~10k jobs/s.
+# Rows per call of the enqueue Lua script (enqueue.py): one round trip each, and a reader interrupted
+# mid-file leaves at most this many rows to withdraw from the last call.
 ENQUEUE_CHUNK = 1_000
-# submit sorts rows by text length within windows of this many rows before enqueueing, so that
-# the rows a worker takes together have similar lengths and the model wastes little on padding.
-LENGTH_SORT_WINDOW = 5_000
-
 # Rows a worker takes from the queue at once; they are embedded in one model call.
 BATCH_SIZE = 256
 # The batch size passed to SentenceTransformer.encode for a transformer on the CPU (longer batches

@@ -10,8 +10,8 @@ from rq import Queue
 from csvembed.enqueue import purge_jobs
 from csvembed.errors import UnknownSubmission
 from csvembed.jobs import SERIALIZER
-from csvembed.progress import SubmissionRecords
 from csvembed.store import Store
+from csvembed.submissions import SubmissionRecords
 
 
 @dataclass

@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.results import Result
 
 from csvembed.jobs import SERIALIZER, RowTask
-from csvembed.progress import job_id
+from csvembed.submissions import job_id
 
 _ENQUEUE = """
 if #KEYS > 2 and redis.call('HGET', KEYS[3], 'state') ~= 'submitting' then return -1 end

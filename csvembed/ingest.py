@@ -20,8 +20,8 @@ import numpy as np
 from csvembed.embedder import Embedder, bad_vector_reason
 from csvembed.errors import RowError
 from csvembed.jobs import RowTask
-from csvembed.progress import Origin, SubmissionRecords
 from csvembed.store import Store, StoredRow, reading, row_json
+from csvembed.submissions import Origin, SubmissionRecords
 from csvembed.windows import MAX_WINDOWS, Shape, split
 
 log = logging.getLogger(__name__)

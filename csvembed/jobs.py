@@ -1,15 +1,13 @@
 """The per-row RQ job: what it carries, how it is enqueued, and the function RQ knows it by.
 
-Jobs use RQ's JSON serializer, so user data is never pickled. The batching worker runs many of
-these jobs through one model call; a plain `rq worker` can still run them one at a time through
-`embed_row`, which is how the benchmark's naive baseline works.
+Jobs use RQ's JSON serializer, so user data is never pickled. The function a job names,
+`csvembed.tasks.embed_row`, lives in tasks.py with the job class that resolves it: this module
+imports nothing of the pipeline, so the ingestor can import it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 from rq import Callback, Queue, Retry
 from rq.exceptions import DeserializationError
@@ -18,7 +16,7 @@ from rq.queue import EnqueueData
 from rq.serializers import JSONSerializer
 
 from csvembed import defaults
-from csvembed.progress import job_id
+from csvembed.submissions import SubmissionRecords, job_id
 
 SERIALIZER = JSONSerializer
 
@@ -38,7 +36,7 @@ class RowTask:
     text: str
     values: list[str]
 
-    FUNC = "csvembed.jobs.embed_row"
+    FUNC = "csvembed.tasks.embed_row"
 
     @classmethod
     def from_job(cls, job: Job) -> RowTask:
@@ -81,18 +79,6 @@ class RowTask:
         )
 
 
-def embed_row(submission_id: str, row_number: int, row_id: str, text: str, values: list[str]) -> None:
-    """Embed and store one row: the job body when a plain RQ worker runs it alone."""
-    ingestor = _process_ingestor()
-    task = RowTask(submission_id, row_number, row_id, text, values)
-    (outcome,) = ingestor.ingest([task])
-    if isinstance(outcome, Exception):
-        raise outcome
-    with ingestor.records.connection.pipeline() as pipe:
-        ingestor.records.mark_done(pipe, submission_id, [(row_number, outcome)])
-        pipe.execute()
-
-
 def row_failed(job: Job, connection, exc_type, exc_value, traceback) -> None:
     """RQ failure callback: record the row as failed once no retry is left.
 
@@ -100,27 +86,9 @@ def row_failed(job: Job, connection, exc_type, exc_value, traceback) -> None:
     """
     if job.retries_left:
         return
-    from csvembed.progress import SubmissionRecords
-
     task = RowTask.from_job(job)
     reason = f"{exc_type.__name__}: {exc_value}" if exc_value is not None else "the worker died"
     SubmissionRecords(connection).mark_failed(None, task.submission_id, task.row_number, task.row_id, reason)
-
-
-@cache
-def _process_ingestor():
-    """One ingestor per process for plain RQ workers, configured from the environment."""
-    from rq import get_current_job
-
-    from csvembed.embedder import SentenceTransformerEmbedder
-    from csvembed.ingest import Ingestor
-    from csvembed.progress import SubmissionRecords
-    from csvembed.settings import Settings
-    from csvembed.store import open_store
-
-    settings = Settings.resolve()
-    connection = get_current_job().connection
-    return Ingestor(SentenceTransformerEmbedder(settings.model), open_store(settings.db), SubmissionRecords(connection))
 
 
 def refusal(job: Job) -> str | None:
@@ -138,36 +106,3 @@ def refusal(job: Job) -> str | None:
     if not ours:
         return NOT_OURS
     return None if RowTask.well_formed(args, kwargs) else MALFORMED
-
-
-class CsvembedJob(Job):
-    """A Job that can only ever run or call back into csvembed's own functions.
-
-    RQ imports whatever function or callback a job names: when it runs the job, and when its
-    maintenance fails a job whose worker died (StartedJobRegistry.cleanup calls the job's
-    on_failure). The batching worker and its queues use this class, so a job someone else put on
-    the queue runs nothing and calls nothing; its webhooks are dropped too.
-    """
-
-    @property
-    def func(self) -> Callable[..., None]:
-        reason = refusal(self)
-        if reason is not None:
-            raise TypeError(f"job {self.id}: {reason}")
-        return embed_row
-
-    @property
-    def failure_callback(self) -> Callable[..., None] | None:
-        return row_failed if self._failure_callback_name == ROW_FAILED and refusal(self) is None else None
-
-    @property
-    def success_callback(self) -> None:
-        return None
-
-    @property
-    def stopped_callback(self) -> None:
-        return None
-
-    def restore(self, raw_data) -> None:
-        super().restore(raw_data)
-        self.webhooks = []

@@ -1,12 +1,11 @@
-"""What status, list and workers show, read from Redis in one round trip per refresh.
+"""What status, list and workers show, read from Redis in two round trips per refresh (records, then queues).
 
-Per submission: its record and progress bitmaps (see progress.py). Per queue: rows waiting, rows
+Per submission: its record and progress bitmaps (see submissions.py). Per queue: rows waiting, rows
 in progress (RQ's started registry, so shared by the submissions on that queue) and live workers.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 import redis
@@ -15,7 +14,7 @@ from rq.worker import Worker
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from csvembed.jobs import SERIALIZER
-from csvembed.progress import Snapshot, SubmissionRecords
+from csvembed.submissions import Snapshot, SubmissionRecords
 
 
 @dataclass
@@ -82,7 +81,3 @@ class Monitor:
                 last_heartbeat=worker.last_heartbeat.isoformat() if worker.last_heartbeat else None,
             ))
         return sorted(found, key=lambda info: info.name)
-
-
-def as_json(value) -> str:
-    return json.dumps(value, ensure_ascii=False)

@@ -1,8 +1,9 @@
 """submit: stream a CSV into one RQ job per row, and return a submission id.
 
 Rows flow reader -> TextSpec -> (skip if unchanged in the store) -> length-sorted windows ->
-Queue.enqueue_many in pipelined chunks. A submission that fails part-way is withdrawn whole:
-its jobs are removed from the queue and its record deleted, so nothing half-enqueued remains.
+RowEnqueuer's Lua script in chunks (the job hashes Queue.enqueue_many would write). A submission
+that fails part-way is withdrawn whole: its jobs are removed from the queue and its record deleted,
+so nothing half-enqueued remains.
 While it runs, submit renews a lease; a submit killed outright (kill -9) loses it, and the
 submission then reads as interrupted. The next submit into that collection withdraws the rows it
 left queued, so re-running a killed submit never queues a row twice.
@@ -24,10 +25,10 @@ from csvembed.delete import delete_submission
 from csvembed.enqueue import RowEnqueuer, withdraw_queued
 from csvembed.errors import CsvembedError, InputError, UnknownSubmission
 from csvembed.jobs import SERIALIZER, RowTask
-from csvembed.progress import INTERRUPTED, RUNNING, SubmissionRecords, new_submission_id, record_key
 from csvembed.reader import CsvFile, Source
 from csvembed.rowtext import TextSpec, id_column_index
 from csvembed.store import Store, content_hash, open_store, reading, row_json
+from csvembed.submissions import INTERRUPTED, RUNNING, SubmissionRecords, new_submission_id, record_key
 from csvembed.windows import DEFAULT_OVERLAP, DEFAULT_POLICY, POLICIES
 
 

@@ -12,7 +12,7 @@ from rq.registry import FailedJobRegistry
 from csvembed import defaults
 from csvembed.errors import UnknownSubmission
 from csvembed.jobs import SERIALIZER
-from csvembed.progress import SubmissionRecords, job_id
+from csvembed.submissions import SubmissionRecords, job_id
 
 
 @dataclass

@@ -36,8 +36,9 @@ from csvembed.batch_scripts import BatchScripts
 from csvembed.embedder import share_cpu
 from csvembed.errors import RowError
 from csvembed.ingest import Ingestor
-from csvembed.jobs import SERIALIZER, CsvembedJob, RowTask, refusal
+from csvembed.jobs import SERIALIZER, RowTask, refusal
 from csvembed.settings import Settings
+from csvembed.tasks import CsvembedJob
 from csvembed.windows import Shape
 
 log = logging.getLogger(__name__)
@@ -301,8 +302,8 @@ def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_siz
     """
     from csvembed.broker import connect
     from csvembed.embedder import choose_backend, load_embedder, resolve_model
-    from csvembed.progress import SubmissionRecords
     from csvembed.store import open_store
+    from csvembed.submissions import SubmissionRecords
 
     device, backend = choose_backend(settings, device, backend)
     resolve_model(settings.model)  # a mistyped model path is an error even with nothing to do

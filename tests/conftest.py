@@ -147,8 +147,8 @@ def store_counts(env: Env) -> tuple[int, int]:
 
 def stored_rows(env: Env) -> list[tuple]:
     """Every stored row as (submission, id, row_number, text, row_json, vector), whatever the store."""
-    from csvembed.progress import SubmissionRecords
     from csvembed.store import open_store
+    from csvembed.submissions import SubmissionRecords
 
     store = open_store(env.db)
     try:
@@ -178,8 +178,8 @@ def drain(env, request):
     The real model is loaded only when no `model` is passed (pass fake_embedder for the fast tier).
     """
     from csvembed.ingest import Ingestor
-    from csvembed.progress import SubmissionRecords
     from csvembed.store import open_store
+    from csvembed.submissions import SubmissionRecords
     from csvembed.worker import BatchWorker
 
     def run(batch_size: int = 64, model=None, queues: tuple[str, ...] = ("csvembed",), store=None) -> BatchWorker:

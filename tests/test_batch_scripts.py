@@ -19,9 +19,10 @@ from rq.registry import StartedJobRegistry
 from conftest import stored_rows, write_csv
 from csvembed import defaults
 from csvembed.ingest import Ingestor
-from csvembed.jobs import SERIALIZER, CsvembedJob, RowTask
-from csvembed.progress import SubmissionRecords
+from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.store import open_store
+from csvembed.submissions import SubmissionRecords
+from csvembed.tasks import CsvembedJob
 from csvembed.windows import Shape
 from csvembed.worker import BatchWorker
 
@@ -129,7 +130,7 @@ def test_a_started_batch_is_what_rqs_own_start_writes(env, fake_embedder, frozen
 
 def test_a_finished_batch_leaves_what_rqs_perform_job_leaves_for_a_result_ttl_0_job(
         env, fake_embedder, frozen, monkeypatch):
-    monkeypatch.setattr("csvembed.jobs.embed_row", lambda *args: None)  # what RQ would run
+    monkeypatch.setattr("csvembed.tasks.embed_row", lambda *args: None)  # what RQ would run
     worker, started = rq_start(env, fake_embedder)
     for job, queue, execution in started:
         worker.perform_job(job, queue, execution)  # prepares again (as SimpleWorker does), runs, succeeds

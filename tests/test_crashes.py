@@ -12,8 +12,8 @@ import redis
 from rq.registry import StartedJobRegistry
 
 from conftest import STORES, start_redis, stored_rows, write_csv
-from csvembed.progress import SubmissionRecords
 from csvembed.store import open_store
+from csvembed.submissions import SubmissionRecords
 
 pytestmark = pytest.mark.slow  # worker processes with the real model
 

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import STORES, run_cli, write_csv
 from csvembed import defaults
-from csvembed.progress import SubmissionRecords
 from csvembed.store import Store, open_store
+from csvembed.submissions import SubmissionRecords
 
 pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 

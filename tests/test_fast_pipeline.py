@@ -13,7 +13,7 @@ from rq import Queue
 
 from conftest import store_counts, stored_rows, write_csv
 from csvembed.jobs import SERIALIZER
-from csvembed.progress import SubmissionRecords
+from csvembed.submissions import SubmissionRecords
 
 # Quoted separators, an empty field, leading zeros and non-ASCII text: all must come back as written.
 CSV = (

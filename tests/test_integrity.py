@@ -22,10 +22,10 @@ from csvembed.enqueue import RowEnqueuer
 from csvembed.errors import InputError, UnknownSubmission
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.producer import Producer, SubmitOptions
-from csvembed.progress import SubmissionRecords, record_key
 from csvembed.reader import Source
 from csvembed.retry import retry_failed
 from csvembed.store import open_store
+from csvembed.submissions import SubmissionRecords, record_key
 from csvembed.windows import Shape
 
 # PostgreSQL costs a server start: its variants belong to the slow tier.

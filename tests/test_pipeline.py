@@ -12,7 +12,7 @@ from rq import Queue
 
 from conftest import STORES, run_cli, store_counts, stored_rows, write_csv
 from csvembed.jobs import SERIALIZER, RowTask
-from csvembed.progress import SubmissionRecords
+from csvembed.submissions import SubmissionRecords
 
 pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import STORES, run_cli, write_csv
-from csvembed.progress import SubmissionRecords
 from csvembed.store import open_store
+from csvembed.submissions import SubmissionRecords
 
 pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 

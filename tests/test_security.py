@@ -19,10 +19,11 @@ from conftest import run_cli, stored_rows, write_csv
 from csvembed import defaults
 from csvembed.broker import connect, ensure_local_redis, redis_server_binary, stop_local_redis
 from csvembed.errors import ServiceUnavailable
-from csvembed.jobs import MALFORMED, NOT_OURS, ROW_FAILED, SERIALIZER, CsvembedJob, RowTask
-from csvembed.postgres_store import PostgresStore
-from csvembed.progress import SubmissionRecords
+from csvembed.jobs import MALFORMED, NOT_OURS, ROW_FAILED, SERIALIZER, RowTask
 from csvembed.settings import Settings
+from csvembed.store.postgres import PostgresStore
+from csvembed.submissions import SubmissionRecords
+from csvembed.tasks import CsvembedJob
 
 PASSWORD = "s3cret-P@ss"  # an unescaped @ too, as people type them
 

@@ -6,9 +6,9 @@ import io
 
 from rich.console import Console
 
+from csvembed.cli.status_view import lines, plain, render
 from csvembed.monitor import QueueStats, Reading
-from csvembed.progress import Snapshot
-from csvembed.status_view import lines, plain, render
+from csvembed.submissions import Snapshot
 
 T0 = 1_000_000.0
 

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from conftest import write_csv
 from csvembed.cli import app
 from csvembed.cli.data import hit_lines
+from csvembed.cli.status_view import lines, plain, render
 from csvembed.cli.watch import follow
 from csvembed.monitor import Monitor, QueueStats, Reading
-from csvembed.progress import Snapshot
-from csvembed.status_view import lines, plain, render
 from csvembed.store import Hit
+from csvembed.submissions import Snapshot
 from doubles import HashEmbedder
 
 T0 = 1_000_000.0

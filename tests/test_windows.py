@@ -15,8 +15,8 @@ import sqlite_vec
 
 from conftest import STORES, run_cli, store_counts, write_csv
 from csvembed.errors import InputError
-from csvembed.progress import SubmissionRecords
 from csvembed.store import StoredRow, open_existing_store, open_store
+from csvembed.submissions import SubmissionRecords
 from csvembed.windows import MAX_WINDOWS, split
 from doubles import WordWindowEmbedder
 

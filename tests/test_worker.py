@@ -12,7 +12,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from conftest import stored_rows, write_csv
 from csvembed import defaults
 from csvembed.jobs import SERIALIZER
-from csvembed.progress import SubmissionRecords
+from csvembed.submissions import SubmissionRecords
 
 
 class PoisonTextEmbedderDouble:

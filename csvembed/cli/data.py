@@ -15,8 +15,8 @@ from csvembed.cli.app import JsonOption, app, connection_of, count, out, print_j
 from csvembed.errors import InputError, NoStore, UnknownSubmission
 
 if TYPE_CHECKING:  # the store imports numpy: not at start-up
-    from csvembed.progress import Snapshot, SubmissionRecords
     from csvembed.store import Hit
+    from csvembed.submissions import Snapshot, SubmissionRecords
 
 
 def _parse_where(conditions: list[str]) -> dict[str, str]:
@@ -100,8 +100,8 @@ def export(
     """
     from csvembed.export import FORMATS
     from csvembed.export import export as run_export
-    from csvembed.progress import SubmissionRecords
     from csvembed.store import open_existing_store
+    from csvembed.submissions import SubmissionRecords
 
     if fmt not in FORMATS:
         raise InputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -133,7 +133,7 @@ def failures(
 
     A permanent failure is the row's own fault (e.g. empty text): `retry` leaves it unless given --all.
     """
-    from csvembed.progress import SubmissionRecords
+    from csvembed.submissions import SubmissionRecords
 
     records = SubmissionRecords(connection_of(ctx))
     if not records.exists(submission_id):

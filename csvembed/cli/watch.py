@@ -10,10 +10,10 @@ import typer
 
 from csvembed import defaults
 from csvembed.cli.app import JsonOption, app, connection_of, err, out, print_json
+from csvembed.cli.status_view import lines, plain, queue_line, wait_plain, watch
 from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, InputError, UnknownSubmission
 from csvembed.monitor import Monitor, Reading
-from csvembed.progress import INTERRUPTED, Snapshot
-from csvembed.status_view import lines, plain, queue_line, wait_plain, watch
+from csvembed.submissions import INTERRUPTED, Snapshot
 from csvembed.wording import count
 
 

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from csvembed import defaults
 from csvembed.monitor import QueueStats, Reading
-from csvembed.progress import Snapshot
+from csvembed.submissions import Snapshot
 from csvembed.wording import count
 
 # The bar gives way first, down to MIN_BAR; then columns go, least useful first; a number is never cut.

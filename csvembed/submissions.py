@@ -29,7 +29,6 @@ RUNNING = "running"  # everything is enqueued; rows are pending
 DONE = "done"  # no row pending, none failed
 PARTIAL = "partial"  # no row pending; some rows stored, some failed
 FAILED = "failed"  # no row pending, some failed and none was stored: nothing worked
-CANCELLED = "cancelled"  # submit was rejected part-way; its rows were withdrawn
 # The submit process died (its lease lapsed) before every row was enqueued. Read as such while the
 # record still says submitting; written once a later submit into the collection withdrew its queued rows.
 INTERRUPTED = "interrupted"
@@ -186,7 +185,7 @@ class Snapshot:
 
     @property
     def finished(self) -> bool:
-        return self.state in (DONE, PARTIAL, FAILED, CANCELLED, INTERRUPTED)
+        return self.state in (DONE, PARTIAL, FAILED, INTERRUPTED)
 
     def as_json(self) -> dict:
         fields = asdict(self)

@@ -1,8 +1,7 @@
 """The store interface and what every backend shares: the row to write, the hit found, the hashes.
 
-Backends: sqlite_store (a file with sqlite-vec, the default) and postgres_store (PostgreSQL with
-pgvector, for many hosts). `open_store` picks one from the --db value; a third backend is one
-new module that satisfies `Store`.
+Backends: store.sqlite (a file with sqlite-vec, the default) and store.postgres (PostgreSQL with
+pgvector, for many hosts) import this module, never the package, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -137,35 +135,3 @@ class Store(Protocol):
         """(rows, windows); windows whose row is gone are counted too, so orphans show."""
 
     def close(self) -> None: ...
-
-
-def open_store(db: str) -> Store:
-    """The store named by --db: a postgresql:// URL, else a SQLite file path (created if missing)."""
-    from csvembed.postgres_store import PostgresStore, is_postgres_url
-
-    if is_postgres_url(db):
-        return PostgresStore(db)
-    from csvembed.sqlite_store import SqliteStore
-
-    return SqliteStore(Path(db))
-
-
-def open_existing_store(db: str, read_only: bool = False) -> Store | None:
-    """The store, or None if nothing was ever stored there; readers never create an empty file.
-
-    read_only: a SQLite store is opened read-only and written nothing (no schema, no journal mode), so
-    search and export work on a store they may not write; one without csvembed's tables is None.
-    """
-    from csvembed.postgres_store import PostgresStore, is_postgres_url
-
-    if is_postgres_url(db):
-        return PostgresStore(db)
-    if not Path(db).exists():
-        return None
-    from csvembed.sqlite_store import SqliteStore
-
-    store = SqliteStore(Path(db), read_only=read_only)
-    if not store.has_schema:
-        store.close()
-        return None
-    return store

@@ -27,7 +27,7 @@ from psycopg.types.json import Jsonb
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
 from csvembed.redact import MASK, mask_secrets
-from csvembed.store import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow, row_vector
+from csvembed.store.base import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow, row_vector
 
 # Search asks for this many windows per row wanted, more while windows of the same rows crowd them
 # out, up to SEARCH_WINDOWS windows.
@@ -96,10 +96,6 @@ INSERT_WINDOW = """
 INSERT INTO csvembed_windows(collection, id, window_index, submission, char_start, char_end, embedding)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
 """
-
-
-def is_postgres_url(db: str) -> bool:
-    return db.startswith(("postgresql://", "postgres://"))
 
 
 def _password(url: str) -> str | None:

@@ -30,7 +30,7 @@ import sqlite_vec
 
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
-from csvembed.store import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow, row_vector
+from csvembed.store.base import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow, row_vector
 from csvembed.windows import MAX_WINDOWS
 
 SCHEMA_VERSION = "1"
