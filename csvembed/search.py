@@ -29,6 +29,9 @@ def search(
         if store.dimension is None:
             raise NoStore(settings.db)
         check_filters(store, collection, where or {})
+        # A submission's rows are all in its collection: only that collection's model matters.
+        scope = collection if collection is not None or submission is None else store.collection_of(submission)
+        check_model(store, settings.model_id, scope or None)
         # The workers' backend and precision: ONNX Runtime when they left an export here (no torch
         # import, seconds faster), else PyTorch; the vectors are the same either way.
         vector = load_embedder(settings, may_export=False).encode([query])[0]
@@ -46,6 +49,27 @@ def check_filters(store: Store, collection: str | None, where: dict[str, str]) -
     for column in where:
         if not store.has_column(column, collection):
             raise InputError(f"unknown column {column!r} in --where; {_listing('columns', store.columns(collection))}")
+
+
+def check_model(store: Store, model: str, collection: str | None) -> None:
+    """Raise InputError unless the rows searched were embedded by `model`: a query vector of another model
+    (even of the same dimension) is not comparable with them."""
+    models = store.models(collection)
+    if collection is not None:
+        if models[collection] != model:
+            raise InputError(f"the collection {collection!r} holds rows of the model {models[collection]}, but"
+                             f" search uses {model}: search with the model it was stored with (--model, --precision)")
+        return
+    if not models:
+        return  # nothing stored: no rows to mistake
+    found = sorted(set(models.values()))
+    if model not in found:
+        raise InputError(f"the store holds rows of the model {' and '.join(found)}, but search uses {model}:"
+                         " search with the model they were stored with (--model, --precision)")
+    if len(found) > 1:
+        mine = ", ".join(name for name, stored in sorted(models.items()) if stored == model)
+        raise InputError(f"the store holds rows of the models {' and '.join(found)}: pick one model's collection"
+                         f" with --collection (those of {model}: {mine})")
 
 
 def _listing(what: str, names: list[str]) -> str:

@@ -16,13 +16,14 @@ from csvembed.store.base import (
     Store,
     StoredRow,
     content_hash,
+    other_model,
     reading,
     row_json,
     row_vector,
 )
 
 __all__ = ["COLUMNS_SAMPLE", "LATER_WINS", "Hit", "Store", "StoredRow", "content_hash", "is_postgres_url",
-           "open_existing_store", "open_store", "reading", "row_json", "row_vector"]
+           "open_existing_store", "open_store", "other_model", "reading", "row_json", "row_vector"]
 
 
 def is_postgres_url(db: str) -> bool:
