@@ -75,3 +75,26 @@ def test_submit_into_a_collection_of_another_model_is_refused(env, submit):
     assert str(refused.value).startswith("the collection 'books' holds rows of the model model-a, not model-b:")
     assert env.connection.zcard("csvembed:submissions") == 0
     assert submit(path, model="model-a").enqueued == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", ["postgres"], indirect=True)
+def test_a_filtered_search_finds_the_exact_nearest_of_a_small_collection_beside_many_rows(env):
+    big = unit_vectors(30_000, 16, 5)
+    # The tiny collection lies opposite the query (big[0]): an index walk from the query meets it last.
+    tiny = unit_vectors(10, 16, 6) * 0.3 - big[0]
+    tiny /= np.linalg.norm(tiny, axis=1, keepdims=True)
+    store = open_store(env.db)
+    try:
+        for start in range(0, len(big), 5000):
+            store.write(rows_of("big", "model-a", 5000, start), big[start:start + 5000])
+        store.write(rows_of("tiny", "model-a", 10, submission="s2"), tiny)
+        query = big[0]
+        nearest = [f"r{i}" for i in np.argsort(1 - tiny @ query, kind="stable")]
+        assert [hit.id for hit in store.search(query, 5, collection="tiny")] == nearest[:5]
+        ones = [row_id for row_id in nearest if int(row_id[1:]) % 3 == 1]  # n = "1": rows 1, 4, 7
+        assert [hit.id for hit in store.search(query, 2, collection="tiny", where={"n": "1"})] == ones[:2]
+        assert [hit.id for hit in store.search(query, 5, where={"n": "1"}, submission="s2")] == ones
+        assert len(store.search(query, 5, collection="big")) == 5
+    finally:
+        store.close()
