@@ -104,6 +104,21 @@ VALUES (%s, %s, %s, %s, %s, %s, %s)
 """
 
 
+TABLES = ("csvembed_meta", "csvembed_rows", "csvembed_windows", "csvembed_deleted_submissions")
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def grants(schema: str, worker_role: str, reader_role: str) -> list[str]:
+    """What a worker role (store and delete rows) and a reader role (search, export) need: no DDL right."""
+    tables = ", ".join(f"{_quoted(schema)}.{table}" for table in TABLES)
+    return [f"GRANT USAGE ON SCHEMA {_quoted(schema)} TO {_quoted(worker_role)}, {_quoted(reader_role)};",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {_quoted(worker_role)};",
+            f"GRANT SELECT ON {tables} TO {_quoted(reader_role)};"]
+
+
 def _password(url: str) -> str | None:
     """The URL's password as written, to take out of libpq's messages; None if it has none or is unparsable."""
     try:
@@ -185,6 +200,13 @@ class PostgresStore:
                 connection.execute(ROWS.format(dimension=int(dimension)))
                 connection.execute(WINDOWS.format(dimension=int(dimension)))
                 connection.execute("INSERT INTO csvembed_meta(key, value) VALUES ('dimension', %s)", (str(dimension),))
+
+    @property
+    def schema(self) -> str:
+        """Where the tables are: the first schema of the role's search_path."""
+        found = self._usable().execute("SELECT current_schema()").fetchone()[0]
+        self.connection.commit()
+        return found
 
     def create_schema(self, dimension: int) -> None:
         """`csvembed db init`: every table and index, so that commands never need to run DDL."""
