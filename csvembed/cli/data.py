@@ -50,6 +50,8 @@ def search(
     """The stored rows nearest to QUERY by cosine distance, nearest first."""
     from csvembed.search import search as run_search
 
+    if submission is not None:
+        _check_store(ctx, submission, missing_ok=True)
     hits = run_search(settings_of(ctx), query, k, collection=collection, submission=submission,
                       where=_parse_where(where or []))
     if as_json:
@@ -100,7 +102,7 @@ def export(
     """
     from csvembed.export import FORMATS
     from csvembed.export import export as run_export
-    from csvembed.store import open_existing_store
+    from csvembed.store import check_same_store, open_existing_store
     from csvembed.submissions import SubmissionRecords
 
     if fmt not in FORMATS:
@@ -112,6 +114,7 @@ def export(
     if snapshot is None:
         raise UnknownSubmission(f"no submission with id {submission_id!r}")
     db = settings_of(ctx).db
+    check_same_store(snapshot.store, db, submission_id)
     store = open_existing_store(db, read_only=True)
     try:
         if store is None or store.dimension is None:
@@ -170,20 +173,52 @@ def _write(path: Path | None, write: Callable[[BinaryIO], int]) -> int:
         raise
 
 
-@app.command(short_help="Remove a submission: its stored rows, queued jobs and records.")
+def _check_store(ctx: typer.Context, submission_id: str, missing_ok: bool = False) -> None:
+    """Refuse a --db other than the one the submission stored its rows in."""
+    from csvembed.store import check_same_store
+    from csvembed.submissions import SubmissionRecords
+
+    snapshot = SubmissionRecords(connection_of(ctx)).snapshot(submission_id)
+    if snapshot is None and not missing_ok:
+        raise UnknownSubmission(f"no submission with id {submission_id!r}")
+    if snapshot is not None:
+        check_same_store(snapshot.store, settings_of(ctx).db, submission_id)
+
+
+@app.command(short_help="Remove a submission (or a collection): its stored rows, queued jobs and records.")
 def delete(
     ctx: typer.Context,
-    submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
+    submission_id: Annotated[Optional[str], typer.Argument(metavar="ID", help="A submission id.")] = None,
+    collection: Annotated[Optional[str], typer.Option(
+        metavar="NAME", help="Instead of ID: every row of this collection, and its submissions.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove a submission: its stored rows and vectors, its queued jobs and its records in Redis."""
-    from csvembed.delete import delete_submission
+    """Remove a submission: its stored rows and vectors, its queued jobs and its records in Redis.
+
+    --collection NAME removes a whole collection from the store, with its submissions in Redis, and rows
+    whose submission records are gone too.
+    """
+    from csvembed.delete import delete_collection, delete_submission
     from csvembed.store import open_existing_store
 
-    store = open_existing_store(settings_of(ctx).db)
-    deleted = delete_submission(connection_of(ctx), store, submission_id)
-    if store is not None:
-        store.close()
+    if (submission_id is None) == (collection is None):
+        raise InputError("give either a submission ID or --collection NAME")
+    db = settings_of(ctx).db
+    if submission_id is not None:
+        _check_store(ctx, submission_id)
+    store = open_existing_store(db)
+    try:
+        if collection is not None:
+            gone = delete_collection(connection_of(ctx), store, db, collection)
+            if as_json:
+                print_json(gone.__dict__)
+            say(f"deleted collection {collection}: {count(gone.rows, 'stored row')} and their vectors,"
+                f" {count(len(gone.submissions), 'submission')}")
+            return
+        deleted = delete_submission(connection_of(ctx), store, submission_id)
+    finally:
+        if store is not None:
+            store.close()
     if as_json:
         print_json(deleted.__dict__)
     say(f"deleted submission {deleted.id}: {count(deleted.rows, 'stored row')} and their vectors,"
