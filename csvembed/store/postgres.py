@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import groupby
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import psycopg
@@ -127,6 +127,20 @@ def _password(url: str) -> str | None:
         return None
 
 
+def _escaped(url: str) -> str:
+    """The URL with an unescaped @ in its password percent-encoded. libpq ends the password at the first @
+    and takes the rest for the host, then prints that host (part of the password) in its error."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return url
+    userinfo, _, host = netloc.rpartition("@")
+    if "@" not in userinfo:
+        return url
+    user, colon, password = userinfo.partition(":")
+    return url.replace(netloc, f"{user}{colon}{quote(password, safe='%')}@{host}", 1)
+
+
 def _by_row(rows: Sequence[StoredRow], vectors: np.ndarray) -> Iterator[tuple[StoredRow, np.ndarray]]:
     """Each row with its windows' vectors (stacked in row order in `vectors`)."""
     first = 0
@@ -164,7 +178,7 @@ class PostgresStore:
 
     def _connect(self) -> psycopg.Connection:
         try:
-            connection = psycopg.connect(self.url, connect_timeout=int(defaults.REDIS_CONNECT_TIMEOUT))
+            connection = psycopg.connect(_escaped(self.url), connect_timeout=int(defaults.REDIS_CONNECT_TIMEOUT))
             with connection.transaction():
                 missing = connection.execute("SELECT to_regclass('csvembed_meta') IS NULL"
                                              " OR to_regclass('csvembed_deleted_submissions') IS NULL").fetchone()[0]
