@@ -185,7 +185,7 @@ def _check_store(ctx: typer.Context, submission_id: str, missing_ok: bool = Fals
         check_same_store(snapshot.store, settings_of(ctx).db, submission_id)
 
 
-@app.command(short_help="Remove a submission (or a collection): its stored rows, queued jobs and records.")
+@app.command(short_help="Remove a submission or a collection: stored rows, jobs, records.")
 def delete(
     ctx: typer.Context,
     submission_id: Annotated[Optional[str], typer.Argument(metavar="ID", help="A submission id.")] = None,

@@ -12,7 +12,7 @@ db_app = CsvembedTyper(
     name="db",
     help="The store's schema: `csvembed db init` once, by the database's owner, before workers and readers "
     "with fewer rights use it.",
-    short_help="Set up the store (PostgreSQL: tables, indexes and the GRANTs other roles need).",
+    short_help="Set up the store once, as its owner; print the GRANTs.",
     no_args_is_help=True,
 )
 
