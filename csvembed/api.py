@@ -32,7 +32,7 @@ from csvembed.submissions import Snapshot, SubmissionRecords
 
 if TYPE_CHECKING:  # these import pandas, numpy or the store: only when used
     from csvembed.broker import LocalRedis
-    from csvembed.delete import Deleted
+    from csvembed.delete import Deleted, DeletedCollection
     from csvembed.embedder import Embedder
     from csvembed.producer import SubmitOptions, SubmitResult
     from csvembed.reader import Source
@@ -99,6 +99,7 @@ class Csvembed:
         """Requeue a submission's failed rows; permanent failures only with include_permanent."""
         from csvembed.retry import retry_failed
 
+        self._check_store(self.snapshot(submission_id))
         return retry_failed(self.connection, submission_id, include_permanent=include_permanent)
 
     # --- watching ------------------------------------------------------------------------------------
@@ -179,6 +180,8 @@ class Csvembed:
         """The k stored rows nearest to the query, nearest first (see search.search)."""
         from csvembed.search import search
 
+        if submission is not None and (snapshot := self.records.snapshot(submission)) is not None:
+            self._check_store(snapshot)
         return search(self.settings, query, k, collection=collection, submission=submission, where=where,
                       embedder=lambda: self.query_embedder)
 
@@ -196,6 +199,7 @@ class Csvembed:
 
         _check_format(fmt)
         snapshot = self.snapshot(submission_id)
+        self._check_store(snapshot)
         with reading_store(self.settings.db) as store:
             written = export(store, submission_id, snapshot.columns, fmt, store.dimension, target, windows=windows)
         return Exported(written, self._not_exported(snapshot, written))
@@ -205,7 +209,7 @@ class Csvembed:
         from csvembed.store import reading_store
 
         _check_format(fmt)
-        self.require(submission_id)
+        self._check_store(self.snapshot(submission_id))
         with reading_store(self.settings.db):
             pass
 
@@ -214,12 +218,31 @@ class Csvembed:
         from csvembed.delete import delete_submission
         from csvembed.store import open_existing_store
 
+        self._check_store(self.snapshot(submission_id))
         store = open_existing_store(self.settings.db)
         try:
             return delete_submission(self.connection, store, submission_id)
         finally:
             if store is not None:
                 store.close()
+
+    def delete_collection(self, collection: str) -> DeletedCollection:
+        """Remove a collection from the store: its submissions in Redis, and rows whose records are gone."""
+        from csvembed.delete import delete_collection
+        from csvembed.store import open_existing_store
+
+        store = open_existing_store(self.settings.db)
+        try:
+            return delete_collection(self.connection, store, self.settings.db, collection)
+        finally:
+            if store is not None:
+                store.close()
+
+    def _check_store(self, snapshot: Snapshot) -> None:
+        """Refuse a --db other than the store the submission's rows went to, naming that one."""
+        from csvembed.store import check_same_store
+
+        check_same_store(snapshot.store, self.settings.db, snapshot.id)
 
     def _not_exported(self, snapshot: Snapshot, exported: int) -> list[str]:
         """Why rows of the submission's file are not in its export, so that a short export is never silent."""

@@ -84,3 +84,7 @@ SEARCH_K = 5
 # pgvector HNSW candidates per query (at least 2k). Over 1M clustered rows (bench/pgvector_bench.py):
 # 40 -> recall@10 0.70 in 3.7 ms, 100 -> 0.75 in 4.0 ms, 200 -> 0.88 in 4.8 ms (medians).
 HNSW_EF_SEARCH = 200
+# A filtered PostgreSQL search (--collection, --submission, --where) that matches at most this many
+# windows ranks them all exactly instead of walking the HNSW index, which may stop before it finds k of
+# a small collection among many other rows (it gives up after hnsw.max_scan_tuples).
+EXACT_SEARCH_WINDOWS = 20_000

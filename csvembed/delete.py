@@ -1,16 +1,17 @@
-"""delete: remove a submission's rows, vectors and Redis records."""
+"""delete: remove a submission's (or a whole collection's) rows, vectors and Redis records."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 
 import redis
 from rq import Queue
 
 from csvembed.enqueue import purge_jobs
-from csvembed.errors import UnknownSubmission
+from csvembed.errors import InputError, UnknownSubmission
 from csvembed.jobs import SERIALIZER
-from csvembed.store import Store
+from csvembed.store import Store, store_label
 from csvembed.submissions import SubmissionRecords
 
 
@@ -36,3 +37,28 @@ def delete_submission(connection: redis.Redis, store: Store | None, submission_i
     jobs = purge_jobs(queue, submission_id, taken.last_row)
     rows = store.delete_submission(submission_id) if store is not None else 0
     return Deleted(submission_id, rows, jobs)
+
+
+@dataclass
+class DeletedCollection:
+    collection: str
+    rows: int
+    submissions: list[str]
+
+
+def delete_collection(connection: redis.Redis, store: Store | None, db: str, collection: str) -> DeletedCollection:
+    """Remove a collection: its submissions in this store (records, jobs, rows), then every row left in it,
+    including rows whose submissions are gone from Redis (expired, or a Redis that was reset)."""
+    records = SubmissionRecords(connection)
+    ours = [snapshot.id for snapshot in records.snapshots(records.ids()) if snapshot is not None
+            and snapshot.collection == collection and snapshot.store in ("", store_label(db))]
+    known = store is not None and collection in store.collections()
+    if not ours and not known:
+        raise InputError(f"no collection {collection!r} in {store_label(db)}")
+    rows = 0
+    for submission_id in ours:
+        with suppress(UnknownSubmission):  # deleted meanwhile by someone else
+            rows += delete_submission(connection, store, submission_id).rows
+    if store is not None:
+        rows += store.delete_collection(collection)
+    return DeletedCollection(collection, rows, ours)

@@ -27,7 +27,7 @@ from csvembed.errors import CsvembedError, InputError, UnknownSubmission
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.reader import CsvFile, Source
 from csvembed.rowtext import TextSpec, id_column_index
-from csvembed.store import Store, content_hash, open_store, reading, row_json
+from csvembed.store import Store, content_hash, open_store, other_model, reading, row_json, store_label
 from csvembed.submissions import INTERRUPTED, RUNNING, SubmissionRecords, new_submission_id, record_key
 from csvembed.windows import DEFAULT_OVERLAP, DEFAULT_POLICY, POLICIES
 
@@ -130,6 +130,10 @@ class Producer:
         submission_id = new_submission_id()
         # Standard input has no name to key a collection by: two piped files must not overwrite each other.
         collection = options.collection or (f"stdin-{submission_id}" if source.is_stdin else source.stem)
+        stored_model = store.models(collection).get(collection)
+        if stored_model not in (None, self.model):
+            store.close()
+            raise other_model(collection, stored_model, self.model)
         self.records.create(
             submission_id,
             collection=collection,
@@ -140,6 +144,7 @@ class Producer:
             text=spec.description,
             long_text=options.long_text,
             window_overlap=options.window_overlap,
+            store=store_label(self.db),
         )
         result = SubmitResult(submission_id, collection, options.queue, 0, 0, 0)
         # Ids this submission enqueued: a later row with one of them is never skipped, so the later

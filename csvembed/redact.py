@@ -13,9 +13,10 @@ MASK = "***"
 # scheme://user:password@host or scheme://:password@host. The password runs to the *last* @ before
 # the host, so an unescaped @ inside it is masked too.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^\s]*)@(?=[^@\s]*(?:\s|$))")
-# ?password=... or &password=... in a query string, and libpq's key=value form (password=...).
-_PARAM = re.compile(r"(?P<key>(?:[?&]|\b)(?:password|pass|pwd|passwd|sslpassword)=)(?P<value>'[^']*'|[^&\s]*)",
-                    re.IGNORECASE)
+# ?password=... or &password=... in a query string, libpq's key=value form (password=...) and PGPASSWORD=....
+# A value already masked stays as it is: masking twice must not eat what follows it.
+_PARAM = re.compile(r"(?P<key>(?:[?&]|\b)(?:password|pass|pwd|passwd|sslpassword|pgpassword)=)"
+                    r"(?P<value>\*\*\*(?=[&\s:]|$)|'[^']*'|[^&\s]*)", re.IGNORECASE)
 
 
 def mask_secrets(text: str) -> str:

@@ -28,6 +28,9 @@ def search(
     """
     with reading_store(settings.db) as store:
         check_filters(store, collection, where or {})
+        # A submission's rows are all in its collection: only that collection's model matters.
+        scope = collection if collection is not None or submission is None else store.collection_of(submission)
+        check_model(store, settings.model_id, scope or None)
         model = embedder() if embedder is not None else query_embedder(settings)
         vector = model.encode([query])[0]
         return store.search(vector, k, collection=collection, submission=submission, where=where)
@@ -48,6 +51,27 @@ def check_filters(store: Store, collection: str | None, where: dict[str, str]) -
     for column in where:
         if not store.has_column(column, collection):
             raise InputError(f"unknown column {column!r} in --where; {_listing('columns', store.columns(collection))}")
+
+
+def check_model(store: Store, model: str, collection: str | None) -> None:
+    """Raise InputError unless the rows searched were embedded by `model`: a query vector of another model
+    (even of the same dimension) is not comparable with them."""
+    models = store.models(collection)
+    if collection is not None:
+        if models[collection] != model:
+            raise InputError(f"the collection {collection!r} holds rows of the model {models[collection]}, but"
+                             f" search uses {model}: search with the model it was stored with (--model, --precision)")
+        return
+    if not models:
+        return  # nothing stored: no rows to mistake
+    found = sorted(set(models.values()))
+    if model not in found:
+        raise InputError(f"the store holds rows of the model {' and '.join(found)}, but search uses {model}:"
+                         " search with the model they were stored with (--model, --precision)")
+    if len(found) > 1:
+        mine = ", ".join(name for name, stored in sorted(models.items()) if stored == model)
+        raise InputError(f"the store holds rows of the models {' and '.join(found)}: pick one model's collection"
+                         f" with --collection (those of {model}: {mine})")
 
 
 def _listing(what: str, names: list[str]) -> str:

@@ -182,6 +182,8 @@ class Snapshot:
     rows_windowed: int = 0
     windows: int = 0
     rows_truncated: int = 0
+    # Where its rows go (store_label: a password is never kept); "" in records made before it was kept.
+    store: str = ""
 
     @property
     def finished(self) -> bool:
@@ -235,6 +237,7 @@ def _snapshot(
         rows_windowed=int(fields.get("rows_windowed", 0)),
         windows=int(fields.get("windows", 0)),
         rows_truncated=int(fields.get("rows_truncated", 0)),
+        store=fields.get("store", ""),
     )
 
 
@@ -283,6 +286,7 @@ class SubmissionRecords:
         text: str,
         long_text: str = DEFAULT_POLICY,
         window_overlap: int = DEFAULT_OVERLAP,
+        store: str = "",
     ) -> None:
         """A new record in state submitting, with a lease that the submit process must keep renewing.
 
@@ -305,6 +309,7 @@ class SubmissionRecords:
                     "text": text,
                     "long_text": long_text,
                     "window_overlap": window_overlap,
+                    "store": store,
                     "created_at": now,
                     "total": 0,
                     "skipped": 0,

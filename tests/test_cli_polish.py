@@ -36,7 +36,7 @@ COMMANDS = """\
 Commands:
   search    Find the stored rows nearest to a query.
   export    Write a submission's rows and vectors as JSONL, CSV or Parquet.
-  delete    Remove a submission: its stored rows, queued jobs and records.
+  delete    Remove a submission or a collection: stored rows, jobs, records.
   submit    Queue one embedding job per CSV row; print the submission id.
   worker    Embed queued rows and store them.
   failures  List the rows of a submission that failed for good, and why.
@@ -45,6 +45,7 @@ Commands:
   list      List the submissions, newest first, with their state.
   workers   List the live workers: queues, batch size, rows done.
   redis     Show or stop the embedded Redis server.
+  db        Set up the store once, as its owner; print the GRANTs.
 """
 
 SUBMIT_HELP = """\
@@ -117,7 +118,7 @@ def test_submit_help_reads_like_a_hand_written_tool():
 @pytest.mark.parametrize(("command", "usage"), [
     ("search", "csvembed search [OPTIONS] QUERY"),
     ("export", "csvembed export [OPTIONS] ID"),
-    ("delete", "csvembed delete [OPTIONS] ID"),
+    ("delete", "csvembed delete [OPTIONS] [ID]"),
     ("failures", "csvembed failures [OPTIONS] ID"),
     ("retry", "csvembed retry [OPTIONS] ID"),
     ("status", "csvembed status [OPTIONS] [ID]"),

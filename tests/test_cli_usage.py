@@ -106,6 +106,7 @@ def stored(env, submit, drain, fake_embedder, monkeypatch):
            text_columns=("b",), collection="food")
     drain(model=fake_embedder)
     monkeypatch.setattr("csvembed.search.load_embedder", lambda settings, **options: fake_embedder)
+    monkeypatch.setenv("CSVEMBED_MODEL", fake_embedder.name)  # search refuses a model other than the rows'
     return first.id
 
 
@@ -151,10 +152,12 @@ def test_a_known_column_without_a_matching_value_is_no_match(stored):
 def test_search_and_export_of_a_missing_store(stored, env, monkeypatch):
     monkeypatch.setattr("csvembed.search.load_embedder", no_model)
     missing = env.dir / "elsewhere" / "none.db"
-    for args in (["search", "boots"], ["export", stored]):
-        result = cli("--db", str(missing), *args)
-        assert (result.exit_code, result.stdout, result.stderr) == (
-            2, "", f"csvembed: error: no store at {missing}: nothing has been stored there yet\n")
+    result = cli("--db", str(missing), "search", "boots")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, "", f"csvembed: error: no store at {missing}: nothing has been stored there yet\n")
+    result = cli("--db", str(missing), "export", stored)  # the submission's rows are elsewhere
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, "", f"csvembed: error: submission {stored} stored its rows in {env.db}, not {missing}: use --db {env.db}\n")
     assert not missing.parent.exists()
 
 

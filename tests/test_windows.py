@@ -7,6 +7,7 @@ words, so a window's vector is the hash of exactly the window's text and spans c
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import apsw
 import numpy as np
@@ -284,7 +285,7 @@ def test_search_json_names_the_matching_window(env, submit, drain, words, monkey
                     window_overlap=2)
     drain(model=words)
     monkeypatch.setattr(csvembed.search, "load_embedder", lambda settings, **options: words)
-    [hit] = csvembed.search.search(env.settings, WORDS[18:45], 1)
+    [hit] = csvembed.search.search(replace(env.settings, model=words.name), WORDS[18:45], 1)
     assert (hit.id, hit.submission, hit.match, hit.distance) == ("long", result.id, {"start": 18, "end": 45},
                                                                 pytest.approx(0, abs=1e-6))
 

@@ -129,13 +129,28 @@ def _write(path: Path | None, write: Callable[[BinaryIO], Exported]) -> Exported
         raise
 
 
-@app.command(short_help="Remove a submission: its stored rows, queued jobs and records.")
+@app.command(short_help="Remove a submission or a collection: stored rows, jobs, records.")
 def delete(
     ctx: typer.Context,
-    submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
+    submission_id: Annotated[Optional[str], typer.Argument(metavar="ID", help="A submission id.")] = None,
+    collection: Annotated[Optional[str], typer.Option(
+        metavar="NAME", help="Instead of ID: every row of this collection, and its submissions.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove a submission: its stored rows and vectors, its queued jobs and its records in Redis."""
+    """Remove a submission: its stored rows and vectors, its queued jobs and its records in Redis.
+
+    --collection NAME removes a whole collection from the store, with its submissions in Redis, and rows
+    whose submission records are gone too.
+    """
+    if (submission_id is None) == (collection is None):
+        raise InputError("give either a submission ID or --collection NAME")
+    if collection is not None:
+        gone = api_of(ctx).delete_collection(collection)
+        if as_json:
+            print_json(gone.__dict__)
+        say(f"deleted collection {collection}: {count(gone.rows, 'stored row')} and their vectors,"
+            f" {count(len(gone.submissions), 'submission')}")
+        return
     deleted = api_of(ctx).delete(submission_id)
     if as_json:
         print_json(deleted.__dict__)

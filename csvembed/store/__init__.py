@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from csvembed.errors import NoStore
+from csvembed.errors import InputError, NoStore
+from csvembed.redact import mask_secrets
 from csvembed.store.base import (
     COLUMNS_SAMPLE,
     LATER_WINS,
@@ -19,17 +20,33 @@ from csvembed.store.base import (
     Store,
     StoredRow,
     content_hash,
+    other_model,
     reading,
     row_json,
     row_vector,
 )
 
-__all__ = ["COLUMNS_SAMPLE", "LATER_WINS", "Hit", "Store", "StoredRow", "content_hash", "is_postgres_url",
-           "open_existing_store", "open_store", "reading_store", "reading", "row_json", "row_vector"]
+__all__ = ["COLUMNS_SAMPLE", "LATER_WINS", "Hit", "Store", "StoredRow", "check_same_store", "content_hash",
+           "is_postgres_url", "open_existing_store", "open_store", "other_model", "reading", "reading_store",
+           "row_json", "row_vector", "store_label"]
 
 
 def is_postgres_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
+
+
+def store_label(db: str) -> str:
+    """Where a submission's rows go, as its record keeps it: a URL with its password masked (never stored), or
+    a SQLite file's absolute path. Two URLs that differ only in their password name the same store."""
+    return mask_secrets(db) if is_postgres_url(db) else str(Path(db).expanduser().absolute())
+
+
+def check_same_store(recorded: str, db: str, submission_id: str) -> None:
+    """Refuse a --db other than the one a submission stored its rows in (records made before this have none):
+    a delete there would drop its records and leave its rows behind."""
+    if recorded and recorded != store_label(db):
+        raise InputError(f"submission {submission_id} stored its rows in {recorded}, not {store_label(db)}:"
+                         f" use --db {recorded}")
 
 
 def open_store(db: str) -> Store:

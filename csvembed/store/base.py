@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from csvembed.errors import InputError
+
 # How many stored rows `columns()` samples to list a collection's columns in a message.
 COLUMNS_SAMPLE = 1000
 
@@ -85,6 +87,13 @@ class Hit:
     match: dict[str, int] | None = None
 
 
+def other_model(collection: str, stored: str, model: str) -> InputError:
+    """Why rows of `model` may not go into a collection of `stored`: vectors of two models (even of one
+    dimension) are not comparable, and a write would silently replace rows of the other model."""
+    return InputError(f"the collection {collection!r} holds rows of the model {stored}, not {model}: use another"
+                      f" --collection, or delete the collection first (csvembed delete --collection {collection})")
+
+
 def row_vector(windows: np.ndarray) -> np.ndarray:
     """One vector for a row: its only window's, or the normalised mean of its windows."""
     if len(windows) == 1:
@@ -106,6 +115,9 @@ class Store(Protocol):
         id replaces the row and all of its windows (later row wins)."""
 
     def stored_hashes(self, collection: str, ids: Sequence[str]) -> dict[str, str]: ...
+
+    def models(self, collection: str | None = None) -> dict[str, str]:
+        """The model of each collection (of this one only, if given): every row of a collection has one."""
 
     def search(self, query: np.ndarray, k: int, collection: str | None = None, submission: str | None = None,
                where: dict[str, str] | None = None) -> list[Hit]: ...
@@ -130,6 +142,9 @@ class Store(Protocol):
         """Whether any stored row has this original column (exact)."""
 
     def delete_submission(self, submission: str) -> int: ...
+
+    def delete_collection(self, collection: str) -> int:
+        """Remove every row of a collection, whichever submission wrote it; returns how many."""
 
     def counts(self) -> tuple[int, int]:
         """(rows, windows); windows whose row is gone are counted too, so orphans show."""

@@ -5,9 +5,12 @@ normalised mean of its windows); `csvembed_windows` holds each window's vector a
 keyed by (collection, id, window_index) and deleted with its row (ON DELETE CASCADE). A batch is
 one transaction: `INSERT ... ON CONFLICT (collection, id) DO UPDATE` of the rows, then the written
 rows' windows deleted and inserted again, so a retried row is stored once with exactly its windows.
-The vector columns' dimension comes from the first model that writes, and is recorded, so another
-model cannot share the tables by accident. Search uses an HNSW index on the windows (cosine
-distance), keeping each row's best window; a GIN index on the jsonb row makes `--where col=value` an
+The vector columns' dimension comes from `csvembed db init` or the first model that writes, and is
+recorded, so another model cannot share the tables by accident; a collection holds rows of one model.
+A command only checks that the schema is there: DDL runs only when something is missing, so roles
+that may only read, or read and write rows, work once an owner ran `csvembed db init`.
+Search uses an HNSW index on the windows (cosine distance), keeping each row's best window; a filter
+that matches few windows ranks them exactly instead; a GIN index on the jsonb row makes `--where col=value` an
 indexed filter. A store made before windows is migrated when opened: each row's vector becomes its
 one window.
 """
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from itertools import groupby
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import psycopg
@@ -27,7 +31,7 @@ from psycopg.types.json import Jsonb
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
 from csvembed.redact import MASK, mask_secrets
-from csvembed.store.base import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow, row_vector
+from csvembed.store.base import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow, other_model, row_vector
 
 # Search asks for this many windows per row wanted, more while windows of the same rows crowd them
 # out, up to SEARCH_WINDOWS windows.
@@ -39,6 +43,8 @@ SCHEMA_LOCK = 0x637365  # an advisory lock id: first writers must not race on CR
 # submission's rows hold it shared, its delete exclusive, so that under READ COMMITTED no write can
 # commit rows after the delete's tombstone check. The two-part key space is apart from SCHEMA_LOCK's.
 SUBMISSION_LOCKS = 0x637366
+# The first rows of a collection are written by one transaction at a time, so two models cannot both start it.
+COLLECTION_LOCKS = 0x637367
 
 TOMBSTONES = """
 CREATE TABLE IF NOT EXISTS csvembed_deleted_submissions(
@@ -98,12 +104,41 @@ VALUES (%s, %s, %s, %s, %s, %s, %s)
 """
 
 
+TABLES = ("csvembed_meta", "csvembed_rows", "csvembed_windows", "csvembed_deleted_submissions")
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def grants(schema: str, worker_role: str, reader_role: str) -> list[str]:
+    """What a worker role (store and delete rows) and a reader role (search, export) need: no DDL right."""
+    tables = ", ".join(f"{_quoted(schema)}.{table}" for table in TABLES)
+    return [f"GRANT USAGE ON SCHEMA {_quoted(schema)} TO {_quoted(worker_role)}, {_quoted(reader_role)};",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {_quoted(worker_role)};",
+            f"GRANT SELECT ON {tables} TO {_quoted(reader_role)};"]
+
+
 def _password(url: str) -> str | None:
     """The URL's password as written, to take out of libpq's messages; None if it has none or is unparsable."""
     try:
         return urlsplit(url).password
     except ValueError:  # mask_secrets still masks the password wherever the message repeats the URL
         return None
+
+
+def _escaped(url: str) -> str:
+    """The URL with an unescaped @ in its password percent-encoded. libpq ends the password at the first @
+    and takes the rest for the host, then prints that host (part of the password) in its error."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return url
+    userinfo, _, host = netloc.rpartition("@")
+    if "@" not in userinfo:
+        return url
+    user, colon, password = userinfo.partition(":")
+    return url.replace(netloc, f"{user}{colon}{quote(password, safe='%')}@{host}", 1)
 
 
 def _by_row(rows: Sequence[StoredRow], vectors: np.ndarray) -> Iterator[tuple[StoredRow, np.ndarray]]:
@@ -143,12 +178,16 @@ class PostgresStore:
 
     def _connect(self) -> psycopg.Connection:
         try:
-            connection = psycopg.connect(self.url, connect_timeout=int(defaults.REDIS_CONNECT_TIMEOUT))
+            connection = psycopg.connect(_escaped(self.url), connect_timeout=int(defaults.REDIS_CONNECT_TIMEOUT))
             with connection.transaction():
-                connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                connection.execute(META)
+                missing = connection.execute("SELECT to_regclass('csvembed_meta') IS NULL"
+                                             " OR to_regclass('csvembed_deleted_submissions') IS NULL").fetchone()[0]
+            if missing:
+                self._create(connection, None)
+            with connection.transaction():
                 _migrate_windows(connection)
+        except psycopg.errors.InsufficientPrivilege:
+            raise self._init_needed() from None
         except psycopg.Error as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             # libpq's messages may repeat the whole URL, or quote the password alone (a bad %-escape).
@@ -157,6 +196,41 @@ class PostgresStore:
             raise ServiceUnavailable(f"cannot use the store {self.path}: {shown}") from None
         register_vector(connection)
         return connection
+
+    def _init_needed(self) -> ServiceUnavailable:
+        return ServiceUnavailable(f"the store {self.path} lacks csvembed's tables and this role may not create them:"
+                                  f" run `csvembed db init --db {self.path}` first, as the database's owner")
+
+    @staticmethod
+    def _create(connection: psycopg.Connection, dimension: int | None) -> None:
+        """The extension and the tables (the vector tables only once a dimension is known), in one transaction."""
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            connection.execute(META)
+            connection.execute(TOMBSTONES)
+            if dimension is not None and connection.execute(
+                    "SELECT 1 FROM csvembed_meta WHERE key = 'dimension'").fetchone() is None:
+                connection.execute(ROWS.format(dimension=int(dimension)))
+                connection.execute(WINDOWS.format(dimension=int(dimension)))
+                connection.execute("INSERT INTO csvembed_meta(key, value) VALUES ('dimension', %s)", (str(dimension),))
+
+    @property
+    def schema(self) -> str:
+        """Where the tables are: the first schema of the role's search_path."""
+        found = self._usable().execute("SELECT current_schema()").fetchone()[0]
+        self.connection.commit()
+        return found
+
+    def create_schema(self, dimension: int) -> None:
+        """`csvembed db init`: every table and index, so that commands never need to run DDL."""
+        try:
+            self._create(self._usable(), dimension)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ServiceUnavailable(f"cannot set up the store {self.path}: {mask_secrets(str(exc).strip())}"
+                                     " (run `csvembed db init` as the database's owner)") from None
+        if self.dimension != dimension:
+            raise InputError(f"the store {self.path} holds {self.dimension}-dimensional vectors, not {dimension}")
 
     def _usable(self) -> psycopg.Connection:
         """The connection, re-made if the server restarted under it."""
@@ -192,18 +266,31 @@ class PostgresStore:
             raise InputError(f"the store {self.path} holds {existing[0]}-dimensional vectors, but the model gives"
                              f" {dimension}: use another --db for another model")
 
-    def _ensure_tombstones(self) -> None:
-        """The table of deleted submissions; older stores and a delete before any write lack it."""
-        if self.connection.execute("SELECT to_regclass('csvembed_deleted_submissions')").fetchone()[0] is None:
-            self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            self.connection.execute(TOMBSTONES)
+    def _model_of(self, collection: str) -> str | None:
+        found = self.connection.execute("SELECT model FROM csvembed_rows WHERE collection = %s LIMIT 1",
+                                        (collection,)).fetchone()
+        return found[0] if found else None
+
+    def _check_models(self, rows: Sequence[StoredRow]) -> None:
+        """Refuse rows of a model other than their collection's (InputError)."""
+        for collection, model in sorted({(row.collection, row.model) for row in rows}):
+            stored = self._model_of(collection)
+            if stored is None:
+                self.connection.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                                        (COLLECTION_LOCKS, collection))
+                stored = self._model_of(collection)  # a first writer may have committed meanwhile
+            if stored is not None and stored != model:
+                raise other_model(collection, stored, model)
 
     def write(self, rows: Sequence[StoredRow], vectors: np.ndarray) -> None:
         """Upsert rows and vectors in one transaction, leaving out rows of deleted submissions."""
         connection = self._usable()
-        with connection.transaction(), connection.cursor() as cursor:
-            self._ensure_table(vectors.shape[1])
-            self._ensure_tombstones()
+        with self._writing(), connection.transaction(), connection.cursor() as cursor:
+            try:
+                self._ensure_table(vectors.shape[1])
+            except psycopg.errors.InsufficientPrivilege:
+                raise self._init_needed() from None
+            self._check_models(rows)
             # Shared locks in one order (no deadlock between writers), held until commit; then the
             # tombstone check sees every delete that committed, and no delete can commit meanwhile.
             submissions = sorted({row.submission for row in rows})
@@ -241,6 +328,14 @@ class PostgresStore:
             cursor.nextset()
         return list(written.values())
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A role that may not write (a reader) gets one line, not a traceback."""
+        try:
+            yield
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ServiceUnavailable(f"cannot write to the store {self.path}: {str(exc).strip()}") from None
+
     def _read(self, query: str, params: Sequence) -> list[tuple]:
         connection = self._usable()
         if self.dimension is None:
@@ -261,8 +356,13 @@ class PostgresStore:
         submission: str | None = None,
         where: dict[str, str] | None = None,
     ) -> list[Hit]:
-        """The k rows whose best window is nearest by cosine distance (HNSW index), nearest first: the `wanted`
-        nearest windows are kept one per row, and more are asked for while fewer than k rows remain."""
+        """The k rows whose best window is nearest by cosine distance, nearest first.
+
+        A filter that matches at most EXACT_SEARCH_WINDOWS windows ranks all of them (exact, and fast on
+        so few); otherwise the HNSW index gives the `wanted` nearest windows, kept one per row, and more
+        are asked for while fewer than k rows remain. If the index still gives fewer than k rows of a
+        filter, the exact ranking does: k rows come back whenever k rows match.
+        """
         if self.dimension is None:
             return []
         filters, params = "", [np.asarray(query, dtype=np.float32)]
@@ -273,13 +373,36 @@ class PostgresStore:
         if where:
             filters += " AND (collection, id) IN (SELECT collection, id FROM csvembed_rows WHERE row @> %s)"
             params.append(Jsonb(where))
-        wanted = min(k * OVERSAMPLE, SEARCH_WINDOWS)
-        while True:
-            windows, found = self._nearest_rows(filters, params, wanted, k)
-            if len(found) >= k or windows < wanted or wanted == SEARCH_WINDOWS:
-                return [Hit(c, s, n, i, float(d), t, r, {"start": start, "end": end})
-                        for _, c, s, n, i, d, t, r, start, end in found]
-            wanted = min(wanted * OVERSAMPLE, SEARCH_WINDOWS)
+        if filters and self._matching(filters, params[1:]) <= defaults.EXACT_SEARCH_WINDOWS:
+            found = self._exact_rows(filters, params, k)
+        else:
+            wanted = min(k * OVERSAMPLE, SEARCH_WINDOWS)
+            while True:
+                windows, found = self._nearest_rows(filters, params, wanted, k)
+                if len(found) >= k or windows < wanted or wanted == SEARCH_WINDOWS:
+                    break
+                wanted = min(wanted * OVERSAMPLE, SEARCH_WINDOWS)
+            if len(found) < k and filters:
+                found = self._exact_rows(filters, params, k)
+        return [Hit(c, s, n, i, float(d), t, r, {"start": start, "end": end})
+                for _, c, s, n, i, d, t, r, start, end in found]
+
+    def _matching(self, filters: str, params: list) -> int:
+        """How many windows pass the filters, counted up to one past EXACT_SEARCH_WINDOWS."""
+        (count,) = self._read(f"SELECT count(*) FROM (SELECT 1 FROM csvembed_windows WHERE true{filters} LIMIT %s) m",
+                              (*params, defaults.EXACT_SEARCH_WINDOWS + 1))[0]
+        return count
+
+    def _exact_rows(self, filters: str, params: list, k: int) -> list[tuple]:
+        """The k rows of the best windows among all that pass the filters, ranked exactly (no index: the
+        distances are computed in a materialized CTE, which the planner cannot order by an index)."""
+        return self._read(
+            "WITH scored AS MATERIALIZED (SELECT collection, id, char_start, char_end, embedding <=> %s AS distance"
+            " FROM csvembed_windows WHERE true" + filters + "), best AS (SELECT DISTINCT ON (collection, id) *"
+            " FROM scored ORDER BY collection, id, distance)"
+            " SELECT 0, r.collection, r.submission, r.row_number, r.id, b.distance, r.text, r.row, b.char_start,"
+            " b.char_end FROM best b JOIN csvembed_rows r USING (collection, id) ORDER BY b.distance LIMIT %s",
+            (*params, k))
 
     def _nearest_rows(self, filters: str, params: list, wanted: int, k: int) -> tuple[int, list[tuple]]:
         """(windows looked at, rows): the `wanted` nearest windows, then the k rows of the best ones."""
@@ -332,6 +455,12 @@ class PostgresStore:
         found = self._read("SELECT collection FROM csvembed_rows WHERE submission = %s LIMIT 1", (submission,))
         return found[0][0] if found else ""
 
+    def models(self, collection: str | None = None) -> dict[str, str]:
+        """The model of each collection, from any one of its rows (the primary key finds it)."""
+        scope, params = (" WHERE collection = %s", (collection,)) if collection is not None else ("", ())
+        return dict(self._read("SELECT collection, (SELECT model FROM csvembed_rows r WHERE r.collection = c.collection"
+                               f" LIMIT 1) FROM (SELECT DISTINCT collection FROM csvembed_rows{scope}) c", params))
+
     def collections(self) -> list[str]:
         """The collections that hold stored rows, by name."""
         return [name for (name,) in self._read("SELECT DISTINCT collection FROM csvembed_rows ORDER BY 1", ())]
@@ -352,8 +481,7 @@ class PostgresStore:
     def delete_submission(self, submission: str) -> int:
         """Remove a submission's rows, and leave a tombstone that refuses its later writes, in one transaction."""
         connection = self._usable()
-        with connection.transaction():
-            self._ensure_tombstones()
+        with self._writing(), connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (SUBMISSION_LOCKS, submission))
             connection.execute("INSERT INTO csvembed_deleted_submissions(submission) VALUES (%s)"
                                " ON CONFLICT DO NOTHING", (submission,))
@@ -361,6 +489,20 @@ class PostgresStore:
             if connection.execute("SELECT to_regclass('csvembed_rows')").fetchone()[0] is None:
                 return 0
             return connection.execute("DELETE FROM csvembed_rows WHERE submission = %s", (submission,)).rowcount
+
+    def delete_collection(self, collection: str) -> int:
+        """Remove a collection's rows (their windows cascade), tombstoning the submissions that wrote them."""
+        if self.dimension is None:
+            return 0
+        connection = self._usable()
+        with self._writing(), connection.transaction():
+            submissions = [s for (s,) in connection.execute(
+                "SELECT DISTINCT submission FROM csvembed_rows WHERE collection = %s", (collection,))]
+            connection.execute("SELECT pg_advisory_xact_lock(%s, hashtext(s)) FROM unnest(%s::text[]) AS s"
+                               " ORDER BY hashtext(s)", (SUBMISSION_LOCKS, submissions))
+            connection.execute("INSERT INTO csvembed_deleted_submissions(submission) SELECT unnest(%s::text[])"
+                               " ON CONFLICT DO NOTHING", (submissions,))
+            return connection.execute("DELETE FROM csvembed_rows WHERE collection = %s", (collection,)).rowcount
 
     def counts(self) -> tuple[int, int]:
         found = self._read("SELECT (SELECT count(*) FROM csvembed_rows), (SELECT count(*) FROM csvembed_windows)", ())

@@ -30,7 +30,7 @@ import sqlite_vec
 
 from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
-from csvembed.store.base import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow, row_vector
+from csvembed.store.base import COLUMNS_SAMPLE, LATER_WINS, Hit, StoredRow, other_model, row_vector
 from csvembed.windows import MAX_WINDOWS
 
 SCHEMA_VERSION = "1"
@@ -218,6 +218,10 @@ class SqliteStore:
         now = time.time()
         with self._immediate():
             self._ensure_vectors_table(vectors.shape[1])
+            for collection, model in sorted({(row.collection, row.model) for row in rows}):
+                stored = self.models(collection).get(collection)
+                if stored is not None and stored != model:
+                    raise other_model(collection, stored, model)
             # A submission deleted while a worker held its rows: BEGIN IMMEDIATE orders this check
             # against the delete's transaction, so nothing of it is written after the delete.
             deleted = self._deleted({row.submission for row in rows})
@@ -341,6 +345,13 @@ class SqliteStore:
         return [Hit(c, s, n, i, d, t, json.loads(j), {"start": start, "end": end})
                 for rowid, d, start, end in best for c, s, n, i, t, j in [rows[rowid]]]
 
+    def models(self, collection: str | None = None) -> dict[str, str]:
+        """The model of each collection, from any one of its rows (the UNIQUE(collection, id) index finds it)."""
+        scope, params = (" WHERE collection = ?", (collection,)) if collection is not None else ("", ())
+        return dict(self.connection.execute(
+            "SELECT collection, (SELECT model FROM rows r WHERE r.collection = c.collection LIMIT 1)"
+            f" FROM (SELECT DISTINCT collection FROM rows{scope}) c", params))
+
     def collections(self) -> list[str]:
         """The collections that hold stored rows, by name."""
         return [name for (name,) in self.connection.execute("SELECT DISTINCT collection FROM rows ORDER BY 1")]
@@ -402,6 +413,21 @@ class SqliteStore:
                 self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?",
                                             [window_id for row in rows for window_id in _window_ids(*row)])
             self.connection.execute("DELETE FROM rows WHERE submission = ?", (submission,))
+        return len(rows)
+
+    def delete_collection(self, collection: str) -> int:
+        """Remove a collection's rows and windows, tombstoning the submissions that wrote them (a batch a
+        worker still holds is refused), in one transaction; returns how many rows."""
+        with self._immediate():
+            self.connection.execute("INSERT OR REPLACE INTO deleted_submissions(submission, deleted_at)"
+                                    " SELECT DISTINCT submission, ? FROM rows WHERE collection = ?",
+                                    (time.time(), collection))
+            rows = self.connection.execute("SELECT rowid, windows FROM rows WHERE collection = ?",
+                                           (collection,)).fetchall()
+            if self.dimension is not None:
+                self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?",
+                                            [window_id for row in rows for window_id in _window_ids(*row)])
+            self.connection.execute("DELETE FROM rows WHERE collection = ?", (collection,))
         return len(rows)
 
     def counts(self) -> tuple[int, int]:

@@ -1,0 +1,84 @@
+"""Least privilege on PostgreSQL: an owner runs `csvembed db init` once; workers and readers need no DDL right."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from test_shared_store import rows_of, unit_vectors
+from typer.testing import CliRunner
+
+from csvembed.cli import app
+from csvembed.errors import ServiceUnavailable
+from csvembed.redact import mask_secrets
+from csvembed.store import StoredRow, open_existing_store, open_store
+
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("env", ["postgres"], indirect=True)]
+
+
+def as_role(url: str, role: str) -> str:
+    """The test database's URL for another role (local connections are trusted by the test server)."""
+    return url.replace("postgresql://postgres:@", f"postgresql://{role}@", 1)
+
+
+@pytest.fixture
+def roles(env):
+    """A worker and a reader role that may connect and nothing more, until granted."""
+    with psycopg.connect(env.db, autocommit=True) as owner:
+        for role in ("ce_writer", "ce_reader"):  # roles belong to the server: an earlier test may have made them
+            if owner.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                owner.execute(f"CREATE ROLE {role} LOGIN")
+    return as_role(env.db, "ce_writer"), as_role(env.db, "ce_reader")
+
+
+def test_a_role_without_ddl_rights_is_told_to_run_db_init(env, roles):
+    writer, _ = roles
+    with pytest.raises(ServiceUnavailable) as refused:
+        open_store(writer)
+    shown = mask_secrets(writer)
+    assert str(refused.value) == (f"the store {shown} lacks csvembed's tables and this role may not create them:"
+                                  f" run `csvembed db init --db {shown}` first, as the database's owner")
+
+
+def test_db_init_prints_the_grants_a_worker_and_a_reader_need(env, roles):
+    writer, reader = roles
+    result = CliRunner().invoke(app, ["db", "init", "--db", env.db, "--dimension", "16", "--worker-role", "ce_writer",
+                                      "--reader-role", "ce_reader"], prog_name="csvembed")
+    assert result.exit_code == 0, result.output
+    tables = ('"public".csvembed_meta, "public".csvembed_rows, "public".csvembed_windows,'
+              ' "public".csvembed_deleted_submissions')
+    statements = ['GRANT USAGE ON SCHEMA "public" TO "ce_writer", "ce_reader";',
+                  f'GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO "ce_writer";',
+                  f'GRANT SELECT ON {tables} TO "ce_reader";']
+    assert result.stdout.splitlines() == statements
+    with psycopg.connect(env.db, autocommit=True) as owner:
+        for statement in statements:
+            owner.execute(statement)
+
+    store = open_store(writer)
+    store.write(rows_of("books", "model-a", 3), unit_vectors(3, 16, 1))
+    store.write([StoredRow("books", "r0", "s2", 0, "again", "{}", "model-a")], unit_vectors(1, 16, 2))
+    assert store.delete_submission("s2") == 1
+    store.close()
+
+    store = open_existing_store(reader, read_only=True)
+    try:
+        stored = unit_vectors(3, 16, 1)
+        assert [hit.id for hit in store.search(stored[2], 2, collection="books")] == ["r2", "r1"]
+        assert [hit.id for hit in store.search(stored[2], 5, where={"n": "1"})] == ["r1"]
+        assert [row_id for row_id, *_ in store.rows_of_submission("s1")] == ["r1", "r2"]
+        assert store.models() == {"books": "model-a"}
+        with pytest.raises(ServiceUnavailable) as refused:
+            store.write(rows_of("books", "model-a", 1, submission="s3"), unit_vectors(1, 16, 3))
+        assert str(refused.value) == (f"cannot write to the store {mask_secrets(reader)}: permission denied for"
+                                      " table csvembed_rows")
+    finally:
+        store.close()
+    assert store_counts_as(env.db) == (2, 2)
+
+
+def store_counts_as(url: str) -> tuple[int, int]:
+    store = open_store(url)
+    try:
+        return store.counts()
+    finally:
+        store.close()

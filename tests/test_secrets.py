@@ -1,0 +1,39 @@
+"""A database password never reaches the screen, however it is written: in the userinfo (even with an @),
+as ?password=, in a libpq conninfo string or as PGPASSWORD=."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from csvembed.cli import app
+from csvembed.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
+from csvembed.redact import mask_secrets
+
+SECRET = "Sw0rdf1sh"
+
+CASES = {  # --db as written -> (exit code, what stderr must hold)
+    f"postgresql://u:p@{SECRET}@127.0.0.1:1/db": (EXIT_UNAVAILABLE, "the store postgresql://u:***@127.0.0.1:1/db:"),
+    f"postgresql://u@127.0.0.1:1/db?password={SECRET}&sslmode=disable":
+        (EXIT_UNAVAILABLE, "the store postgresql://u@127.0.0.1:1/db?password=***&sslmode=disable:"),
+    f"postgresql:///db?host=127.0.0.1&port=1&password={SECRET}":
+        (EXIT_UNAVAILABLE, "postgresql:///db?host=127.0.0.1&port=1&password=***:"),
+    f"host=127.0.0.1 port=1 password={SECRET} dbname=db":
+        (EXIT_BAD_INPUT, "host=127.0.0.1 port=1 password=*** dbname=db"),
+}
+
+
+@pytest.mark.parametrize("db", list(CASES))
+def test_a_store_password_never_shows_in_a_failed_command(db, env):
+    code, shown = CASES[db]
+    result = CliRunner().invoke(app, ["--db", db, "search", "anything"], prog_name="csvembed")
+    assert result.exit_code == code
+    assert SECRET not in result.output and SECRET not in result.stderr
+    assert shown in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_every_form_of_password_is_masked():
+    assert mask_secrets(f"PGPASSWORD={SECRET} psql") == "PGPASSWORD=*** psql"
+    assert mask_secrets(f"password='{SECRET} x' host=h") == "password=*** host=h"
+    assert mask_secrets(f"postgresql://u:a@b@{SECRET}@h/db") == "postgresql://u:***@h/db"
