@@ -226,3 +226,71 @@ def test_search_export_failures_retry_delete(client, env, api, drain, fake_embed
     assert deleted == {"id": submission, "rows": 320, "jobs": deleted["jobs"]}
     assert client.get(f"/submissions/{submission}").status_code == 404
     assert client.get(f"/submissions/{submission}/export").status_code == 404
+
+
+def test_metrics_match_status_and_the_batches_run(client, env, api, drain, fake_embedder):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    submission = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS).json()["id"]
+    drain(batch_size=64, model=fake_embedder)
+    status = client.get(f"/submissions/{submission}").json()
+    families = {family.name: family for family in text_string_to_metric_families(client.get("/metrics").text)}
+    assert all(name.startswith("csvembed_") for name in families)
+
+    def value(family: str, sample_name: str, **labels) -> float:
+        return next(sample.value for sample in families[family].samples
+                    if sample.name == sample_name and sample.labels == labels)
+
+    for figure in ("done", "failed", "skipped"):
+        assert value(f"csvembed_rows_{figure}", f"csvembed_rows_{figure}_total", queue="csvembed") == status[figure]
+    assert value("csvembed_rows_enqueued", "csvembed_rows_enqueued_total", queue="csvembed") == status["total"]
+    assert value("csvembed_queue_rows_waiting", "csvembed_queue_rows_waiting", queue="csvembed") == 0
+    assert value("csvembed_submissions", "csvembed_submissions", state="done") == 1
+    batches = len(fake_embedder.calls)
+    assert batches == 5  # 320 rows in batches of 64
+    histogram = "csvembed_batch_duration_seconds"
+    assert value(histogram, f"{histogram}_count", queue="csvembed") == batches
+    assert value(histogram, f"{histogram}_bucket", queue="csvembed", le="+Inf") == batches
+
+
+def test_a_token_guards_every_route_but_healthz(api):
+    with Served(api, token="s3cret") as client:
+        assert client.get("/healthz").status_code == 200
+        for path in ("/submissions", "/events", "/metrics", "/openapi.json", "/docs"):
+            refused = client.get(path)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert client.get("/submissions", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/submissions", headers={"Authorization": "Bearer s3cret"}).json() == []
+        assert client.get("/submissions", params={"token": "s3cret"}).status_code == 200  # EventSource's way
+        assert client.get("/submissions", params={"token": "s3cre"}).status_code == 401
+
+
+def test_openapi_lists_every_route(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {path: sorted(methods) for path, methods in paths.items()} == {
+        "/submissions": ["get", "post"],
+        "/submissions/{submission_id}": ["delete", "get"],
+        "/submissions/{submission_id}/failures": ["get"],
+        "/submissions/{submission_id}/retry": ["post"],
+        "/submissions/{submission_id}/export": ["get"],
+        "/submissions/{submission_id}/events": ["get"],
+        "/events": ["get"],
+        "/search": ["get"],
+        "/workers": ["get"],
+        "/healthz": ["get"],
+        "/metrics": ["get"],
+    }
+    assert set(paths["/submissions"]["post"]["requestBody"]["content"]) == {"text/csv", "multipart/form-data"}
+
+
+def test_serve_refuses_another_host_without_a_token(env, monkeypatch):
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    monkeypatch.delenv("CSVEMBED_TOKEN", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "csvembed: error: --host 0.0.0.0 can be reached from other machines: set a token first (--token or"
+        " CSVEMBED_TOKEN)"]
