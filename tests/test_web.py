@@ -340,3 +340,15 @@ def test_serve_and_a_real_worker_agree_with_the_cli(env, tmp_path):
         server.terminate()
         assert server.wait(10) in (0, -15)
     assert b"t0ken" not in server.stderr.read()
+
+
+def test_a_stalled_upload_is_cut_off(api, env):
+    def stalling() -> Iterator[bytes]:
+        yield b"sku,title\n"
+        time.sleep(1.5)
+        yield b"1,a\n"
+
+    with Served(api, read_timeout=0.3) as client:
+        response = client.post("/submissions", content=stalling(), headers={"Content-Type": "text/csv"})
+    assert response.status_code == 408
+    assert queued_keys(env) == []
