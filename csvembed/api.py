@@ -25,12 +25,13 @@ import redis
 from csvembed import defaults
 from csvembed.errors import InputError, UnknownSubmission
 from csvembed.figures import Line, lines
-from csvembed.monitor import Monitor, Reading, WorkerInfo
+from csvembed.monitor import Monitor, QueueStats, Reading, WorkerInfo
 from csvembed.redact import mask_secrets
 from csvembed.settings import Settings
 from csvembed.submissions import Snapshot, SubmissionRecords
 
 if TYPE_CHECKING:  # these import pandas, numpy or the store: only when used
+    from csvembed.batch_durations import Durations
     from csvembed.broker import LocalRedis
     from csvembed.delete import Deleted, DeletedCollection
     from csvembed.embedder import Embedder
@@ -143,6 +144,26 @@ class Csvembed:
 
     def recent_failures(self, submission_id: str, limit: int = defaults.RECENT_FAILURES) -> list[dict]:
         return self.records.recent_failures(submission_id, limit)
+
+    def snapshots(self) -> list[Snapshot]:
+        """Every submission whose record is still in Redis, newest first (for /metrics)."""
+        return [snapshot for snapshot in self.records.snapshots(self.records.ids()) if snapshot is not None]
+
+    def queue_names(self) -> list[str]:
+        """Every queue RQ has seen a job on, and the default one."""
+        from rq import Queue
+
+        return sorted({queue.name for queue in Queue.all(connection=self.connection)} | {defaults.QUEUE_NAME})
+
+    def batch_durations(self, queues: Sequence[str]) -> dict[str, Durations]:
+        """How long the workers' batches took, per queue (batch_durations.py)."""
+        from csvembed import batch_durations
+
+        return batch_durations.read(self.connection, list(queues))
+
+    def queues(self, names: Sequence[str]) -> list[QueueStats]:
+        """Each queue's rows waiting, rows in progress and live workers."""
+        return self.monitor.queues(list(names))
 
     def workers(self) -> list[WorkerInfo]:
         """The live workers of this Redis, by name."""

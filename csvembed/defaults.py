@@ -88,3 +88,16 @@ HNSW_EF_SEARCH = 200
 # windows ranks them all exactly instead of walking the HNSW index, which may stop before it finds k of
 # a small collection among many other rows (it gives up after hnsw.max_scan_tuples).
 EXACT_SEARCH_WINDOWS = 20_000
+
+# csvembed serve. Loopback unless a token is set (see csvembed/web/auth.py).
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+# Largest upload accepted (bytes, compressed as sent); the body is spooled to a private temp file.
+MAX_UPLOAD = 2 * 1024**3
+# A client that sends no byte of its upload for this long is cut off (408), so it holds no worker.
+UPLOAD_READ_TIMEOUT = 60.0
+# Seconds between two server-sent events.
+EVENTS_INTERVAL = 1.0
+# uvicorn: idle keep-alive connections closed after this long; over this many connections, 503.
+KEEP_ALIVE_TIMEOUT = 5
+MAX_CONNECTIONS = 100

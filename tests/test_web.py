@@ -1,0 +1,354 @@
+"""The HTTP API under a real uvicorn on a loopback port, driven with httpx, against the real Redis and store."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import uvicorn
+
+from csvembed.api import Csvembed
+
+SAMPLE = Path(__file__).parent.parent / "sample_data" / "products.csv"
+PRODUCT_OPTIONS = {"id_column": "sku", "text_columns": "title"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Served:
+    """create_app under a real uvicorn in a thread, with an httpx client pointed at it."""
+
+    def __init__(self, api: Csvembed, **app_options) -> None:
+        from csvembed.web.app import create_app
+
+        self.api = api
+        self.port = free_port()
+        config = uvicorn.Config(create_app(api, **app_options), host="127.0.0.1", port=self.port,
+                                log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> httpx.Client:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+        return self.client
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def api(env, fake_embedder) -> Csvembed:
+    api = Csvembed(env.settings, connection=env.connection)
+    api.query_embedder = fake_embedder  # searches embed with the same test double the worker used
+    return api
+
+
+@pytest.fixture
+def client(api) -> Iterator[httpx.Client]:
+    with Served(api, interval=0.05) as client:
+        yield client
+
+
+def read_events(response: httpx.Response) -> Iterator[tuple[str, dict]]:
+    """(event name, data) for each server-sent event of a streaming response."""
+    name = None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            yield name, json.loads(line.removeprefix("data: "))
+
+
+def test_healthz_and_unknown_submission(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    response = client.get("/submissions/nope")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no submission with id 'nope'"}
+
+
+def test_submission_status_and_events_follow_the_worker(client, api, submit, drain, fake_embedder):
+    result = submit(SAMPLE, id_column="sku", text_columns=("title",))
+    assert client.get(f"/submissions/{result.id}").json()["state"] == "running"
+    events: list[tuple[str, dict]] = []
+
+    def follow() -> None:
+        with client.stream("GET", f"/submissions/{result.id}/events") as response:
+            events.extend(read_events(response))
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    drain(model=fake_embedder)
+    follower.join(30)
+    assert events[-1][0] == "end" and {name for name, _ in events[:-1]} <= {"status"}
+    final = events[-1][1]
+    assert final == client.get(f"/submissions/{result.id}").json()
+    assert final["state"] == "done" and final["done"] == final["total"] == 320
+
+    with client.stream("GET", "/events") as response:
+        name, snapshot = next(read_events(response))
+    assert name == "snapshot"
+    assert set(snapshot) == {"at", "submissions", "queues", "workers", "failures"}
+    assert snapshot["submissions"][0] == final
+    assert snapshot["queues"] == [{"name": "csvembed", "waiting": 0, "in_progress": 0, "workers": 0}]
+
+
+def upload_multipart(client: httpx.Client, path: Path, name: str | None = None, **params) -> httpx.Response:
+    with open(path, "rb") as file:
+        return client.post("/submissions", params=params, files={"file": (name or path.name, file, "text/csv")})
+
+
+def queued_keys(env) -> list[bytes]:
+    """What a submission leaves in Redis: its jobs and records."""
+    return sorted(env.connection.keys("rq:job:*") + env.connection.keys("csvembed:sub:*"))
+
+
+def test_multipart_upload_is_submitted_with_the_options(client, env, drain, fake_embedder):
+    response = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert response.headers["location"] == f"/submissions/{created['id']}"
+    assert created == {"id": created["id"], "collection": "products", "queue": "csvembed", "rows": 320,
+                       "enqueued": 320, "skipped": 0}
+    status = client.get(f"/submissions/{created['id']}").json()
+    assert status["text"] == "columns title" and status["file"] == "products.csv" and status["pending"] == 320
+    drain(model=fake_embedder)
+    assert client.get(f"/submissions/{created['id']}").json()["done"] == 320
+
+
+def test_raw_gzip_body_with_form_style_query_options(client, env, tmp_path):
+    body = gzip.compress(SAMPLE.read_bytes())
+    response = client.post("/submissions", content=body, headers={"Content-Type": "text/csv"},
+                           params=[("id_column", "sku"), ("text_columns", "title"), ("text_columns", "category"),
+                                   ("collection", "shop"), ("force", "true")])
+    assert response.status_code == 201, response.text
+    status = client.get(response.headers["location"]).json()
+    assert (status["collection"], status["total"], status["text"]) == ("shop", 320, "columns title, category")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"text_columns": "nope"}, "unknown --text-column 'nope'"),
+    ({"colour": "red"}, "unknown option 'colour'"),
+    ({"force": "maybe"}, "option 'force' takes true or false, not 'maybe'"),
+    ({"max_pending": "many"}, "option 'max_pending' takes a number, not 'many'"),
+])
+def test_bad_options_are_400_and_enqueue_nothing(client, env, params, message):
+    response = upload_multipart(client, SAMPLE, **params)
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert queued_keys(env) == []
+
+
+def test_a_bad_csv_gets_the_cli_message_and_enqueues_nothing(client, env, tmp_path):
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    bad = tmp_path / "ragged.csv"
+    bad.write_text("a,b\n1,2\n3,4,5\n")
+    response = upload_multipart(client, bad)
+    assert response.status_code == 400
+    assert queued_keys(env) == []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        cli = CliRunner().invoke(app, ["submit", "ragged.csv"])
+    assert cli.exit_code == 2
+    assert cli.stderr.strip() == f"csvembed: error: {response.json()['detail']}"
+
+
+def test_an_upload_over_the_limit_is_413_and_enqueues_nothing(api, env):
+    with Served(api, max_upload=1000) as client:
+        response = upload_multipart(client, SAMPLE)
+        assert response.status_code == 413
+        assert "larger than the server's limit of 1000 bytes" in response.json()["detail"]
+
+        def unsized() -> Iterator[bytes]:  # chunked: no Content-Length to check up front
+            yield SAMPLE.read_bytes()
+
+        response = client.post("/submissions", content=unsized(), headers={"Content-Type": "text/csv"})
+        assert response.status_code == 413
+    assert queued_keys(env) == []
+
+
+def test_search_export_failures_retry_delete(client, env, api, drain, fake_embedder):
+    from conftest import stored_rows
+
+    created = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS).json()
+    submission = created["id"]
+    drain(model=fake_embedder)
+
+    hits = client.get("/search", params={"q": "Tideway USB-C Charger", "k": 3, "where": "category=Electronics"}).json()
+    assert hits == [hit.__dict__ for hit in api.search("Tideway USB-C Charger", 3, where={"category": "Electronics"})]
+    assert hits[0]["id"] == "000001" and hits[0]["distance"] < 1e-5
+    assert client.get("/search", params={"q": "x", "collection": "nope"}).status_code == 400
+
+    stored = {row[1]: row[-1] for row in stored_rows(env)}
+    response = client.get(f"/submissions/{submission}/export", params={"format": "jsonl"})
+    assert response.headers["content-type"] == "application/x-ndjson"
+    records = [json.loads(line) for line in response.text.splitlines()]
+    assert len(records) == 320
+    assert all(np.array_equal(np.float32(record["vector"]), stored[record["id"]])
+               for record in records)
+    response = client.get(f"/submissions/{submission}/export", params={"format": "csv"})
+    assert response.headers["content-type"].startswith("text/csv")
+    assert len(list(csv.reader(io.StringIO(response.text)))) == 321
+    assert client.get(f"/submissions/{submission}/export", params={"format": "xml"}).json() == {
+        "detail": "unknown --format 'xml': use one of jsonl, csv, parquet"}
+    parquet = client.get(f"/submissions/{submission}/export", params={"format": "parquet"})
+    assert pq.read_table(io.BytesIO(parquet.content)).num_rows == 320
+
+    assert client.get(f"/submissions/{submission}/failures").json() == []
+    assert client.post(f"/submissions/{submission}/retry", params={"all": "true"}).json() == {
+        "requeued": [], "expired": [], "skipped": []}
+    deleted = client.delete(f"/submissions/{submission}").json()
+    assert deleted == {"id": submission, "rows": 320, "jobs": deleted["jobs"]}
+    assert client.get(f"/submissions/{submission}").status_code == 404
+    assert client.get(f"/submissions/{submission}/export").status_code == 404
+
+
+def test_metrics_match_status_and_the_batches_run(client, env, api, drain, fake_embedder):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    submission = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS).json()["id"]
+    drain(batch_size=64, model=fake_embedder)
+    status = client.get(f"/submissions/{submission}").json()
+    families = {family.name: family for family in text_string_to_metric_families(client.get("/metrics").text)}
+    assert all(name.startswith("csvembed_") for name in families)
+
+    def value(family: str, sample_name: str, **labels) -> float:
+        return next(sample.value for sample in families[family].samples
+                    if sample.name == sample_name and sample.labels == labels)
+
+    for figure in ("done", "failed", "skipped"):
+        assert value(f"csvembed_rows_{figure}", f"csvembed_rows_{figure}_total", queue="csvembed") == status[figure]
+    assert value("csvembed_rows_enqueued", "csvembed_rows_enqueued_total", queue="csvembed") == status["total"]
+    assert value("csvembed_queue_rows_waiting", "csvembed_queue_rows_waiting", queue="csvembed") == 0
+    assert value("csvembed_submissions", "csvembed_submissions", state="done") == 1
+    batches = len(fake_embedder.calls)
+    assert batches == 5  # 320 rows in batches of 64
+    histogram = "csvembed_batch_duration_seconds"
+    assert value(histogram, f"{histogram}_count", queue="csvembed") == batches
+    assert value(histogram, f"{histogram}_bucket", queue="csvembed", le="+Inf") == batches
+
+
+def test_a_token_guards_every_route_but_healthz(api):
+    with Served(api, token="s3cret") as client:
+        assert client.get("/healthz").status_code == 200
+        for path in ("/submissions", "/events", "/metrics", "/openapi.json", "/docs"):
+            refused = client.get(path)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert client.get("/submissions", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/submissions", headers={"Authorization": "Bearer s3cret"}).json() == []
+        assert client.get("/submissions", params={"token": "s3cret"}).status_code == 200  # EventSource's way
+        assert client.get("/submissions", params={"token": "s3cre"}).status_code == 401
+
+
+def test_openapi_lists_every_route(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {path: sorted(methods) for path, methods in paths.items()} == {
+        "/submissions": ["get", "post"],
+        "/submissions/{submission_id}": ["delete", "get"],
+        "/submissions/{submission_id}/failures": ["get"],
+        "/submissions/{submission_id}/retry": ["post"],
+        "/submissions/{submission_id}/export": ["get"],
+        "/submissions/{submission_id}/events": ["get"],
+        "/events": ["get"],
+        "/search": ["get"],
+        "/workers": ["get"],
+        "/healthz": ["get"],
+        "/metrics": ["get"],
+    }
+    assert set(paths["/submissions"]["post"]["requestBody"]["content"]) == {"text/csv", "multipart/form-data"}
+
+
+def test_serve_refuses_another_host_without_a_token(env, monkeypatch):
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    monkeypatch.delenv("CSVEMBED_TOKEN", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "csvembed: error: --host 0.0.0.0 can be reached from other machines: set a token first (--token or"
+        " CSVEMBED_TOKEN)"]
+
+
+@pytest.mark.slow
+def test_serve_and_a_real_worker_agree_with_the_cli(env, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    rows = list(csv.reader(io.StringIO(SAMPLE.read_text())))[:41]
+    small = tmp_path / "products.csv"
+    with open(small, "w", newline="") as file:
+        csv.writer(file).writerows(rows)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "csvembed", "serve", "--port", str(port), "--interval", "0.2"],
+                              env={**env.environ, "CSVEMBED_TOKEN": "t0ken"}, stderr=subprocess.PIPE)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer t0ken"},
+                          timeout=60) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert client.get("/healthz").json() == {"status": "ok"}
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline, "csvembed serve did not start"
+                    time.sleep(0.1)
+            created = upload_multipart(client, small, **PRODUCT_OPTIONS).json()
+            worker = subprocess.Popen([sys.executable, "-m", "csvembed", "worker", "--burst"], env=env.environ)
+            with client.stream("GET", f"/submissions/{created['id']}/events") as response:
+                events = list(read_events(response))
+            assert worker.wait(300) == 0
+            assert events[-1][0] == "end"
+            final, served = events[-1][1], client.get(f"/submissions/{created['id']}").json()
+            cli = json.loads(run_cli(env, "status", created["id"], "--json").stdout)
+            timeless = {"rate", "elapsed", "eta"}
+            assert {k: v for k, v in final.items() if k not in timeless} == \
+                   {k: v for k, v in served.items() if k not in timeless} == \
+                   {k: v for k, v in cli.items() if k not in timeless}
+            assert final["state"] == "done" and final["done"] == 40
+            hits = client.get("/search", params={"q": rows[1][1], "k": 1}).json()
+            assert hits[0]["id"] == rows[1][0]
+    finally:
+        server.terminate()
+        assert server.wait(10) in (0, -15)
+    assert b"t0ken" not in server.stderr.read()
+
+
+def test_a_stalled_upload_is_cut_off(api, env):
+    def stalling() -> Iterator[bytes]:
+        yield b"sku,title\n"
+        time.sleep(1.5)
+        yield b"1,a\n"
+
+    with Served(api, read_timeout=0.3) as client:
+        response = client.post("/submissions", content=stalling(), headers={"Content-Type": "text/csv"})
+    assert response.status_code == 408
+    assert queued_keys(env) == []
