@@ -1,8 +1,9 @@
 """The command line: parse flags, call the library, print. Data goes to stdout, people's text to stderr.
 
 One module per group of commands: ingest (submit, worker, failures, retry), watch (status, list,
-workers), data (search, export, delete), server (redis status|stop), db (db init) and web (serve). app.py holds the app, the
-global settings and the group that turns errors into one line and an exit code; this module holds the console script.
+workers), data (search, export, delete), server (redis status|stop), db (db init) and web (serve).
+app.py holds the app, the global settings and the group that turns errors into one line and an exit
+code; this module holds the console script.
 """
 
 from __future__ import annotations
