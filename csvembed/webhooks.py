@@ -14,6 +14,7 @@ entry to be sent again, with the same X-Csvembed-Delivery id, which receivers ca
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -104,8 +105,18 @@ _OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str | None:
-    """POST the body; None on a 2xx, otherwise why not in one line (the URL masked)."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    """POST the body; None on a 2xx, otherwise why not in one line (the URL masked).
+
+    A user and password in the URL are sent as Basic authentication, as browsers and curl do (urllib
+    would take them for part of the host name).
+    """
+    parts = urllib.parse.urlsplit(url)
+    target = url
+    if parts.username is not None:
+        credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers = {**headers, "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+        target = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    request = urllib.request.Request(target, data=body, headers=headers, method="POST")
     try:
         with _OPENER.open(request, timeout=timeout):
             return None

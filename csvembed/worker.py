@@ -101,7 +101,7 @@ class BatchWorker(SimpleWorker):
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         # Webhooks are delivered by a thread of their own, never on the embedding path.
-        self._deliverer = Deliverer(self.connection)
+        self._deliverer: Deliverer | None = None
 
     # --- liveness -----------------------------------------------------------------------------
 
@@ -115,11 +115,12 @@ class BatchWorker(SimpleWorker):
         self.connection.hset(self.key, "batch_size", self.batch_size)
         self._heartbeat_thread = threading.Thread(target=self._keep_alive, name="csvembed-heartbeat", daemon=True)
         self._heartbeat_thread.start()
-        self._deliverer.start()
+        self._deliverer = Deliverer(self.connection).start()
 
     def teardown(self) -> None:
         self._stop_heartbeat.set()
-        self._deliverer.stop()
+        if self._deliverer is not None:
+            self._deliverer.stop()
         super().teardown()
 
     def _keep_alive(self) -> None:
