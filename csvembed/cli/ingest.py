@@ -43,8 +43,8 @@ def submit(
     window_overlap: Annotated[int, typer.Option(
         help="Tokens each window shares with the previous one (at most half a window).", min=0)] = 32,
     notify: Annotated[Optional[str], typer.Option(
-        metavar="URL", help="POST the final status JSON to this http(s) URL once nothing is pending (signed with "
-        "HMAC-SHA256 when the workers have CSVEMBED_WEBHOOK_SECRET).")] = None,
+        metavar="URL", help="Once nothing is pending, POST the final status JSON to this http:// or https:// URL "
+        "(signed when the workers have CSVEMBED_WEBHOOK_SECRET).")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print {id, rows, enqueued, skipped, queue, collection} as JSON.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Then show the live status until every row is done.")] = False,
