@@ -155,6 +155,8 @@ def test_a_failed_delivery_is_retried_after_its_backoff(env, submit, drain, fake
     assert [request["headers"]["X-Csvembed-Delivery"] for request in hooks.requests] == [f"{result.id}.1"] * 2
     assert (final["notify_state"], final["notify_attempts"], final["notify_error"]) == ("delivered", 2, None)
     assert final["notified_at"] is not None
+    shown = CliRunner().invoke(app, ["status", result.id], prog_name="csvembed").output
+    assert f"{result.id} notified {hooks.url('/flaky')} at " in shown
 
 
 def test_redirects_are_not_followed(env, submit, drain, fake_embedder, hooks):
