@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # these import pandas, numpy or the store: only when used
     from csvembed.reader import Source
     from csvembed.retry import RetryResult
     from csvembed.store import Hit
+    from csvembed.webhooks import Deliverer
 
 @dataclass
 class Exported:
@@ -95,6 +96,13 @@ class Csvembed:
         from csvembed.worker import run_worker
 
         run_worker(self.settings, queues, burst=burst, batch_size=batch_size, device=device, backend=backend)
+
+    def deliver_webhooks(self) -> Deliverer:
+        """Deliver due webhooks (--notify) from a daemon thread until its stop(): a server runs one beside the
+        workers' own, so a notification is sent even while no worker runs."""
+        from csvembed.webhooks import Deliverer
+
+        return Deliverer(self.connection).start()
 
     def retry(self, submission_id: str, include_permanent: bool = False) -> RetryResult:
         """Requeue a submission's failed rows; permanent failures only with include_permanent."""

@@ -68,6 +68,17 @@ REDIS_RETRIES = 8
 # The embedded redis-server: how long to wait for it to accept connections.
 LOCAL_REDIS_START_TIMEOUT = 10.0
 
+# Webhooks (--notify): how often each worker's deliverer looks for due notifications; how long a POST
+# may take; how long a deliverer holds one it took (past the timeout, so only a dead one loses it);
+# the backoff after a failure, doubling from BASE up to CAP seconds; and when to give up (about an
+# hour after the first try: 5, 10, 20 ... 320 s, then every 10 min).
+NOTIFY_POLL_INTERVAL = 1.0
+NOTIFY_TIMEOUT = 10.0
+NOTIFY_LEASE = 30.0
+NOTIFY_BACKOFF_BASE = 5.0
+NOTIFY_BACKOFF_CAP = 600.0
+NOTIFY_GIVE_UP = 3600.0
+
 # status: refreshes per second of the live view.
 STATUS_REFRESH_PER_SECOND = 4
 # The rate of a running submission spans at least this long between two moments rows finished (and

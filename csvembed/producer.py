@@ -29,6 +29,7 @@ from csvembed.reader import CsvFile, Source
 from csvembed.rowtext import TextSpec, id_column_index
 from csvembed.store import Store, content_hash, open_store, other_model, reading, row_json, store_label
 from csvembed.submissions import INTERRUPTED, RUNNING, SubmissionRecords, new_submission_id, record_key
+from csvembed.webhooks import check_url
 from csvembed.windows import DEFAULT_OVERLAP, DEFAULT_POLICY, POLICIES
 
 
@@ -47,6 +48,8 @@ class SubmitOptions:
     max_pending: int | None = None
     long_text: str = DEFAULT_POLICY
     window_overlap: int = DEFAULT_OVERLAP
+    # Webhook: POST the final status JSON here once nothing is pending (csvembed/webhooks.py).
+    notify: str | None = None
 
 
 @dataclass
@@ -121,6 +124,8 @@ class Producer:
             raise InputError(f"unknown --long-text {options.long_text!r}: use one of {', '.join(POLICIES)}")
         if options.window_overlap < 0:
             raise InputError(f"--window-overlap must be 0 or more, not {options.window_overlap}")
+        if options.notify:
+            check_url(options.notify)
         csv_file = CsvFile(source, delimiter=options.delimiter, encoding=options.encoding)
         spec = TextSpec(csv_file.columns, options.text_columns, options.template)
         id_index = id_column_index(csv_file.columns, options.id_column)
@@ -145,6 +150,7 @@ class Producer:
             long_text=options.long_text,
             window_overlap=options.window_overlap,
             store=store_label(self.db),
+            notify=options.notify,
         )
         result = SubmitResult(submission_id, collection, options.queue, 0, 0, 0)
         # Ids this submission enqueued: a later row with one of them is never skipped, so the later

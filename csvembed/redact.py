@@ -23,3 +23,11 @@ def mask_secrets(text: str) -> str:
     """The text with every password in a URL or connection string replaced by ***."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     return _PARAM.sub(lambda m: f"{m['key']}{MASK}", text)
+
+
+def mask_url(url: str) -> str:
+    """A URL as shown: any user or password in it replaced by *** (a webhook's user alone may be its token)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in (authority := rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]):
+        url = f"{scheme}://{MASK}@{rest[len(authority.rsplit('@', 1)[0]) + 1:]}"
+    return mask_secrets(url)

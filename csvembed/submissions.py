@@ -18,10 +18,13 @@ import redis
 from redis.client import Pipeline
 
 from csvembed import defaults
+from csvembed.redact import mask_url
 from csvembed.windows import DEFAULT_OVERLAP, DEFAULT_POLICY, Shape
 
 PREFIX = "csvembed"
 SUBMISSIONS_KEY = f"{PREFIX}:submissions"
+# Submissions whose webhook is due, scored by when (csvembed/webhooks.py delivers them).
+NOTIFY_DUE_KEY = f"{PREFIX}:notify:due"
 
 # States a submission moves through.
 SUBMITTING = "submitting"  # rows are still being read and enqueued; the total is not known yet
@@ -40,6 +43,28 @@ def _push_sample(samples_key: str, at: str) -> str:
     return f"""
 redis.call('LPUSH', {samples_key}, {at} .. ' ' .. (redis.call('BITCOUNT', KEYS[2]) + redis.call('BITCOUNT', KEYS[3])))
 redis.call('LTRIM', {samples_key}, 0, {defaults.RATE_SAMPLES - 1})
+"""
+
+
+# Webhooks (issue #13): the script that writes the last outcome of a running submission with a --notify
+# URL claims its one notification, atomically, so however many workers (or the failure callback) finish
+# rows at once, exactly one of them puts it in the due set. Each claim is a new round (its delivery id);
+# `retry` makes the submission unfinished again and releases the claim. KEYS[2] and KEYS[3] are the done
+# and failed bitmaps wherever it is used.
+def _claim_notification(at: str) -> str:
+    return f"""
+if redis.call('HEXISTS', KEYS[1], 'notify') == 1 and redis.call('HEXISTS', KEYS[1], 'notify_claimed') == 0
+   and redis.call('HGET', KEYS[1], 'state') == 'running' then
+  local f = redis.call('HMGET', KEYS[1], 'total', 'skipped')
+  local pending = tonumber(f[1] or '0') - tonumber(f[2] or '0') - redis.call('BITCOUNT', KEYS[2])
+                  - redis.call('BITCOUNT', KEYS[3])
+  if pending <= 0 then
+    redis.call('HSET', KEYS[1], 'notify_claimed', {at}, 'notify_attempts', 0)
+    redis.call('HINCRBY', KEYS[1], 'notify_round', 1)
+    redis.call('HDEL', KEYS[1], 'notified_at', 'notify_error', 'notify_given_up', 'notify_next_at')
+    redis.call('ZADD', '{NOTIFY_DUE_KEY}', {at}, redis.call('HGET', KEYS[1], 'id'))
+  end
+end
 """
 
 
@@ -70,7 +95,7 @@ for i = 2, #ARGV, 3 do
 end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
-""" + _push_sample("KEYS[5]", "ARGV[1]") + """
+""" + _push_sample("KEYS[5]", "ARGV[1]") + _claim_notification("ARGV[1]") + """
 return (#ARGV - 1) / 3
 """
 
@@ -83,14 +108,18 @@ if redis.call('GETBIT', KEYS[2], ARGV[1]) == 0 then
   redis.call('LTRIM', KEYS[5], 0, 19)
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
-""" + _push_sample("KEYS[6]", "ARGV[3]") + """
+""" + _push_sample("KEYS[6]", "ARGV[3]") + _claim_notification("ARGV[3]") + """
 return 1
 """
 
-_CLEAR_FAILURE = """
+# A row pending again makes the submission unfinished: its notification claim is released (one not yet
+# delivered is dropped), so finishing again notifies again.
+_CLEAR_FAILURE = f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('SETBIT', KEYS[2], ARGV[1], 0)
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[1], 'notify_claimed', 'notify_next_at')
+redis.call('ZREM', '{NOTIFY_DUE_KEY}', ARGV[2])
 return 1
 """
 
@@ -113,12 +142,15 @@ redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
-# From submitting to another state, once; the lease goes with it.
+# From submitting to another state, once; the lease goes with it. Workers may have finished every row
+# already (or every row was skipped as unchanged): then it is running and finished at once.
+# KEYS: the record, the done and failed bitmaps, the lease.
 _END_SUBMITTING = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'submitting' then return 0 end
-if ARGV[2] == 'unleased' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if ARGV[2] == 'unleased' and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[4])
+""" + _claim_notification("ARGV[3]") + """
 return 1
 """
 
@@ -127,6 +159,7 @@ _TAKE = """
 local fields = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', unpack(KEYS))
 redis.call('ZREM', ARGV[1], ARGV[2])
+redis.call('ZREM', ARGV[3], ARGV[2])
 return fields
 """
 
@@ -184,6 +217,14 @@ class Snapshot:
     rows_truncated: int = 0
     # Where its rows go (store_label: a password is never kept); "" in records made before it was kept.
     store: str = ""
+    # The webhook (--notify), its URL masked: None without one. notify_state: waiting (not finished),
+    # due (claimed, being delivered), delivered or given_up; the others are of the latest round.
+    notify: str | None = None
+    notify_state: str | None = None
+    notified_at: float | None = None
+    notify_error: str | None = None
+    notify_attempts: int = 0
+    notify_next_at: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -238,7 +279,23 @@ def _snapshot(
         windows=int(fields.get("windows", 0)),
         rows_truncated=int(fields.get("rows_truncated", 0)),
         store=fields.get("store", ""),
+        **_notification(fields),
     )
+
+
+def _notification(fields: dict[str, str]) -> dict:
+    """The webhook's fields of a Snapshot, from the record's notify_* fields (see webhooks.py)."""
+    if "notify" not in fields:
+        return {}
+    if "notify_claimed" not in fields:
+        state = "waiting"
+    elif "notify_given_up" in fields:
+        state = "given_up"
+    else:
+        state = "delivered" if "notified_at" in fields else "due"
+    optional = {name: float(fields[name]) if name in fields else None for name in ("notified_at", "notify_next_at")}
+    return {"notify": mask_url(fields["notify"]), "notify_state": state, "notify_error": fields.get("notify_error"),
+            "notify_attempts": int(fields.get("notify_attempts", 0)), **optional}
 
 
 @dataclass(frozen=True)
@@ -287,6 +344,7 @@ class SubmissionRecords:
         long_text: str = DEFAULT_POLICY,
         window_overlap: int = DEFAULT_OVERLAP,
         store: str = "",
+        notify: str | None = None,
     ) -> None:
         """A new record in state submitting, with a lease that the submit process must keep renewing.
 
@@ -314,6 +372,7 @@ class SubmissionRecords:
                     "total": 0,
                     "skipped": 0,
                     "last_row": 0,
+                    **({"notify": notify} if notify else {}),
                 },
             )
             pipe.set(_key(submission_id, "lease"), 1, ex=defaults.SUBMIT_LEASE_TTL)
@@ -337,13 +396,13 @@ class SubmissionRecords:
 
     def end_submitting(self, submission_id: str, state: str) -> bool:
         """Leave state submitting for `state`; False if it already had (deleted, withdrawn)."""
-        keys = [_key(submission_id), _key(submission_id, "lease")]
-        return bool(self._end_submitting(keys=keys, args=[state, "any"]))
+        keys = [_key(submission_id, part) for part in ("", "done", "failed", "lease")]
+        return bool(self._end_submitting(keys=keys, args=[state, "any", time.time()]))
 
     def mark_interrupted(self, submission_id: str) -> bool:
         """Record as interrupted a submission whose submit died (no lease); False if it is alive or over."""
-        keys = [_key(submission_id), _key(submission_id, "lease")]
-        return bool(self._end_submitting(keys=keys, args=[INTERRUPTED, "unleased"]))
+        keys = [_key(submission_id, part) for part in ("", "done", "failed", "lease")]
+        return bool(self._end_submitting(keys=keys, args=[INTERRUPTED, "unleased", time.time()]))
 
     def origin(self, submission_id: str) -> Origin | None:
         """How to store a submission's rows, or None if it no longer exists (records of older versions
@@ -384,7 +443,7 @@ class SubmissionRecords:
     def clear_failure(self, submission_id: str, row_number: int) -> bool:
         """Make a failed row pending again (before it is retried); False if the submission is gone."""
         keys = [_key(submission_id, part) for part in ("", "failed", "errors")]
-        return bool(self._clear_failure(keys=keys, args=[row_number]))
+        return bool(self._clear_failure(keys=keys, args=[row_number, submission_id]))
 
     def failures(self, submission_id: str) -> list[dict]:
         """{row_number, id, reason, permanent} of each failed row, in row order."""
@@ -399,7 +458,7 @@ class SubmissionRecords:
     def take(self, submission_id: str) -> Taken | None:
         """Delete a submission's records in one step; what its jobs need, or None if there was none."""
         keys = [_key(submission_id, part) for part in _PARTS]
-        flat = self._take(keys=keys, args=[SUBMISSIONS_KEY, submission_id])
+        flat = self._take(keys=keys, args=[SUBMISSIONS_KEY, submission_id, NOTIFY_DUE_KEY])
         fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
         if "created_at" not in fields:
             return None

@@ -39,6 +39,7 @@ from csvembed.ingest import Ingestor
 from csvembed.jobs import SERIALIZER, RowTask, refusal
 from csvembed.settings import Settings
 from csvembed.tasks import CsvembedJob
+from csvembed.webhooks import Deliverer
 from csvembed.windows import Shape
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class BatchWorker(SimpleWorker):
         self._cores_checked_at = float("-inf")
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
+        # Webhooks are delivered by a thread of their own, never on the embedding path.
+        self._deliverer: Deliverer | None = None
 
     # --- liveness -----------------------------------------------------------------------------
 
@@ -112,9 +115,12 @@ class BatchWorker(SimpleWorker):
         self.connection.hset(self.key, "batch_size", self.batch_size)
         self._heartbeat_thread = threading.Thread(target=self._keep_alive, name="csvembed-heartbeat", daemon=True)
         self._heartbeat_thread.start()
+        self._deliverer = Deliverer(self.connection).start()
 
     def teardown(self) -> None:
         self._stop_heartbeat.set()
+        if self._deliverer is not None:
+            self._deliverer.stop()
         super().teardown()
 
     def _keep_alive(self) -> None:
@@ -318,7 +324,10 @@ def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_siz
     worker = BatchWorker(queues, ingestor=ingestor, batch_size=batch_size)
     log.info("worker %s: model %s loaded on %s (%s); listening on %s", worker.name, settings.model_id,
              embedder.device, embedder.backend, ", ".join(queues))
-    return worker.work(burst=burst, logging_level="WARNING")
+    worked = worker.work(burst=burst, logging_level="WARNING")
+    if burst:  # the last batch may have finished a submission: its webhook gets a first try before exit
+        Deliverer(connection).run_once()
+    return worked
 
 
 def _has_work(connection, queues: Sequence[str]) -> bool:

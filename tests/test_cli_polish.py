@@ -92,6 +92,10 @@ Options:
   --window-overlap N              Tokens each window shares with the previous
                                   one (at most half a window).  [default: 32;
                                   x>=0]
+  --notify URL                    Once nothing is pending, POST the final status
+                                  JSON to this http:// or https:// URL (signed
+                                  when the workers have
+                                  CSVEMBED_WEBHOOK_SECRET).
   --json                          Print {id, rows, enqueued, skipped, queue,
                                   collection} as JSON.
   --wait                          Then show the live status until every row is

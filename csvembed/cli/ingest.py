@@ -42,6 +42,9 @@ def submit(
         "window (embed all of it in overlapping windows), truncate (embed its first window) or fail.")] = "window",
     window_overlap: Annotated[int, typer.Option(
         help="Tokens each window shares with the previous one (at most half a window).", min=0)] = 32,
+    notify: Annotated[Optional[str], typer.Option(
+        metavar="URL", help="Once nothing is pending, POST the final status JSON to this http:// or https:// URL "
+        "(signed when the workers have CSVEMBED_WEBHOOK_SECRET).")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print {id, rows, enqueued, skipped, queue, collection} as JSON.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Then show the live status until every row is done.")] = False,
@@ -62,7 +65,7 @@ def submit(
     options = SubmitOptions(
         text_columns=tuple(text_column or ()), template=template, id_column=id_column, delimiter=delimiter,
         encoding=encoding, collection=collection, queue=queue, force=force, max_pending=max_pending,
-        long_text=long_text, window_overlap=window_overlap,
+        long_text=long_text, window_overlap=window_overlap, notify=notify,
     )
     if note := api.row_encoding_note():  # a user's own Redis would keep every queued row in the large encoding
         say(note)

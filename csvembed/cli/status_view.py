@@ -109,12 +109,31 @@ def long_text_line(snapshot: Snapshot) -> str | None:
             f" {snapshot.rows_truncated} truncated, {snapshot.rows_whole} whole")
 
 
+def notify_line(snapshot: Snapshot, at: float) -> str | None:
+    """Where the submission's webhook stands, in one line; None without --notify."""
+    if snapshot.notify is None:
+        return None
+    tries = count(snapshot.notify_attempts, "time")
+    if snapshot.notify_state == "delivered" and snapshot.notified_at is not None:
+        sent = time.strftime('%H:%M:%S', time.localtime(snapshot.notified_at))
+        return f"{snapshot.id} notified {snapshot.notify} at {sent}"
+    if snapshot.notify_state == "given_up":
+        return f"{snapshot.id} notify failed {tries}, gave up: {snapshot.notify_error}"
+    if snapshot.notify_state == "due" and snapshot.notify_error:
+        wait = max((snapshot.notify_next_at or at) - at, 0)
+        return f"{snapshot.id} notify failed {tries}: {snapshot.notify_error}; next try in {wait:.0f} s"
+    if snapshot.notify_state == "due":
+        return f"{snapshot.id} notifying {snapshot.notify}"
+    return f"{snapshot.id} will notify {snapshot.notify} when finished"
+
+
 def render(reading: Reading, at: float, failures: dict[str, list[dict]], width: int) -> Group:
     """Progress bars, one per submission, then a line per queue, how long rows were read, and the
     latest failure reasons."""
     parts: list = [_table(lines(reading, at), width)]
     parts += [Text(queue_line(queue), style="dim") for queue in reading.queues.values()]
     parts += [Text(text, style="dim") for snapshot in reading.snapshots if (text := long_text_line(snapshot))]
+    parts += [Text(text, style="dim") for snapshot in reading.snapshots if (text := notify_line(snapshot, at))]
     for submission_id, recent in failures.items():
         for failure in recent:
             parts.append(Text(f"{submission_id} row {failure['row_number']} (id {failure['id']}):"

@@ -9,7 +9,7 @@ import typer
 
 from csvembed.api import Csvembed
 from csvembed.cli.app import JsonOption, api_of, app, err, out, print_json
-from csvembed.cli.status_view import plain, queue_line, wait_plain, watch
+from csvembed.cli.status_view import notify_line, plain, queue_line, wait_plain, watch
 from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, InputError, UnknownSubmission
 from csvembed.monitor import Reading
 from csvembed.submissions import INTERRUPTED, Snapshot
@@ -79,8 +79,12 @@ def status(
 
 def _print_lines(api: Csvembed, ids: list[str]) -> None:
     reading = api.reading(ids)
-    for text in plain(reading, time.time()):
+    at = time.time()
+    for text in plain(reading, at):
         out.print(text, highlight=False, markup=False)
+    for snapshot in reading.snapshots:
+        if text := notify_line(snapshot, at):
+            err.print(text, highlight=False, markup=False)
     for queue in reading.queues.values():
         err.print(queue_line(queue), highlight=False, markup=False)
 

@@ -66,7 +66,12 @@ def serve(
     api.connection.ping()  # an unreachable Redis is one line now, not a 503 on every request
     say(f"serving {mask_secrets(api.settings.redis_url or 'the embedded Redis')} and {mask_secrets(api.settings.db)}"
         f" on http://{host}:{port} ({'token required' if token else 'no token'}); Ctrl-C stops")
-    # No access log: it would show ?token= query strings.
-    uvicorn.run(create_app(api, token=token, max_upload=limit, interval=interval), host=host, port=port,
-                access_log=False, log_level="warning", timeout_keep_alive=defaults.KEEP_ALIVE_TIMEOUT,
-                limit_concurrency=defaults.MAX_CONNECTIONS)
+    # Webhooks of finished submissions go out even while no worker runs (the workers deliver them too).
+    deliverer = api.deliver_webhooks()
+    try:
+        # No access log: it would show ?token= query strings.
+        uvicorn.run(create_app(api, token=token, max_upload=limit, interval=interval), host=host, port=port,
+                    access_log=False, log_level="warning", timeout_keep_alive=defaults.KEEP_ALIVE_TIMEOUT,
+                    limit_concurrency=defaults.MAX_CONNECTIONS)
+    finally:
+        deliverer.stop()

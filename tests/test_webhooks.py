@@ -1,0 +1,274 @@
+"""Webhooks (--notify): exactly one signed POST per finished submission, delivered with a lease and backoff
+to a real HTTP server in the test."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_csv
+from csvembed.api import Csvembed
+from csvembed.cli import app
+from csvembed.cli.status_view import notify_line
+from csvembed.ingest import Ingestor
+from csvembed.store import open_store
+from csvembed.submissions import NOTIFY_DUE_KEY, SubmissionRecords
+from csvembed.webhooks import ENV_SECRET, Deliverer
+from csvembed.worker import BatchWorker
+
+MODEL = "test-hash-embedder"
+
+
+@dataclass
+class Hooks:
+    """A real HTTP server on loopback: records every request; answers each path from a script, then 200."""
+
+    server: ThreadingHTTPServer
+    requests: list[dict] = field(default_factory=list)
+    answers: dict[str, list[int]] = field(default_factory=dict)  # path -> statuses of its first requests
+    release: threading.Event = field(default_factory=threading.Event)  # ends a /hang request
+
+    def url(self, path: str, userinfo: str = "") -> str:
+        return f"http://{userinfo}127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def to(self, path: str) -> list[dict]:
+        return [request for request in self.requests if request["path"] == path]
+
+
+@pytest.fixture
+def hooks():
+    found: Hooks
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            found.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            if self.path == "/hang" and len(found.to("/hang")) == 1:
+                found.release.wait(60)  # the first deliverer is killed meanwhile
+            script = found.answers.get(self.path, [])
+            status = script.pop(0) if script else 200
+            self.send_response(status)
+            if status == 302:
+                self.send_header("Location", found.url("/ok"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    found = Hooks(server)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield found
+    found.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_secret(monkeypatch):
+    monkeypatch.delenv(ENV_SECRET, raising=False)
+
+
+def rows_file(env, count: int, name: str = "rows.csv", empty: tuple[int, ...] = ()):
+    return write_csv(env.dir / name, "id,text\n" + "".join(
+        f"r{i},{'' if i in empty else f'row number {i}'}\n" for i in range(1, count + 1)))
+
+
+def deliverer(env, **settings) -> Deliverer:
+    return Deliverer(env.connection, **{"backoff": 0.2, "poll_interval": 0.05, **settings})
+
+
+def status_json(env, submission_id: str) -> dict:
+    return Csvembed(env.settings, env.connection).status(submission_id).as_json()
+
+
+def test_exactly_one_post_after_two_workers_share_the_rows(env, submit, fake_embedder, hooks):
+    # Row 7 fails for good (empty text), so the last outcome may be a failure as well as a success.
+    result = submit(rows_file(env, 300, empty=(7,)), model=MODEL, id_column="id", text_columns=("text",),
+                    notify=hooks.url("/ok"))
+    stores = [open_store(env.db), open_store(env.db)]
+    workers = [BatchWorker(["csvembed"], ingestor=Ingestor(fake_embedder, store, SubmissionRecords(env.connection)),
+                           batch_size=16) for store in stores]
+    while env.connection.llen("rq:queue:csvembed"):  # the two workers take turns, two batches each
+        for worker in workers:
+            worker.work(burst=True, max_jobs=2, logging_level="WARNING")
+    for store in stores:
+        store.close()
+    for _ in range(3):  # several deliverers, several passes: still one POST
+        deliverer(env).run_once()
+
+    assert len(hooks.requests) == 1
+    request, final = hooks.requests[0], status_json(env, result.id)
+    body = json.loads(request["body"])
+    assert request["headers"]["Content-Type"] == "application/json"
+    assert request["headers"]["X-Csvembed-Submission"] == result.id
+    assert request["headers"]["X-Csvembed-Delivery"] == f"{result.id}.1"
+    assert "X-Csvembed-Signature" not in request["headers"]  # no secret, no signature
+    assert body.keys() == final.keys()
+    for key in ("id", "state", "total", "done", "failed", "skipped", "pending", "collection", "notify"):
+        assert body[key] == final[key]
+    assert (final["state"], final["done"], final["failed"], final["pending"]) == ("partial", 299, 1, 0)
+    assert final["notify_attempts"] == 1 and final["notified_at"] and final["notify_error"] is None
+    assert env.connection.zcard(NOTIFY_DUE_KEY) == 0
+
+
+def test_a_secret_signs_the_raw_body(env, submit, drain, fake_embedder, hooks):
+    result = submit(rows_file(env, 5), model=MODEL, notify=hooks.url("/ok"))
+    drain(model=fake_embedder)
+    deliverer(env, secret="s3cret").run_once()
+
+    [request] = hooks.requests
+    expected = "sha256=" + hmac.new(b"s3cret", request["body"], hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(request["headers"]["X-Csvembed-Signature"], expected)
+    assert json.loads(request["body"])["id"] == result.id
+
+
+def test_a_failed_delivery_is_retried_after_its_backoff(env, submit, drain, fake_embedder, hooks):
+    hooks.answers["/flaky"] = [500]
+    result = submit(rows_file(env, 5), model=MODEL, notify=hooks.url("/flaky"))
+    drain(model=fake_embedder)
+    hooks_deliverer = deliverer(env, backoff=0.5)
+    assert hooks_deliverer.run_once() == 1
+    failed = status_json(env, result.id)
+    assert (failed["notify_state"], failed["notify_error"], failed["notify_attempts"]) == ("due", "HTTP 500", 1)
+    assert failed["notified_at"] is None
+    line = notify_line(Csvembed(env.settings, env.connection).snapshot(result.id), time.time())
+    assert line.startswith(f"{result.id} notify failed 1 time: HTTP 500; next try in ")
+    assert hooks_deliverer.run_once() == 0  # not before its backoff
+
+    time.sleep(0.6)
+    assert hooks_deliverer.run_once() == 1
+    final = status_json(env, result.id)
+    assert [request["headers"]["X-Csvembed-Delivery"] for request in hooks.requests] == [f"{result.id}.1"] * 2
+    assert (final["notify_state"], final["notify_attempts"], final["notify_error"]) == ("delivered", 2, None)
+    assert final["notified_at"] is not None
+    shown = CliRunner().invoke(app, ["status", result.id], prog_name="csvembed").output
+    assert f"{result.id} notified {hooks.url('/flaky')} at " in shown
+
+
+def test_redirects_are_not_followed(env, submit, drain, fake_embedder, hooks):
+    hooks.answers["/moved"] = [302]
+    result = submit(rows_file(env, 3), model=MODEL, notify=hooks.url("/moved"))
+    drain(model=fake_embedder)
+    deliverer(env).run_once()
+
+    assert [request["path"] for request in hooks.requests] == ["/moved"]
+    assert status_json(env, result.id)["notify_error"] == "HTTP 302 (redirects are not followed)"
+
+
+def test_gives_up_and_says_so(env, submit, drain, fake_embedder, hooks):
+    hooks.answers["/down"] = [503] * 10
+    result = submit(rows_file(env, 3), model=MODEL, notify=hooks.url("/down"))
+    drain(model=fake_embedder)
+    deliverer(env, give_up=0.1).run_once()
+
+    final = status_json(env, result.id)
+    assert (final["notify_state"], final["notify_attempts"], final["notify_error"]) == ("given_up", 1, "HTTP 503")
+    assert env.connection.zcard(NOTIFY_DUE_KEY) == 0
+
+
+def test_credentials_in_the_url_are_masked_and_sent_as_basic_auth(env, submit, drain, fake_embedder, hooks):
+    result = submit(rows_file(env, 3), model=MODEL, notify=hooks.url("/ok", userinfo="hook:pa55word@"))
+    drain(model=fake_embedder)
+    deliverer(env).run_once()
+
+    [request] = hooks.requests
+    assert request["headers"]["Authorization"] == "Basic aG9vazpwYTU1d29yZA=="
+    assert b"pa55word" not in request["body"]
+    shown = status_json(env, result.id)["notify"]
+    assert shown == hooks.url("/ok", userinfo="***@")
+
+
+def test_a_submission_of_unchanged_rows_notifies_at_submit(env, submit, drain, fake_embedder, hooks):
+    path = rows_file(env, 4)
+    submit(path, model=MODEL)
+    drain(model=fake_embedder)
+    running = Csvembed(env.settings, env.connection).deliver_webhooks()  # as a server runs it: a thread
+    try:
+        again = submit(path, model=MODEL, notify=hooks.url("/ok"))  # every row skipped: finished at once
+        deadline = time.monotonic() + 10
+        while not hooks.requests:
+            assert time.monotonic() < deadline, "never delivered"
+            time.sleep(0.05)
+    finally:
+        running.stop()
+
+    [request] = hooks.requests
+    body = json.loads(request["body"])
+    assert (body["id"], body["state"], body["skipped"], body["pending"]) == (again.id, "done", 4, 0)
+
+
+def test_retry_notifies_again_with_a_new_delivery_id(env, submit, drain, fake_embedder, hooks):
+    result = submit(rows_file(env, 4, empty=(2,)), model=MODEL, id_column="id", text_columns=("text",),
+                    notify=hooks.url("/ok"))
+    drain(model=fake_embedder)
+    deliverer(env).run_once()
+    api = Csvembed(env.settings, env.connection)
+    assert api.retry(result.id, include_permanent=True).requeued == [2]
+    assert status_json(env, result.id)["notify_state"] == "waiting"
+    drain(model=fake_embedder)  # fails again: finished again
+    deliverer(env).run_once()
+
+    assert [request["headers"]["X-Csvembed-Delivery"] for request in hooks.requests] == [f"{result.id}.1",
+                                                                                         f"{result.id}.2"]
+
+
+def test_delete_drops_a_pending_notification(env, submit, drain, fake_embedder, hooks):
+    result = submit(rows_file(env, 3), model=MODEL, notify=hooks.url("/ok"))
+    drain(model=fake_embedder)
+    assert env.connection.zcard(NOTIFY_DUE_KEY) == 1
+    Csvembed(env.settings, env.connection).delete(result.id)
+
+    assert env.connection.zcard(NOTIFY_DUE_KEY) == 0
+    assert deliverer(env).run_once() == 0 and hooks.requests == []
+
+
+def test_notify_must_be_http(env):
+    path = rows_file(env, 2)
+    result = CliRunner().invoke(app, ["submit", str(path), "--notify", "ftp://x"], prog_name="csvembed")
+
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "csvembed: error: --notify must be an http:// or https:// URL, not 'ftp://x'"]
+    assert SubmissionRecords(env.connection).ids() == []
+
+
+@pytest.mark.slow
+def test_a_dead_deliverers_claim_is_delivered_by_another_after_its_lease(env, submit, drain, fake_embedder, hooks):
+    result = submit(rows_file(env, 3), model=MODEL, notify=hooks.url("/hang"))
+    drain(model=fake_embedder)
+    victim = subprocess.Popen([sys.executable, "-c", (
+        "import redis, sys; from csvembed.webhooks import Deliverer; "
+        "Deliverer(redis.Redis.from_url(sys.argv[1]), lease=2).run_once()"), env.redis_url], env=env.environ)
+    try:
+        deadline = time.monotonic() + 30
+        while not hooks.to("/hang"):  # it has claimed the entry and its POST hangs
+            assert time.monotonic() < deadline and victim.poll() is None
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    finally:
+        victim.kill()
+    survivor = deliverer(env)
+    assert survivor.run_once() == 0  # still leased to the dead one
+    deadline = time.monotonic() + 10
+    while not survivor.run_once():
+        assert time.monotonic() < deadline, "the lease never lapsed"
+        time.sleep(0.1)
+
+    final = status_json(env, result.id)
+    assert len(hooks.to("/hang")) == 2
+    assert (final["notify_state"], final["notify_attempts"]) == ("delivered", 2)
