@@ -23,6 +23,13 @@ class QueueStats:
     waiting: int
     in_progress: int
     workers: int
+    # The models of the submissions read on this queue: one, as each model has its own queue (csvembed.routing).
+    models: tuple[str, ...] = ()
+
+    @property
+    def unserved(self) -> bool:
+        """Rows wait and no live worker listens: they wait for a worker of their model to start."""
+        return self.waiting > 0 and self.workers == 0
 
 
 @dataclass
@@ -64,8 +71,15 @@ class Monitor:
                 pipe.zcard(queue.started_job_registry.key)
                 pipe.scard(WORKERS_BY_QUEUE_KEY % name)
             counts = pipe.execute()
-        queues = {name: QueueStats(name, *counts[i * 3 : i * 3 + 3]) for i, name in enumerate(names)}
+        queues = {name: QueueStats(name, *counts[i * 3 : i * 3 + 3],
+                                   tuple(sorted({s.model for s in snapshots if s.queue == name})))
+                  for i, name in enumerate(names)}
         return Reading(snapshots, queues)
+
+    def unserved(self, recent: int) -> list[QueueStats]:
+        """The queues of the `recent` latest submissions where rows wait for a model no live worker serves."""
+        reading = self.read(self.records.recent(recent))
+        return [queue for queue in reading.queues.values() if queue.unserved]
 
     def workers(self) -> list[WorkerInfo]:
         found = []

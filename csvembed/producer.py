@@ -26,6 +26,7 @@ from csvembed.enqueue import RowEnqueuer, withdraw_queued
 from csvembed.errors import CsvembedError, InputError, UnknownSubmission
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.reader import CsvFile, Source
+from csvembed.routing import model_queue
 from csvembed.rowtext import TextSpec, id_column_index
 from csvembed.store import Store, content_hash, open_store, reading, row_json
 from csvembed.submissions import INTERRUPTED, RUNNING, SubmissionRecords, new_submission_id, record_key
@@ -126,7 +127,7 @@ class Producer:
         id_index = id_column_index(csv_file.columns, options.id_column)
         # Opening the store up front reports an unusable --db before anything is enqueued.
         store = open_store(self.db)
-        queue = Queue(options.queue, connection=self.connection, serializer=SERIALIZER)
+        queue = Queue(model_queue(options.queue, self.model), connection=self.connection, serializer=SERIALIZER)
         submission_id = new_submission_id()
         # Standard input has no name to key a collection by: two piped files must not overwrite each other.
         collection = options.collection or (f"stdin-{submission_id}" if source.is_stdin else source.stem)
@@ -134,14 +135,14 @@ class Producer:
             submission_id,
             collection=collection,
             file=source.name,
-            queue=options.queue,
+            queue=queue.name,
             model=self.model,
             columns=csv_file.columns,
             text=spec.description,
             long_text=options.long_text,
             window_overlap=options.window_overlap,
         )
-        result = SubmitResult(submission_id, collection, options.queue, 0, 0, 0)
+        result = SubmitResult(submission_id, collection, queue.name, 0, 0, 0)
         # Ids this submission enqueued: a later row with one of them is never skipped, so the later
         # row of the file wins even when the earlier one differs from the store and the later does not.
         enqueued_ids: set[str] | None = set() if id_index is not None else None

@@ -33,7 +33,8 @@ def submit(
     collection: Annotated[Optional[str], typer.Option(
         metavar="NAME", help="The dataset the rows belong to. Default: the file's stem (data for data.csv.gz), or "
         "stdin-ID for standard input.")] = None,
-    queue: Annotated[str, typer.Option(metavar="NAME", help="The RQ queue to put the rows on.")] = defaults.QUEUE_NAME,
+    queue: Annotated[str, typer.Option(metavar="NAME", help="The RQ queue to put the rows on. A model other "
+        "than the default gets its own queue, NAME@model-hash, which its workers listen on.")] = defaults.QUEUE_NAME,
     force: Annotated[bool, typer.Option(
         "--force", help="Re-embed rows even if they are unchanged in the store.")] = False,
     max_pending: Annotated[Optional[int], typer.Option(
@@ -98,7 +99,8 @@ def worker(
     ctx: typer.Context,
     burst: Annotated[bool, typer.Option("--burst", help="Exit when the queues are empty.")] = False,
     queue: Annotated[Optional[list[str]], typer.Option(
-        "--queue", metavar="NAME", help="Queue to take rows from (repeatable; earlier queues have priority).")] = None,
+        "--queue", metavar="NAME", help="Queue to take rows from (repeatable; earlier queues have priority). It "
+        "takes only rows submitted for its own --model: NAME@model-hash for a model other than the default.")] = None,
     batch_size: Annotated[int, typer.Option(
         help="Rows taken at once and embedded in one model call.", min=1)] = defaults.BATCH_SIZE,
     device: Annotated[str, typer.Option(

@@ -80,6 +80,8 @@ class Line:
     eta: float | None
     in_progress: int
     workers: int
+    # The submission's model when its rows wait on a queue that no live worker listens on; else None.
+    no_worker_for_model: str | None = None
 
     @property
     def work(self) -> int:
@@ -87,7 +89,8 @@ class Line:
 
     def as_json(self) -> dict:
         return {**self.snapshot.as_json(), "rate": self.rate, "elapsed": self.elapsed, "eta": self.eta,
-                "in_progress": self.in_progress, "workers": self.workers}
+                "in_progress": self.in_progress, "workers": self.workers,
+                "no_worker_for_model": self.no_worker_for_model}
 
 
 def lines(reading: Reading, at: float) -> list[Line]:
@@ -98,14 +101,20 @@ def lines(reading: Reading, at: float) -> list[Line]:
         end = snapshot.updated_at if snapshot.finished and snapshot.updated_at else at
         queue = reading.queues.get(snapshot.queue)
         in_progress = min(queue.in_progress, snapshot.pending) if queue else 0
+        unserved = queue is not None and queue.unserved and snapshot.pending > 0
         found.append(Line(snapshot, rate, end - snapshot.created_at, eta_of(snapshot, rate, at), in_progress,
-                          queue.workers if queue else 0))
+                          queue.workers if queue else 0, snapshot.model if unserved else None))
     return found
 
 
+def unserved_text(model: str) -> str:
+    return f"waiting: no live worker for model {model}"
+
+
 def queue_line(queue: QueueStats) -> str:
+    unserved = f", {unserved_text(', '.join(queue.models))}" if queue.unserved and queue.models else ""
     return (f"queue {queue.name}: {queue.waiting} waiting, {queue.in_progress} in progress,"
-            f" {count(queue.workers, 'worker')}")
+            f" {count(queue.workers, 'worker')}{unserved}")
 
 
 def _cells(line: Line) -> dict[str, str]:
@@ -177,8 +186,11 @@ def long_text_line(snapshot: Snapshot) -> str | None:
 def render(reading: Reading, at: float, failures: dict[str, list[dict]], width: int) -> Group:
     """Progress bars, one per submission, then a line per queue, how long rows were read, and the
     latest failure reasons."""
-    parts: list = [_table(lines(reading, at), width)]
+    shown = lines(reading, at)
+    parts: list = [_table(shown, width)]
     parts += [Text(queue_line(queue), style="dim") for queue in reading.queues.values()]
+    parts += [Text(f"{line.snapshot.id} {unserved_text(line.no_worker_for_model)}", style="yellow")
+              for line in shown if line.no_worker_for_model]
     parts += [Text(text, style="dim") for snapshot in reading.snapshots if (text := long_text_line(snapshot))]
     for submission_id, recent in failures.items():
         for failure in recent:
@@ -194,6 +206,7 @@ def plain(reading: Reading, at: float) -> list[str]:
         f" {line.snapshot.failed} failed, {line.in_progress} in progress, {line.snapshot.pending} pending,"
         f" {line.snapshot.skipped} skipped, {rows_per_second(line.rate)} rows/s,"
         f" elapsed {duration(line.elapsed)}, eta {duration(line.eta)}, {count(line.workers, 'worker')}"
+        + (f", {unserved_text(line.no_worker_for_model)}" if line.no_worker_for_model else "")
         for line in lines(reading, at)
     ]
 

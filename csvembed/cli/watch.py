@@ -126,8 +126,10 @@ def list_lines(snapshots: list[Snapshot]) -> list[str]:
 
 @app.command(short_help="List the live workers: queues, batch size, rows done.")
 def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """The live workers: name (host.pid.suffix), queues, batch size, rows done and state."""
-    found = Monitor(connection_of(ctx)).workers()
+    """The live workers: name (host.pid.suffix), queues, batch size, rows done and state; then each queue
+    whose rows wait for a model that no live worker serves."""
+    monitor = Monitor(connection_of(ctx))
+    found = monitor.workers()
     if as_json:
         print_json([info.as_json() for info in found])
         return
@@ -135,4 +137,6 @@ def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
         out.print(f"{info.name}  {info.state:<9} queues {','.join(info.queues)}  batch {info.batch_size}"
                   f"  {count(info.rows_done, 'row')} done, {info.rows_failed} failed", highlight=False, markup=False)
     err.print(count(len(found), "worker"), highlight=False)
+    for queue in monitor.unserved(defaults.RECENT_SUBMISSIONS):
+        err.print(queue_line(queue), highlight=False, markup=False)
 
