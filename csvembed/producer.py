@@ -58,6 +58,8 @@ class SubmitResult:
     total: int
     enqueued: int
     skipped: int
+    # Rows failed at submit, never enqueued: what they hold could not be stored (see `unstorable`).
+    failed: int = 0
 
     def as_json(self) -> dict:
         return {
@@ -67,7 +69,25 @@ class SubmitResult:
             "rows": self.total,
             "enqueued": self.enqueued,
             "skipped": self.skipped,
+            "failed": self.failed,
         }
+
+
+def unstorable(task: RowTask) -> str | None:
+    """Why no store could ever hold this row, as far as submit can tell; None if one may.
+
+    Such a row fails alone at submit, like a row with empty text at the worker, and the file goes on.
+    (A NUL character, which PostgreSQL text cannot hold, is refused by the reader for the whole input.)
+    """
+    size = len(task.row_id.encode())
+    if size > defaults.MAX_KEY_BYTES:
+        return f"id too long: {size:,} bytes (UTF-8), at most {defaults.MAX_KEY_BYTES:,}"
+    return None
+
+
+def shown_id(row_id: str) -> str:
+    """An id as a failure record shows it: cut, when its length is what is wrong, to fit a line."""
+    return row_id if len(row_id) <= defaults.SHOWN_ID_CHARS else f"{row_id[:defaults.SHOWN_ID_CHARS]}…"
 
 
 class SubmissionGone(CsvembedError):
@@ -131,6 +151,9 @@ class Producer:
         submission_id = new_submission_id()
         # Standard input has no name to key a collection by: two piped files must not overwrite each other.
         collection = options.collection or (f"stdin-{submission_id}" if source.is_stdin else source.stem)
+        if len(collection.encode()) > defaults.MAX_KEY_BYTES:
+            raise InputError(f"collection name too long: {len(collection.encode()):,} bytes (UTF-8), at most"
+                             f" {defaults.MAX_KEY_BYTES:,}")
         self.records.create(
             submission_id,
             collection=collection,
@@ -162,12 +185,17 @@ class Producer:
                         )
                         for offset, values in enumerate(rows)
                     ]
-                    fresh = self._unchanged_removed(store, collection, csv_file.columns, tasks, options,
+                    reasons = [unstorable(task) for task in tasks]
+                    rejected = [(task, reason) for task, reason in zip(tasks, reasons) if reason]
+                    storable = [task for task, reason in zip(tasks, reasons) if not reason]
+                    fresh = self._unchanged_removed(store, collection, csv_file.columns, storable, options,
                                                     enqueued_ids)
-                    self._enqueue(queue, submission_id, fresh, len(tasks) - len(fresh), options.max_pending)
+                    skipped = len(storable) - len(fresh)
+                    self._enqueue(queue, submission_id, fresh, skipped, rejected, options.max_pending)
                     result.total += len(tasks)
                     result.enqueued += len(fresh)
-                    result.skipped += len(tasks) - len(fresh)
+                    result.skipped += skipped
+                    result.failed += len(rejected)
                     if on_read:
                         on_read(result.total)
                 if not self.records.end_submitting(submission_id, RUNNING):
@@ -227,13 +255,15 @@ class Producer:
         return fresh
 
     def _enqueue(
-        self, queue: Queue, submission_id: str, tasks: list[RowTask], skipped: int, max_pending: int | None
+        self, queue: Queue, submission_id: str, tasks: list[RowTask], skipped: int,
+        rejected: list[tuple[RowTask, str]], max_pending: int | None,
     ) -> None:
+        """Enqueue tasks, counting the skipped rows and failing the rejected ones (permanently) with the first part."""
         # Queue order means nothing to the user, so rows of similar length go together: a worker's
         # batch then needs little padding, which is what decides the model's speed.
         tasks.sort(key=lambda task: len(task.text))
         enqueuer = RowEnqueuer(queue)
-        remaining, skipped_left = tasks, skipped
+        remaining, skipped_left, rejected_left = tasks, skipped, rejected
         while True:
             room = self._room(queue, max_pending)
             part, remaining = remaining[:room], remaining[room:]
@@ -241,12 +271,15 @@ class Producer:
                 # The total grows in the same transaction as the queue, so status never counts a row
                 # that is not there; both are refused once the submission is deleted or withdrawn.
                 last_row = max((task.row_number for task in part), default=0)
-                self.records.add_rows(submission_id, len(part), skipped_left, last_row, pipe)
+                self.records.add_rows(submission_id, len(part) + len(rejected_left), skipped_left, last_row, pipe)
                 enqueuer.enqueue(part, pipe, record_key(submission_id))
+                for task, reason in rejected_left:
+                    self.records.mark_failed(pipe, submission_id, task.row_number, shown_id(task.row_id), reason,
+                                             permanent=True)
                 if not pipe.execute()[0]:
                     raise SubmissionGone(f"submission {submission_id} was deleted or withdrawn while it was being"
                                          " submitted")
-            skipped_left = 0
+            skipped_left, rejected_left = 0, []
             if not remaining:
                 return
 

@@ -93,8 +93,8 @@ Options:
   --window-overlap N              Tokens each window shares with the previous
                                   one (at most half a window).  [default: 32;
                                   x>=0]
-  --json                          Print {id, rows, enqueued, skipped, queue,
-                                  collection} as JSON.
+  --json                          Print {id, rows, enqueued, skipped, failed,
+                                  queue, collection} as JSON.
   --wait                          Then show the live status until every row is
                                   done.
   -h, --help                      Show this message and exit.

@@ -46,7 +46,7 @@ def submit(
     window_overlap: Annotated[int, typer.Option(
         help="Tokens each window shares with the previous one (at most half a window).", min=0)] = 32,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="Print {id, rows, enqueued, skipped, queue, collection} as JSON.")] = False,
+        "--json", help="Print {id, rows, enqueued, skipped, failed, queue, collection} as JSON.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Then show the live status until every row is done.")] = False,
 ) -> None:
     """Enqueue one job per CSV row; print the submission id on stdout and return at once.
@@ -86,8 +86,9 @@ def submit(
     if as_json:
         print_json(result.as_json())
     skipped = f", {result.skipped} unchanged and skipped" if result.skipped else ""
+    failed = f", {result.failed} failed at once: csvembed failures {result.id}" if result.failed else ""
     say(f"submitted {count(result.total, 'row')} of {source.name} to queue {result.queue} as {result.id}"
-        f" (collection {result.collection}{skipped})")
+        f" (collection {result.collection}{skipped}{failed})")
     if wait:
         from csvembed.cli.watch import follow
 
