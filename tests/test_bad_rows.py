@@ -10,6 +10,7 @@ import pytest
 
 from conftest import store_counts, write_csv
 from csvembed import defaults
+from csvembed.errors import InputError
 from csvembed.ingest import Ingestor
 from csvembed.jobs import RowTask
 from csvembed.retry import retry_failed
@@ -102,3 +103,9 @@ def test_on_sqlite_a_value_over_its_length_limit_fails_its_row_alone(env, submit
     assert SubmissionRecords(env.connection).failures(result.id) == [{
         "row_number": 5, "id": "5", "permanent": True,
         "reason": "the store refused this row: string or blob too big"}]
+
+
+def test_a_collection_name_too_long_for_a_store_rejects_the_submit(env, submit, fake_embedder):
+    with pytest.raises(InputError, match=r"^collection name too long: 1,001 bytes \(UTF-8\), at most 1,000$"):
+        submit(hundred_rows(env), model=fake_embedder.name, collection="c" * 1001)
+    assert env.connection.zcard("csvembed:submissions") == 0
