@@ -4,7 +4,8 @@ QUEUE_NAME = "csvembed"
 MODEL_NAME = "all-MiniLM-L6-v2"
 
 # Rows read per pandas chunk: large enough for pandas' C parser to be efficient, small enough
-# that memory stays flat (a few MB) however big the file is.
+# that memory stays flat (a few MB) however big the file is. submit sorts each chunk by text
+# length before enqueueing it, so a worker's batch holds rows of similar length (little padding).
 READ_CHUNK_ROWS = 5_000
 # Bytes looked at to detect the encoding and sniff the delimiter.
 SNIFF_BYTES = 64 * 1024

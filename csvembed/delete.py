@@ -31,7 +31,7 @@ def delete_submission(connection: redis.Redis, store: Store | None, submission_i
     """
     taken = SubmissionRecords(connection).take(submission_id)
     if taken is None:
-        raise UnknownSubmission(f"no submission with id {submission_id!r}")
+        raise UnknownSubmission(submission_id)
     queue = Queue(taken.queue, connection=connection, serializer=SERIALIZER)
     jobs = purge_jobs(queue, submission_id, taken.last_row)
     rows = store.delete_submission(submission_id) if store is not None else 0

@@ -22,6 +22,9 @@ class InputError(CsvembedError):
 class UnknownSubmission(CsvembedError):
     """No submission has this id."""
 
+    def __init__(self, submission_id: str) -> None:
+        super().__init__(f"no submission with id {submission_id!r}")
+
 
 class ServiceUnavailable(CsvembedError):
     """Redis or the store cannot be reached or used."""

@@ -33,7 +33,7 @@ def retry_failed(connection: redis.Redis, submission_id: str, include_permanent:
     records = SubmissionRecords(connection)
     snapshot = records.snapshot(submission_id)
     if snapshot is None:
-        raise UnknownSubmission(f"no submission with id {submission_id!r}")
+        raise UnknownSubmission(submission_id)
     registry = FailedJobRegistry(snapshot.queue, connection=connection, serializer=SERIALIZER)
     result = RetryResult([], [], [])
     for failure in records.failures(submission_id):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from csvembed.embedder import load_embedder
-from csvembed.errors import InputError, NoStore
+from collections.abc import Callable
+
+from csvembed.embedder import Embedder, load_embedder
+from csvembed.errors import InputError
 from csvembed.settings import Settings
-from csvembed.store import Hit, Store, open_existing_store
+from csvembed.store import Hit, Store, reading_store
 
 
 def search(
@@ -15,26 +17,26 @@ def search(
     collection: str | None = None,
     submission: str | None = None,
     where: dict[str, str] | None = None,
+    embedder: Callable[[], Embedder] | None = None,
 ) -> list[Hit]:
     """The k stored rows nearest to the query, nearest first.
 
     The store is opened read-only. A missing store, an unknown collection or an unknown --where
     column is an InputError raised before the model loads: a typo costs no model load and is not
-    mistaken for "no rows match".
+    mistaken for "no rows match". `embedder` gives the query's embedder when a long-lived caller
+    keeps one loaded; by default the model is loaded for this one query.
     """
-    store = open_existing_store(settings.db, read_only=True)
-    if store is None:
-        raise NoStore(settings.db)
-    try:
-        if store.dimension is None:
-            raise NoStore(settings.db)
+    with reading_store(settings.db) as store:
         check_filters(store, collection, where or {})
-        # The workers' backend and precision: ONNX Runtime when they left an export here (no torch
-        # import, seconds faster), else PyTorch; the vectors are the same either way.
-        vector = load_embedder(settings, may_export=False).encode([query])[0]
+        model = embedder() if embedder is not None else query_embedder(settings)
+        vector = model.encode([query])[0]
         return store.search(vector, k, collection=collection, submission=submission, where=where)
-    finally:
-        store.close()
+
+
+def query_embedder(settings: Settings) -> Embedder:
+    """The workers' backend and precision: ONNX Runtime when they left an export here (no torch
+    import, seconds faster), else PyTorch; the vectors are the same either way."""
+    return load_embedder(settings, may_export=False)
 
 
 def check_filters(store: Store, collection: str | None, where: dict[str, str]) -> None:

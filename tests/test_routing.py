@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from conftest import FAKE_QUEUE, write_csv
 from csvembed.cli import app
-from csvembed.cli.status_view import lines, plain
+from csvembed.cli.status_view import plain
+from csvembed.figures import lines
 from csvembed.jobs import SERIALIZER
 from csvembed.monitor import Monitor
 from csvembed.producer import Producer, SubmitOptions

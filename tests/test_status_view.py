@@ -6,7 +6,8 @@ import io
 
 from rich.console import Console
 
-from csvembed.cli.status_view import lines, plain, render
+from csvembed.cli.status_view import plain, render
+from csvembed.figures import lines
 from csvembed.monitor import QueueStats, Reading
 from csvembed.submissions import Snapshot
 

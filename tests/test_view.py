@@ -13,10 +13,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import write_csv
+from csvembed.api import Csvembed
 from csvembed.cli import app
 from csvembed.cli.data import hit_lines
-from csvembed.cli.status_view import lines, plain, render
+from csvembed.cli.status_view import plain, render
 from csvembed.cli.watch import follow
+from csvembed.figures import lines
 from csvembed.monitor import Monitor, QueueStats, Reading
 from csvembed.store import Hit
 from csvembed.submissions import Snapshot
@@ -174,7 +176,7 @@ def test_end_states_tell_some_failed_from_nothing_worked(env, submit, drain, fak
     submission = submit(write_csv(env.dir / "rows.csv", csv_text), model=fake_embedder.name, text_columns=("text",)).id
     drain(model=fake_embedder)
     assert Monitor(env.connection).records.snapshot(submission).state == state
-    assert follow(env.connection, submission) == code  # status --wait's exit code
+    assert follow(Csvembed(env.settings, env.connection), submission) == code  # status --wait's exit code
 
 
 def test_list_has_a_header_and_aligned_columns(env, submit, drain, fake_embedder):

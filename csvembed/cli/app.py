@@ -6,7 +6,7 @@ import io
 import json
 from collections.abc import Sequence
 from importlib.metadata import version
-from typing import Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import redis
 import typer
@@ -20,6 +20,9 @@ from csvembed import defaults
 from csvembed.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, CsvembedError, InputError
 from csvembed.redact import mask_secrets
 from csvembed.settings import ENV_DB, ENV_MODEL, ENV_PRECISION, ENV_REDIS_URL, PRECISIONS, Settings
+
+if TYPE_CHECKING:
+    from csvembed.api import Csvembed
 
 EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 rows failed or submit interrupted; 2 bad input or unknown id;"
                    " 3 Redis, store or model unusable; 130 Ctrl-C.")
@@ -190,17 +193,18 @@ def main_options(
 ) -> None:
     if precision not in PRECISIONS:
         raise InputError(f"unknown --precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    ctx.obj = Settings.resolve(redis_url=redis_url, db=db, model=model, precision=precision)
+    from csvembed.api import Csvembed
+
+    ctx.obj = Csvembed(Settings.resolve(redis_url=redis_url, db=db, model=model, precision=precision))
 
 
-def settings_of(ctx: typer.Context) -> Settings:
+def api_of(ctx: typer.Context) -> Csvembed:
+    """The library every command calls; it connects to Redis on first use."""
     return ctx.obj
 
 
-def connection_of(ctx: typer.Context) -> redis.Redis:
-    from csvembed.broker import connect
-
-    return connect(settings_of(ctx))
+def settings_of(ctx: typer.Context) -> Settings:
+    return api_of(ctx).settings
 
 
 def print_json(value) -> None:

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional
 import typer
 
 from csvembed import defaults
-from csvembed.cli.app import JsonOption, app, connection_of, count, out, print_json, say, settings_of
-from csvembed.errors import InputError, NoStore, UnknownSubmission
+from csvembed.cli.app import JsonOption, api_of, app, count, out, print_json, say
+from csvembed.errors import InputError
 
 if TYPE_CHECKING:  # the store imports numpy: not at start-up
+    from csvembed.api import Exported
     from csvembed.store import Hit
-    from csvembed.submissions import Snapshot, SubmissionRecords
 
 
 def _parse_where(conditions: list[str]) -> dict[str, str]:
@@ -48,10 +48,8 @@ def search(
     ))] = False,
 ) -> None:
     """The stored rows nearest to QUERY by cosine distance, nearest first."""
-    from csvembed.search import search as run_search
-
-    hits = run_search(settings_of(ctx), query, k, collection=collection, submission=submission,
-                      where=_parse_where(where or []))
+    hits = api_of(ctx).search(query, k, collection=collection, submission=submission,
+                              where=_parse_where(where or []))
     if as_json:
         print_json([hit.__dict__ for hit in hits])
         return
@@ -98,55 +96,16 @@ def export(
     its windows (--windows: every window). The rows a submission skipped as unchanged stay stored
     under the earlier submission that wrote them: the closing line names it.
     """
-    from csvembed.export import FORMATS
-    from csvembed.export import export as run_export
-    from csvembed.store import open_existing_store
-    from csvembed.submissions import SubmissionRecords
-
-    if fmt not in FORMATS:
-        raise InputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
     if fmt == "parquet" and output is None and sys.stdout.isatty():
         raise InputError("parquet is binary: write it to a file with -o FILE, or pipe it")
-    records = SubmissionRecords(connection_of(ctx))
-    snapshot = records.snapshot(submission_id)
-    if snapshot is None:
-        raise UnknownSubmission(f"no submission with id {submission_id!r}")
-    db = settings_of(ctx).db
-    store = open_existing_store(db, read_only=True)
-    try:
-        if store is None or store.dimension is None:
-            raise NoStore(db)
-        dimension = store.dimension
-        exported = _write(output, lambda target: run_export(store, submission_id, snapshot.columns, fmt, dimension,
-                                                            target, windows=windows))
-    finally:
-        if store is not None:
-            store.close()
-    say("; ".join([f"exported {count(exported, 'window' if windows else 'row')}"
-                   + (f" to {output}" if output else ""),
-                   *_not_exported(records, snapshot, exported)]))
+    api = api_of(ctx)
+    api.check_export(submission_id, fmt)
+    exported = _write(output, lambda target: api.export(submission_id, fmt, target, windows=windows))
+    say("; ".join([f"exported {count(exported.records, 'window' if windows else 'row')}"
+                   + (f" to {output}" if output else ""), *exported.notes]))
 
 
-def _not_exported(records: SubmissionRecords, snapshot: Snapshot, exported: int) -> list[str]:
-    """Why rows of the submission's file are not in its export, so that a short export is never silent."""
-    notes = []
-    if snapshot.skipped:
-        earlier = [other.id for other in records.snapshots(records.ids())
-                   if other is not None and other.collection == snapshot.collection and other.done
-                   and other.created_at < snapshot.created_at][:3]
-        where = f" ({', '.join(earlier)})" if earlier else ""
-        notes.append(f"{count(snapshot.skipped, 'row')} skipped as unchanged: export the earlier submission"
-                     f" that stored {'it' if snapshot.skipped == 1 else 'them'}{where}, or submit with --force")
-    if snapshot.done > exported:
-        notes.append(f"{snapshot.done - exported} since replaced by a later submission")
-    if snapshot.pending:
-        notes.append(f"{snapshot.pending} not stored yet (csvembed status {snapshot.id})")
-    if snapshot.failed:
-        notes.append(f"{snapshot.failed} failed (csvembed failures {snapshot.id})")
-    return notes
-
-
-def _write(path: Path | None, write: Callable[[BinaryIO], int]) -> int:
+def _write(path: Path | None, write: Callable[[BinaryIO], Exported]) -> Exported:
     """Run `write` on the file (stdout for None). A failed write is one line naming the file and the
     OS reason, and a file this export created is removed so no half-written export is left."""
     created = False
@@ -177,13 +136,7 @@ def delete(
     as_json: JsonOption = False,
 ) -> None:
     """Remove a submission: its stored rows and vectors, its queued jobs and its records in Redis."""
-    from csvembed.delete import delete_submission
-    from csvembed.store import open_existing_store
-
-    store = open_existing_store(settings_of(ctx).db)
-    deleted = delete_submission(connection_of(ctx), store, submission_id)
-    if store is not None:
-        store.close()
+    deleted = api_of(ctx).delete(submission_id)
     if as_json:
         print_json(deleted.__dict__)
     say(f"deleted submission {deleted.id}: {count(deleted.rows, 'stored row')} and their vectors,"

@@ -9,9 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from csvembed import defaults
-from csvembed.cli.app import app, connection_of, count, err, on_interrupt, out, print_json, say, settings_of
-from csvembed.errors import UnknownSubmission
-from csvembed.settings import Settings
+from csvembed.cli.app import api_of, app, count, err, on_interrupt, out, print_json, say
 
 
 @app.command(short_help="Queue one embedding job per CSV row; print the submission id.")
@@ -58,17 +56,17 @@ def submit(
     on_interrupt(ctx, f"interrupted: nothing of {'standard input' if file == '-' else file} was submitted"
                  " (rows already queued were taken back)")
     from csvembed.cli.reading import ReadProgress
-    from csvembed.producer import Producer, SubmitOptions
+    from csvembed.producer import SubmitOptions
     from csvembed.reader import open_source
 
-    settings = settings_of(ctx)
+    api = api_of(ctx)
     options = SubmitOptions(
         text_columns=tuple(text_column or ()), template=template, id_column=id_column, delimiter=delimiter,
         encoding=encoding, collection=collection, queue=queue, force=force, max_pending=max_pending,
         long_text=long_text, window_overlap=window_overlap,
     )
-    connection = connection_of(ctx)
-    _say_row_encoding(settings)
+    if note := api.row_encoding_note():  # a user's own Redis would keep every queued row in the large encoding
+        say(note)
     source = open_source(file)
     with ReadProgress(err, source) as reading:
 
@@ -78,9 +76,7 @@ def submit(
                 print(submission_id, flush=True)
             reading.start()
 
-        result = Producer(connection, settings.db, settings.model_id).submit(
-            source, options, on_created=created, on_read=reading.update
-        )
+        result = api.submit(source, options, on_created=created, on_read=reading.update)
     on_interrupt(ctx, f"stopped watching; submission {result.id} goes on: its rows stay queued for the workers"
                  f" (csvembed status {result.id})")
     if as_json:
@@ -92,7 +88,7 @@ def submit(
     if wait:
         from csvembed.cli.watch import follow
 
-        raise typer.Exit(follow(connection, result.id))
+        raise typer.Exit(follow(api, result.id))
 
 
 @app.command(short_help="Embed queued rows and store them.")
@@ -117,12 +113,10 @@ def worker(
     Start more workers (on this or other machines) to go faster. SIGTERM or Ctrl-C finishes the
     current batch and exits 0. If Redis goes away, the worker waits for it and says so.
     """
-    from csvembed.worker import run_worker
-
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr, force=True)
     logging.getLogger("csvembed").setLevel(logging.INFO)
-    run_worker(settings_of(ctx), queue or [defaults.QUEUE_NAME], burst=burst, batch_size=batch_size,
-               device=device, backend=backend)
+    api_of(ctx).work(queue or [defaults.QUEUE_NAME], burst=burst, batch_size=batch_size, device=device,
+                     backend=backend)
 
 
 @app.command(short_help="List the rows of a submission that failed for good, and why.")
@@ -136,12 +130,7 @@ def failures(
 
     A permanent failure is the row's own fault (e.g. empty text): `retry` leaves it unless given --all.
     """
-    from csvembed.submissions import SubmissionRecords
-
-    records = SubmissionRecords(connection_of(ctx))
-    if not records.exists(submission_id):
-        raise UnknownSubmission(f"no submission with id {submission_id!r}")
-    rows = records.failures(submission_id)
+    rows = api_of(ctx).failures(submission_id)
     if as_json:
         print_json(rows)
         return
@@ -164,21 +153,10 @@ def retry(
     Rows that failed for good because of their own content (permanent failures, see `failures`)
     are skipped unless --all is given.
     """
-    from csvembed.retry import retry_failed
-
-    result = retry_failed(connection_of(ctx), submission_id, include_permanent=every)
+    result = api_of(ctx).retry(submission_id, include_permanent=every)
     if as_json:
         print_json(result.__dict__)
     expired = f"; {len(result.expired)} had expired and need a new submit" if result.expired else ""
     skipped = (f"; skipped {len(result.skipped)} that failed permanently (--all requeues them too)"
                if result.skipped else "")
     say(f"requeued {count(len(result.requeued), 'failed row')}{expired}{skipped}")
-
-
-def _say_row_encoding(settings: Settings) -> None:
-    """Once per command, on stderr: a user's own Redis would keep every queued row in the large encoding."""
-    from csvembed.broker import row_encoding_note
-
-    note = row_encoding_note(settings)
-    if note:
-        say(note)

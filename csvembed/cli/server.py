@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from csvembed.cli.app import CsvembedTyper, JsonOption, out, print_json, say, settings_of
-from csvembed.errors import EXIT_UNAVAILABLE, InputError
-from csvembed.redact import mask_secrets
-from csvembed.settings import Settings
+from csvembed.cli.app import CsvembedTyper, JsonOption, api_of, out, print_json, say
+from csvembed.errors import EXIT_UNAVAILABLE
 
 redis_app = CsvembedTyper(
     name="redis",
@@ -16,12 +14,6 @@ redis_app = CsvembedTyper(
     short_help="Show or stop the embedded Redis server.",
     no_args_is_help=True,
 )
-
-
-def _refuse_a_configured_url(settings: Settings, doing: str) -> None:
-    if settings.redis_url:
-        raise InputError(f"--redis-url (or CSVEMBED_REDIS_URL) names your own Redis, "
-                         f"{mask_secrets(settings.redis_url)}: csvembed {doing} only its embedded one")
 
 
 def _megabytes(size: int) -> str:
@@ -34,11 +26,7 @@ def redis_status(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
     Exit codes: 0 running; 3 not running (the next command starts it).
     """
-    from csvembed.broker import local_redis_status
-
-    settings = settings_of(ctx)
-    _refuse_a_configured_url(settings, "shows")
-    found = local_redis_status(settings)
+    found = api_of(ctx).local_redis()
     if as_json:
         print_json(found.as_json())
     elif found.pid is None:
@@ -58,12 +46,9 @@ def redis_stop(ctx: typer.Context) -> None:
 
     Running workers wait for it (and say so) until then.
     """
-    from csvembed.broker import stop_local_redis
-
-    settings = settings_of(ctx)
-    _refuse_a_configured_url(settings, "stops")
-    pid = stop_local_redis(settings)
+    api = api_of(ctx)
+    pid = api.stop_local_redis()
     if pid is None:
         say("the embedded Redis is not running")
     else:
-        say(f"stopped the embedded Redis (pid {pid}); its data stays in {settings.home / 'redis'}")
+        say(f"stopped the embedded Redis (pid {pid}); its data stays in {api.settings.home / 'redis'}")

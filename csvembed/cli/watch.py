@@ -5,21 +5,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, Optional
 
-import redis
 import typer
 
-from csvembed import defaults
-from csvembed.cli.app import JsonOption, app, connection_of, err, out, print_json
-from csvembed.cli.status_view import lines, plain, queue_line, wait_plain, watch
+from csvembed.api import Csvembed
+from csvembed.cli.app import JsonOption, api_of, app, err, out, print_json
+from csvembed.cli.status_view import plain, queue_line, wait_plain, watch
 from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, InputError, UnknownSubmission
-from csvembed.monitor import Monitor, Reading
+from csvembed.monitor import Reading
 from csvembed.submissions import INTERRUPTED, Snapshot
 from csvembed.wording import count
-
-
-def _require(monitor: Monitor, submission_id: str) -> None:
-    if not monitor.records.exists(submission_id):
-        raise UnknownSubmission(f"no submission with id {submission_id!r}")
 
 
 def _exit_code(reading: Reading) -> int:
@@ -28,19 +22,18 @@ def _exit_code(reading: Reading) -> int:
     return EXIT_ROWS_FAILED if incomplete else EXIT_OK
 
 
-def follow(connection: redis.Redis, submission_id: str) -> int:
+def follow(api: Csvembed, submission_id: str) -> int:
     """Live bars on a terminal, plain lines otherwise, until the submission is finished; its exit code."""
-    monitor = Monitor(connection)
-    _require(monitor, submission_id)
+    api.require(submission_id)
 
     def read() -> Reading:
-        reading = monitor.read([submission_id])
+        reading = api.reading([submission_id])
         if not reading.snapshots:  # deleted while we watched
-            raise UnknownSubmission(f"no submission with id {submission_id!r}")
+            raise UnknownSubmission(submission_id)
         return reading
 
     if err.is_terminal:
-        reading = watch(read, lambda sid: monitor.records.recent_failures(sid, defaults.RECENT_FAILURES), err)
+        reading = watch(read, api.recent_failures, err)
     else:
         reading = wait_plain(read, err)
     return _exit_code(reading)
@@ -65,29 +58,27 @@ def status(
     """
     if wait and not submission_id:
         raise InputError("--wait needs a submission ID")
-    connection = connection_of(ctx)
-    monitor = Monitor(connection)
-    ids = [submission_id] if submission_id else monitor.records.recent(defaults.RECENT_SUBMISSIONS)
+    api = api_of(ctx)
+    ids = [submission_id] if submission_id else api.recent()
     if submission_id:
-        _require(monitor, submission_id)
+        api.require(submission_id)
     if wait:
-        code = follow(connection, submission_id)
+        code = follow(api, submission_id)
         if as_json:
-            _print_lines(monitor, ids, as_json=True)
+            print_json(api.status(submission_id).as_json())
         raise typer.Exit(code)
-    if as_json or not err.is_terminal:
-        _print_lines(monitor, ids, as_json)
-        return
-    watch(lambda: monitor.read(ids), lambda sid: monitor.records.recent_failures(sid, defaults.RECENT_FAILURES),
-          err, until_finished=not watch_view)
-
-
-def _print_lines(monitor: Monitor, ids: list[str], as_json: bool) -> None:
-    reading = monitor.read(ids)
     if as_json:
-        found = lines(reading, time.time())
-        print_json(found[0].as_json() if len(ids) == 1 and found else [line.as_json() for line in found])
+        print_json(api.status(submission_id).as_json() if submission_id
+                   else [line.as_json() for line in api.statuses(ids)])
         return
+    if not err.is_terminal:
+        _print_lines(api, ids)
+        return
+    watch(lambda: api.reading(ids), api.recent_failures, err, until_finished=not watch_view)
+
+
+def _print_lines(api: Csvembed, ids: list[str]) -> None:
+    reading = api.reading(ids)
     for text in plain(reading, time.time()):
         out.print(text, highlight=False, markup=False)
     for queue in reading.queues.values():
@@ -101,8 +92,8 @@ def list_submissions(
     limit: Annotated[int, typer.Option(help="How many of the most recent submissions.", min=1)] = 50,
 ) -> None:
     """The submissions, newest first: id, file, created, total, done, failed and state."""
-    monitor = Monitor(connection_of(ctx))
-    snapshots = monitor.read(monitor.records.recent(limit)).snapshots
+    api = api_of(ctx)
+    snapshots = api.reading(api.recent(limit)).snapshots
     if as_json:
         print_json([{key: s.as_json()[key] for key in ("id", "collection", "file", "created_at", "total", "done",
                                                         "failed", "skipped", "pending", "state")}
@@ -128,8 +119,8 @@ def list_lines(snapshots: list[Snapshot]) -> list[str]:
 def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """The live workers: name (host.pid.suffix), queues, batch size, rows done and state; then each queue
     whose rows wait for a model that no live worker serves."""
-    monitor = Monitor(connection_of(ctx))
-    found = monitor.workers()
+    api = api_of(ctx)
+    found = api.workers()
     if as_json:
         print_json([info.as_json() for info in found])
         return
@@ -137,6 +128,6 @@ def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
         out.print(f"{info.name}  {info.state:<9} queues {','.join(info.queues)}  batch {info.batch_size}"
                   f"  {count(info.rows_done, 'row')} done, {info.rows_failed} failed", highlight=False, markup=False)
     err.print(count(len(found), "worker"), highlight=False)
-    for queue in monitor.unserved(defaults.RECENT_SUBMISSIONS):
+    for queue in api.unserved_queues():
         err.print(queue_line(queue), highlight=False, markup=False)
 

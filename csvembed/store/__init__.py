@@ -7,8 +7,11 @@ commands. A third backend is one new module that satisfies `Store`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from csvembed.errors import NoStore
 from csvembed.store.base import (
     COLUMNS_SAMPLE,
     LATER_WINS,
@@ -22,7 +25,7 @@ from csvembed.store.base import (
 )
 
 __all__ = ["COLUMNS_SAMPLE", "LATER_WINS", "Hit", "Store", "StoredRow", "content_hash", "is_postgres_url",
-           "open_existing_store", "open_store", "reading", "row_json", "row_vector"]
+           "open_existing_store", "open_store", "reading_store", "reading", "row_json", "row_vector"]
 
 
 def is_postgres_url(db: str) -> bool:
@@ -59,3 +62,17 @@ def open_existing_store(db: str, read_only: bool = False) -> Store | None:
         store.close()
         return None
     return store
+
+
+@contextmanager
+def reading_store(db: str) -> Iterator[Store]:
+    """The store opened read-only for search and export, holding at least one vector; NoStore otherwise."""
+    store = open_existing_store(db, read_only=True)
+    if store is None:
+        raise NoStore(db)
+    try:
+        if store.dimension is None:
+            raise NoStore(db)
+        yield store
+    finally:
+        store.close()
