@@ -177,6 +177,10 @@ class Csvembed:
         """The live workers of this Redis, by name."""
         return self.monitor.workers()
 
+    def unserved_queues(self) -> list[QueueStats]:
+        """The queues of the recent submissions whose rows wait for a model that no live worker serves."""
+        return self.monitor.unserved(defaults.RECENT_SUBMISSIONS)
+
     def local_redis(self) -> LocalRedis:
         """The embedded redis-server's state; never starts it. InputError when --redis-url names another."""
         from csvembed.broker import local_redis_status

@@ -10,6 +10,14 @@ READ_CHUNK_ROWS = 5_000
 # Bytes looked at to detect the encoding and sniff the delimiter.
 SNIFF_BYTES = 64 * 1024
 
+# The longest row id and collection name, in UTF-8 bytes. PostgreSQL's btree refuses an index entry
+# over 2704 bytes (a third of a page), and a row's key is (collection, id): two keys of 1,000 bytes fit
+# with room for the entry's overhead, in any script (UTF-8 takes up to 4 bytes a character). SQLite has
+# no such limit, but the same one applies there, so a file that goes into one store goes into the other.
+MAX_KEY_BYTES = 1_000
+# Characters of an id shown in a failure record when the id itself is what is wrong (too long).
+SHOWN_ID_CHARS = 80
+
 # Rows per call of the enqueue Lua script (enqueue.py): one round trip each, and a reader interrupted
 # mid-file leaves at most this many rows to withdraw from the last call.
 ENQUEUE_CHUNK = 1_000

@@ -55,6 +55,8 @@ class Line:
     eta: float | None
     in_progress: int
     workers: int
+    # The submission's model when its rows wait on a queue that no live worker listens on; else None.
+    no_worker_for_model: str | None = None
 
     @property
     def work(self) -> int:
@@ -62,7 +64,8 @@ class Line:
 
     def as_json(self) -> dict:
         return {**self.snapshot.as_json(), "rate": self.rate, "elapsed": self.elapsed, "eta": self.eta,
-                "in_progress": self.in_progress, "workers": self.workers}
+                "in_progress": self.in_progress, "workers": self.workers,
+                "no_worker_for_model": self.no_worker_for_model}
 
 
 def lines(reading: Reading, at: float) -> list[Line]:
@@ -73,6 +76,7 @@ def lines(reading: Reading, at: float) -> list[Line]:
         end = snapshot.updated_at if snapshot.finished and snapshot.updated_at else at
         queue = reading.queues.get(snapshot.queue)
         in_progress = min(queue.in_progress, snapshot.pending) if queue else 0
+        unserved = queue is not None and queue.unserved and snapshot.pending > 0
         found.append(Line(snapshot, rate, end - snapshot.created_at, eta_of(snapshot, rate, at), in_progress,
-                          queue.workers if queue else 0))
+                          queue.workers if queue else 0, snapshot.model if unserved else None))
     return found

@@ -3,7 +3,9 @@
 The worker calls `Ingestor.ingest` with every row it holds: one model call, one transaction.
 It returns, per row, its Shape once settled (stored, or dropped because its submission was deleted:
 no windows) or the exception that failed it; nothing is marked in Redis here, so a row is only ever
-marked done by the caller after the transaction committed.
+marked done by the caller after the transaction committed. When the store refuses a batch for the data of
+some of its rows (Store.rejected), the batch is stored in halves until each such row is alone: it fails by
+itself, for good, and the others are stored.
 
 A text longer than the model's window is read as its submission's --long-text policy says
 (csvembed.windows): every window of every row of the batch goes into the one model call, whose
@@ -78,8 +80,8 @@ class Ingestor:
         """Embed and store tasks; per task, its Shape if settled, else why it failed.
 
         The store itself refuses rows of a submission deleted meanwhile (in the write's transaction).
-        A failure of the store itself (for instance a lock held past the busy timeout) raises:
-        then no row of the batch was stored and every one of them should be retried.
+        A row whose data the store refuses fails alone (see `_write`). Any other failure of the store (for
+        instance a lock held past the busy timeout) raises: every row of the batch should then be retried.
         """
         outcomes: list[Exception | Shape] = [Shape(0, False)] * len(tasks)
         rows: list[StoredRow] = []
@@ -101,14 +103,35 @@ class Ingestor:
         owners = [position for row, position in zip(rows, positions) for _ in row.windows]
         vectors = self._encode(texts, outcomes, owners)
         keep = np.array([isinstance(outcomes[owner], Shape) for owner in owners], dtype=bool)
-        if keep.any():
-            self.store.write([row for row, position in zip(rows, positions) if isinstance(outcomes[position], Shape)],
-                             vectors[keep])
+        kept = [(row, position) for row, position in zip(rows, positions) if isinstance(outcomes[position], Shape)]
+        if kept:
+            self._write(kept, vectors[keep], outcomes)
         cut = sum(isinstance(outcome, Shape) and outcome.truncated for outcome in outcomes)
         if cut:
             log.info("%d rows longer than the model's window were cut off (--long-text truncate, or past %d windows)",
                      cut, MAX_WINDOWS)
         return outcomes
+
+    def _write(self, rows: list[tuple[StoredRow, int]], vectors: np.ndarray, outcomes: list[Exception | Shape]) -> None:
+        """Store (row, position) pairs in one transaction. If the store refuses their data, split them in
+        halves until each refused row is alone: every other row is stored and each refused one fails by
+        itself (about 2·log2(n) writes for one bad row in n), so a retry never repeats the batch's failure.
+        Any other error of the store raises, with every row of the batch to be retried."""
+        try:
+            self.store.write([row for row, _ in rows], vectors)
+            return
+        except Exception as exc:
+            reason = self.store.rejected(exc)
+            if reason is None:
+                raise
+        if len(rows) == 1:
+            outcomes[rows[0][1]] = RowError(f"the store refused this row: {reason}")
+            return
+        log.warning("the store refused a batch of %d rows (%s): storing it in halves", len(rows), reason)
+        middle = len(rows) // 2
+        split_at = sum(len(row.windows) for row, _ in rows[:middle])
+        self._write(rows[:middle], vectors[:split_at], outcomes)
+        self._write(rows[middle:], vectors[split_at:], outcomes)
 
     def _encode(self, texts: list[str], outcomes: list[Exception | Shape], owners: list[int]) -> np.ndarray:
         """One model call for every window of the batch; if it raises, one call per window to find the bad

@@ -23,6 +23,13 @@ class QueueStats:
     waiting: int
     in_progress: int
     workers: int
+    # The models of the submissions read on this queue: one, as each model has its own queue (csvembed.routing).
+    models: tuple[str, ...] = ()
+
+    @property
+    def unserved(self) -> bool:
+        """Rows wait and no live worker listens: they wait for a worker of their model to start."""
+        return self.waiting > 0 and self.workers == 0
 
 
 @dataclass
@@ -57,9 +64,10 @@ class Monitor:
     def read(self, submission_ids: list[str]) -> Reading:
         snapshots = [s for s in self.records.snapshots(submission_ids) if s is not None]
         names = sorted({snapshot.queue for snapshot in snapshots})
-        return Reading(snapshots, {stats.name: stats for stats in self.queues(names)})
+        models = {name: tuple(sorted({s.model for s in snapshots if s.queue == name})) for name in names}
+        return Reading(snapshots, {stats.name: stats for stats in self.queues(names, models)})
 
-    def queues(self, names: list[str]) -> list[QueueStats]:
+    def queues(self, names: list[str], models: dict[str, tuple[str, ...]] | None = None) -> list[QueueStats]:
         """Rows waiting, rows in progress and live workers of each queue, in one round trip."""
         with self.connection.pipeline(transaction=False) as pipe:
             for name in names:
@@ -68,7 +76,13 @@ class Monitor:
                 pipe.zcard(queue.started_job_registry.key)
                 pipe.scard(WORKERS_BY_QUEUE_KEY % name)
             counts = pipe.execute()
-        return [QueueStats(name, *counts[i * 3 : i * 3 + 3]) for i, name in enumerate(names)]
+        return [QueueStats(name, *counts[i * 3 : i * 3 + 3], (models or {}).get(name, ()))
+                for i, name in enumerate(names)]
+
+    def unserved(self, recent: int) -> list[QueueStats]:
+        """The queues of the `recent` latest submissions where rows wait for a model no live worker serves."""
+        reading = self.read(self.records.recent(recent))
+        return [queue for queue in reading.queues.values() if queue.unserved]
 
     def workers(self) -> list[WorkerInfo]:
         found = []

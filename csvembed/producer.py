@@ -26,6 +26,7 @@ from csvembed.enqueue import RowEnqueuer, withdraw_queued
 from csvembed.errors import CsvembedError, InputError, UnknownSubmission
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.reader import CsvFile, Source
+from csvembed.routing import model_queue
 from csvembed.rowtext import TextSpec, id_column_index
 from csvembed.store import Store, content_hash, open_store, other_model, reading, row_json, store_label
 from csvembed.submissions import INTERRUPTED, RUNNING, SubmissionRecords, new_submission_id, record_key
@@ -60,6 +61,8 @@ class SubmitResult:
     total: int
     enqueued: int
     skipped: int
+    # Rows failed at submit, never enqueued: what they hold could not be stored (see `unstorable`).
+    failed: int = 0
 
     def as_json(self) -> dict:
         return {
@@ -69,7 +72,25 @@ class SubmitResult:
             "rows": self.total,
             "enqueued": self.enqueued,
             "skipped": self.skipped,
+            "failed": self.failed,
         }
+
+
+def unstorable(task: RowTask) -> str | None:
+    """Why no store could ever hold this row, as far as submit can tell; None if one may.
+
+    Such a row fails alone at submit, like a row with empty text at the worker, and the file goes on.
+    (A NUL character, which PostgreSQL text cannot hold, is refused by the reader for the whole input.)
+    """
+    size = len(task.row_id.encode())
+    if size > defaults.MAX_KEY_BYTES:
+        return f"id too long: {size:,} bytes (UTF-8), at most {defaults.MAX_KEY_BYTES:,}"
+    return None
+
+
+def shown_id(row_id: str) -> str:
+    """An id as a failure record shows it: cut, when its length is what is wrong, to fit a line."""
+    return row_id if len(row_id) <= defaults.SHOWN_ID_CHARS else f"{row_id[:defaults.SHOWN_ID_CHARS]}…"
 
 
 class SubmissionGone(CsvembedError):
@@ -131,10 +152,14 @@ class Producer:
         id_index = id_column_index(csv_file.columns, options.id_column)
         # Opening the store up front reports an unusable --db before anything is enqueued.
         store = open_store(self.db)
-        queue = Queue(options.queue, connection=self.connection, serializer=SERIALIZER)
+        queue = Queue(model_queue(options.queue, self.model), connection=self.connection, serializer=SERIALIZER)
         submission_id = new_submission_id()
         # Standard input has no name to key a collection by: two piped files must not overwrite each other.
         collection = options.collection or (f"stdin-{submission_id}" if source.is_stdin else source.stem)
+        if len(collection.encode()) > defaults.MAX_KEY_BYTES:
+            store.close()
+            raise InputError(f"collection name too long: {len(collection.encode()):,} bytes (UTF-8), at most"
+                             f" {defaults.MAX_KEY_BYTES:,}")
         stored_model = store.models(collection).get(collection)
         if stored_model not in (None, self.model):
             store.close()
@@ -143,7 +168,7 @@ class Producer:
             submission_id,
             collection=collection,
             file=source.name,
-            queue=options.queue,
+            queue=queue.name,
             model=self.model,
             columns=csv_file.columns,
             text=spec.description,
@@ -152,7 +177,7 @@ class Producer:
             store=store_label(self.db),
             notify=options.notify,
         )
-        result = SubmitResult(submission_id, collection, options.queue, 0, 0, 0)
+        result = SubmitResult(submission_id, collection, queue.name, 0, 0, 0)
         # Ids this submission enqueued: a later row with one of them is never skipped, so the later
         # row of the file wins even when the earlier one differs from the store and the later does not.
         enqueued_ids: set[str] | None = set() if id_index is not None else None
@@ -172,12 +197,17 @@ class Producer:
                         )
                         for offset, values in enumerate(rows)
                     ]
-                    fresh = self._unchanged_removed(store, collection, csv_file.columns, tasks, options,
+                    reasons = [unstorable(task) for task in tasks]
+                    rejected = [(task, reason) for task, reason in zip(tasks, reasons) if reason]
+                    storable = [task for task, reason in zip(tasks, reasons) if not reason]
+                    fresh = self._unchanged_removed(store, collection, csv_file.columns, storable, options,
                                                     enqueued_ids)
-                    self._enqueue(queue, submission_id, fresh, len(tasks) - len(fresh), options.max_pending)
+                    skipped = len(storable) - len(fresh)
+                    self._enqueue(queue, submission_id, fresh, skipped, rejected, options.max_pending)
                     result.total += len(tasks)
                     result.enqueued += len(fresh)
-                    result.skipped += len(tasks) - len(fresh)
+                    result.skipped += skipped
+                    result.failed += len(rejected)
                     if on_read:
                         on_read(result.total)
                 if not self.records.end_submitting(submission_id, RUNNING):
@@ -237,13 +267,15 @@ class Producer:
         return fresh
 
     def _enqueue(
-        self, queue: Queue, submission_id: str, tasks: list[RowTask], skipped: int, max_pending: int | None
+        self, queue: Queue, submission_id: str, tasks: list[RowTask], skipped: int,
+        rejected: list[tuple[RowTask, str]], max_pending: int | None,
     ) -> None:
+        """Enqueue tasks, counting the skipped rows and failing the rejected ones (permanently) with the first part."""
         # Queue order means nothing to the user, so rows of similar length go together: a worker's
         # batch then needs little padding, which is what decides the model's speed.
         tasks.sort(key=lambda task: len(task.text))
         enqueuer = RowEnqueuer(queue)
-        remaining, skipped_left = tasks, skipped
+        remaining, skipped_left, rejected_left = tasks, skipped, rejected
         while True:
             room = self._room(queue, max_pending)
             part, remaining = remaining[:room], remaining[room:]
@@ -251,12 +283,15 @@ class Producer:
                 # The total grows in the same transaction as the queue, so status never counts a row
                 # that is not there; both are refused once the submission is deleted or withdrawn.
                 last_row = max((task.row_number for task in part), default=0)
-                self.records.add_rows(submission_id, len(part), skipped_left, last_row, pipe)
+                self.records.add_rows(submission_id, len(part) + len(rejected_left), skipped_left, last_row, pipe)
                 enqueuer.enqueue(part, pipe, record_key(submission_id))
+                for task, reason in rejected_left:
+                    self.records.mark_failed(pipe, submission_id, task.row_number, shown_id(task.row_id), reason,
+                                             permanent=True)
                 if not pipe.execute()[0]:
                     raise SubmissionGone(f"submission {submission_id} was deleted or withdrawn while it was being"
                                          " submitted")
-            skipped_left = 0
+            skipped_left, rejected_left = 0, []
             if not remaining:
                 return
 

@@ -37,6 +37,7 @@ from csvembed.embedder import share_cpu
 from csvembed.errors import RowError
 from csvembed.ingest import Ingestor
 from csvembed.jobs import SERIALIZER, RowTask, refusal
+from csvembed.routing import model_queue
 from csvembed.settings import Settings
 from csvembed.tasks import CsvembedJob
 from csvembed.webhooks import Deliverer
@@ -305,13 +306,15 @@ def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_siz
                backend: str = "auto") -> bool:
     """Load the model once, then work until stopped (or until the queues are empty with burst).
 
-    Returns whether any job was processed.
+    Returns whether any job was processed. `queues` are named as the user names them: the worker listens
+    on their queues for its own model (csvembed.routing), so it never embeds rows submitted for another.
     """
     from csvembed.broker import connect
     from csvembed.embedder import choose_backend, load_embedder, resolve_model
     from csvembed.store import open_store
     from csvembed.submissions import SubmissionRecords
 
+    queues = [model_queue(name, settings.model_id) for name in queues]
     device, backend = choose_backend(settings, device, backend)
     resolve_model(settings.model)  # a mistyped model path is an error even with nothing to do
     connection = connect(settings, wait_forever=True)

@@ -91,6 +91,8 @@ def fresh_postgres_database(server, name: str) -> str:
 
 
 STORES = ["sqlite", "postgres"]
+# The queue that rows submitted for the fast tier's model (the HashEmbedder double) go on (csvembed.routing).
+FAKE_QUEUE = "csvembed@test-hash-embedder-5fe44029"
 
 
 @pytest.fixture(scope="session")
@@ -175,17 +177,21 @@ def fake_embedder():
 def drain(env, request):
     """Run an in-process burst worker (the real BatchWorker) until the queue is empty.
 
-    The real model is loaded only when no `model` is passed (pass fake_embedder for the fast tier).
+    The real model is loaded only when no `model` is passed (pass fake_embedder for the fast tier). Like
+    `csvembed worker`, it listens on the queue of its model (csvembed.routing) unless given `queues`.
     """
     from csvembed.ingest import Ingestor
+    from csvembed.routing import model_queue
     from csvembed.store import open_store
     from csvembed.submissions import SubmissionRecords
     from csvembed.worker import BatchWorker
 
-    def run(batch_size: int = 64, model=None, queues: tuple[str, ...] = ("csvembed",), store=None) -> BatchWorker:
+    def run(batch_size: int = 64, model=None, queues: tuple[str, ...] | None = None, store=None) -> BatchWorker:
         store = store or open_store(env.db)
-        ingestor = Ingestor(model or request.getfixturevalue("embedder"), store, SubmissionRecords(env.connection))
-        worker = BatchWorker(list(queues), ingestor=ingestor, batch_size=batch_size)
+        model = model or request.getfixturevalue("embedder")
+        ingestor = Ingestor(model, store, SubmissionRecords(env.connection))
+        worker = BatchWorker(list(queues or [model_queue("csvembed", model.name)]), ingestor=ingestor,
+                             batch_size=batch_size)
         worker.work(burst=True, logging_level="WARNING")
         store.close()
         return worker

@@ -49,3 +49,13 @@ class WordWindowEmbedder(HashEmbedder):
     name = "test-word-window-embedder"
     max_seq_length = 10
     window_tokens = 8
+
+
+class OtherModelEmbedder(HashEmbedder):
+    """The HashEmbedder as a second model: another name (so another model id and queue) and other vectors for
+    the same text, so a stored vector tells which of the two models embedded it."""
+
+    name = "test-other-model"
+
+    def vector(self, text: str) -> np.ndarray:
+        return super().vector(f"other model: {text}")

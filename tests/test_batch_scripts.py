@@ -120,6 +120,8 @@ def test_a_started_batch_is_what_rqs_own_start_writes(env, fake_embedder, frozen
     env.connection.flushall()
     our_start(env, fake_embedder)
     ours = dump(env.connection)
+    # csvembed's own addition beside RQ's keys: the batch's duration, for /metrics.
+    assert ours.pop(b"csvembed:batch_seconds:csvembed")[0] == "hash"
 
     assert_same_but_worker_ttl(ours, by_rq)
     assert {key for key in by_rq if b"execution" in key} == {
@@ -139,6 +141,8 @@ def test_a_finished_batch_leaves_what_rqs_perform_job_leaves_for_a_result_ttl_0_
     worker, batch = our_start(env, fake_embedder)
     worker._finish(batch, [Shape(1, False)] * 3)
     ours = dump(env.connection)
+    # csvembed's own addition beside RQ's keys: the batch's duration, for /metrics.
+    assert ours.pop(b"csvembed:batch_seconds:csvembed")[0] == "hash"
 
     assert_same_but_worker_ttl(ours, by_rq)
     assert not [key for key in by_rq if b"s1-" in key or b"<execution>" in key]
@@ -150,12 +154,12 @@ def test_a_worker_killed_between_start_and_finish_leaves_its_rows_to_the_15s_req
         env, submit, drain, fake_embedder):
     path = write_csv(env.dir / "p.csv", "id,text\na,first row\nb,second row\nc,third row\n")
     result = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
-    queue = Queue("csvembed", connection=env.connection, serializer=SERIALIZER, job_class=CsvembedJob)
+    queue = Queue(result.queue, connection=env.connection, serializer=SERIALIZER, job_class=CsvembedJob)
     worker = new_worker(env, fake_embedder)
     job, _queue = dequeue(queue)
     batch = worker._start(queue, *worker._take(queue, job))
     # The worker dies here: its rows are started, held by nobody, until their heartbeats lapse.
-    registry = StartedJobRegistry("csvembed", connection=env.connection, job_class=CsvembedJob,
+    registry = StartedJobRegistry(result.queue, connection=env.connection, job_class=CsvembedJob,
                                   serializer=SERIALIZER)
     (expires_at,) = {score for _, score in env.connection.zrange(registry.key, 0, -1, withscores=True)}
     assert 14 < expires_at - time.time() <= 15

@@ -18,7 +18,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from conftest import start_redis, write_csv
+from conftest import FAKE_QUEUE, start_redis, write_csv
 from csvembed.broker import ensure_local_redis, local_socket
 from csvembed.cli import app
 from csvembed.settings import Settings
@@ -44,6 +44,7 @@ Commands:
   status    Show progress: done, failed, pending, rows/s and ETA.
   list      List the submissions, newest first, with their state.
   workers   List the live workers: queues, batch size, rows done.
+  serve     Serve the HTTP API, live dashboard and metrics.
   redis     Show or stop the embedded Redis server.
   db        Set up the store once, as its owner; print the GRANTs.
 """
@@ -77,8 +78,10 @@ Options:
   --collection NAME               The dataset the rows belong to. Default: the
                                   file's stem (data for data.csv.gz), or stdin-
                                   ID for standard input.
-  --queue NAME                    The RQ queue to put the rows on.  [default:
-                                  csvembed]
+  --queue NAME                    The RQ queue to put the rows on. A model other
+                                  than the default gets its own queue,
+                                  NAME@model-hash, which its workers listen on.
+                                  [default: csvembed]
   --force                         Re-embed rows even if they are unchanged in
                                   the store.
   --max-pending N                 Pause reading while this many rows wait in the
@@ -96,8 +99,8 @@ Options:
                                   JSON to this http:// or https:// URL (signed
                                   when the workers have
                                   CSVEMBED_WEBHOOK_SECRET).
-  --json                          Print {id, rows, enqueued, skipped, queue,
-                                  collection} as JSON.
+  --json                          Print {id, rows, enqueued, skipped, failed,
+                                  queue, collection} as JSON.
   --wait                          Then show the live status until every row is
                                   done.
   -h, --help                      Show this message and exit.
@@ -169,7 +172,7 @@ def test_ctrl_c_while_submitting_says_nothing_was_submitted(env, monkeypatch):
     submission_id = result.stdout.strip()
     assert result.exit_code == 130 and len(submission_id) == 10
     assert result.stderr == f"interrupted: nothing of {path} was submitted (rows already queued were taken back)\n"
-    assert env.connection.llen("rq:queue:csvembed") == 0
+    assert env.connection.llen(f"rq:queue:{FAKE_QUEUE}") == 0
     assert env.connection.keys(f"*{submission_id}*") == []
 
 
@@ -243,13 +246,13 @@ def test_retry_skips_permanent_failures_and_says_so(env, two_failures):
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"requeued": [2], "expired": [], "skipped": [1]}
     assert result.stderr == "requeued 1 failed row; skipped 1 that failed permanently (--all requeues them too)\n"
-    assert env.connection.llen("rq:queue:csvembed") == 1
+    assert env.connection.llen(f"rq:queue:{FAKE_QUEUE}") == 1
 
 
 def test_retry_all_requeues_permanent_failures_too(env, two_failures):
     result = cli("retry", two_failures, "--all")
     assert (result.exit_code, result.stdout, result.stderr) == (0, "", "requeued 2 failed rows\n")
-    assert env.connection.llen("rq:queue:csvembed") == 2
+    assert env.connection.llen(f"rq:queue:{FAKE_QUEUE}") == 2
 
 
 def test_a_failure_recorded_before_permanent_existed_is_retried(env, two_failures):

@@ -173,7 +173,7 @@ def test_submit_with_standard_input_closed_is_one_line(env):
 
 
 def test_an_empty_column_name_is_stored_as_written(env, submit, drain, fake_embedder):
-    submit(write_csv(env.dir / "blank.csv", "a,,b\n1,2,3\n"))
+    submit(write_csv(env.dir / "blank.csv", "a,,b\n1,2,3\n"), model=fake_embedder.name)
     drain(model=fake_embedder)
     [(_, row_id, row_number, text, row, _)] = stored_rows(env)
     assert (row_id, row_number, text) == ("1", 1, "a: 1\n: 2\nb: 3")

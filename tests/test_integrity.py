@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from rq import Queue
 
-from conftest import run_cli, store_counts, write_csv
+from conftest import FAKE_QUEUE, run_cli, store_counts, write_csv
 from csvembed.delete import delete_submission
 from csvembed.enqueue import RowEnqueuer
 from csvembed.errors import InputError, UnknownSubmission
@@ -60,7 +60,7 @@ def traces(env, submission_id: str) -> list[str]:
     return sorted(found)
 
 
-def queued_per_row_id(env, queue: str = "csvembed") -> Counter:
+def queued_per_row_id(env, queue: str = FAKE_QUEUE) -> Counter:
     """How many queued jobs each row id has, across submissions."""
     from rq.job import Job
 
@@ -127,8 +127,8 @@ def test_a_row_of_an_older_submission_never_replaces_a_newer_one(env, submit, dr
     older = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",), queue="old")
     write_csv(path, "id,text\nX,new version\n")
     newer = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",), queue="new")
-    drain(model=fake_embedder, queues=("new",))
-    drain(model=fake_embedder, queues=("old",))
+    drain(model=fake_embedder, queues=(newer.queue,))
+    drain(model=fake_embedder, queues=(older.queue,))
     assert store_rows(env) == {"X": (newer.id, "new version")}
     records = SubmissionRecords(env.connection)
     assert (records.snapshot(older.id).state, records.snapshot(newer.id).state) == ("done", "done")
@@ -246,13 +246,13 @@ def _half_submitted(env, path: Path, numbers: list[int], empty: int | None = Non
     """
     records = SubmissionRecords(env.connection)
     submission_id = "deadbeef00"
-    records.create(submission_id, collection=path.stem, file=str(path), queue="csvembed", model="test-hash-embedder",
+    records.create(submission_id, collection=path.stem, file=str(path), queue=FAKE_QUEUE, model="test-hash-embedder",
                    columns=["id", "text"], text="text")
     tasks = [RowTask(submission_id, n, str(n), "" if n == empty else f"row {n}", [str(n), f"row {n}"])
              for n in numbers]
     with env.connection.pipeline() as pipe:
         records.add_rows(submission_id, len(tasks), 0, max(numbers), pipe)
-        RowEnqueuer(Queue("csvembed", connection=env.connection, serializer=SERIALIZER)).enqueue(
+        RowEnqueuer(Queue(FAKE_QUEUE, connection=env.connection, serializer=SERIALIZER)).enqueue(
             tasks, pipe, record_key(submission_id))
         pipe.execute()
     env.connection.delete(f"csvembed:sub:{submission_id}:lease")  # as if its 15 s had passed
@@ -317,7 +317,7 @@ def test_a_submit_killed_mid_file_reads_interrupted_and_is_not_queued_twice(env,
     assert waited.returncode == 1, waited.stderr
 
     again = submit(path, id_column="id")
-    assert queued_per_row_id(env) == Counter({str(i): 1 for i in range(1, rows + 1)})
+    assert queued_per_row_id(env, "csvembed") == Counter({str(i): 1 for i in range(1, rows + 1)})
     assert (again.total, again.enqueued) == (rows, rows)
     deleted = run_cli(env, "delete", dead, "--json")
     assert deleted.returncode == 0, deleted.stderr

@@ -176,7 +176,8 @@ def test_int8_rows_are_re_embedded_by_a_later_fp32_submit(env, onnx_cache):
         return done.stdout.decode().strip(), done.stderr.decode().strip()
 
     again, said = submitted("--precision", "int8")
-    assert said == f"submitted 2 rows of {path} to queue csvembed as {again} (collection p, 2 unchanged and skipped)"
+    assert said == (f"submitted 2 rows of {path} to queue csvembed@all-MiniLM-L6-v2+int8-c4ee2d73 as {again}"
+                    " (collection p, 2 unchanged and skipped)")
     fp32, said = submitted()
     assert said == f"submitted 2 rows of {path} to queue csvembed as {fp32} (collection p)"
     worked = run_cli(env, "worker", "--burst")

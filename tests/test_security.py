@@ -15,7 +15,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from conftest import run_cli, stored_rows, write_csv
+from conftest import FAKE_QUEUE, run_cli, stored_rows, write_csv
 from csvembed import defaults
 from csvembed.broker import connect, ensure_local_redis, redis_server_binary, stop_local_redis
 from csvembed.errors import ServiceUnavailable
@@ -171,7 +171,7 @@ def latest_reason(env, job_id: str) -> str:
 def test_foreign_and_malformed_jobs_fail_alone_and_run_nothing(env, submit, drain, fake_embedder, tmp_path):
     CALLED.clear()
     marker = tmp_path / "pwned"
-    queue = Queue("csvembed", connection=env.connection, serializer=SERIALIZER)
+    queue = Queue(FAKE_QUEUE, connection=env.connection, serializer=SERIALIZER)
     foreign = [queue.enqueue("os.system", f"touch {marker}")]
     path = write_csv(env.dir / "p.csv", "id,text\na,first row\nb,second row\nc,third row\n")
     result = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
@@ -192,19 +192,19 @@ def test_foreign_and_malformed_jobs_fail_alone_and_run_nothing(env, submit, drai
     assert sorted(row_id for _, row_id, *_ in stored_rows(env)) == ["a", "b", "c"]
     snapshot = SubmissionRecords(env.connection).snapshot(result.id)
     assert (snapshot.done, snapshot.failed, snapshot.pending) == (3, 0, 0)
-    failed = FailedJobRegistry("csvembed", connection=env.connection, serializer=SERIALIZER)
+    failed = FailedJobRegistry(FAKE_QUEUE, connection=env.connection, serializer=SERIALIZER)
     assert sorted(failed.get_job_ids()) == sorted(job.id for job in foreign + malformed)
     assert [latest_reason(env, job.id) for job in foreign] == [NOT_OURS] * 3
     assert [latest_reason(env, job.id) for job in malformed] == [MALFORMED] * 2
     for job in foreign + malformed:
         assert 0 < env.connection.ttl(job.key) <= defaults.FAILURE_TTL
     assert (queue.count, env.connection.llen(queue.intermediate_queue_key)) == (0, 0)
-    assert StartedJobRegistry("csvembed", connection=env.connection).get_job_ids(cleanup=False) == []
+    assert StartedJobRegistry(FAKE_QUEUE, connection=env.connection).get_job_ids(cleanup=False) == []
 
 
 def test_an_abandoned_foreign_job_never_has_its_callback_called(env, drain, fake_embedder, tmp_path):
     CALLED.clear()
-    queue = Queue("csvembed", connection=env.connection, serializer=SERIALIZER)
+    queue = Queue(FAKE_QUEUE, connection=env.connection, serializer=SERIALIZER)
     job = queue.enqueue("os.system", f"touch {tmp_path / 'pwned'}", on_failure=Callback("test_security.record_call"))
     # A worker died holding it: STARTED, in the started registry, its heartbeat long expired.
     queue.remove(job)
@@ -219,13 +219,13 @@ def test_an_abandoned_foreign_job_never_has_its_callback_called(env, drain, fake
 
     assert CALLED == []
     assert not (tmp_path / "pwned").exists()
-    failed = FailedJobRegistry("csvembed", connection=env.connection, serializer=SERIALIZER)
+    failed = FailedJobRegistry(FAKE_QUEUE, connection=env.connection, serializer=SERIALIZER)
     assert failed.get_job_ids() == [job.id]
 
 
 def test_a_csvembed_job_class_refuses_to_run_a_foreign_function(env, tmp_path):
     marker = tmp_path / "pwned"
-    queue = Queue("csvembed", connection=env.connection, serializer=SERIALIZER)
+    queue = Queue(FAKE_QUEUE, connection=env.connection, serializer=SERIALIZER)
     job = queue.enqueue("os.system", f"touch {marker}")
     fetched = CsvembedJob.fetch(job.id, connection=env.connection, serializer=SERIALIZER)
     with pytest.raises(TypeError, match=f"^job {job.id}: {NOT_OURS}$"):
@@ -236,8 +236,8 @@ def test_a_csvembed_job_class_refuses_to_run_a_foreign_function(env, tmp_path):
 def test_a_queued_key_that_is_no_job_at_all_is_dropped_and_the_batch_stored(env, submit, drain, fake_embedder):
     path = write_csv(env.dir / "p.csv", "id,text\na,first row\nb,second row\n")
     result = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
-    queue = Queue("csvembed", connection=env.connection, serializer=SERIALIZER)
-    env.connection.hset("rq:job:junk", "origin", "csvembed")  # a hash without the job's data
+    queue = Queue(FAKE_QUEUE, connection=env.connection, serializer=SERIALIZER)
+    env.connection.hset("rq:job:junk", "origin", FAKE_QUEUE)  # a hash without the job's data
     env.connection.rpush(queue.key, "junk")  # taken in the same batch as the rows
 
     drain(batch_size=8, model=fake_embedder)

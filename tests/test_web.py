@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -61,7 +62,7 @@ class Served:
 
 @pytest.fixture
 def api(env, fake_embedder) -> Csvembed:
-    api = Csvembed(env.settings, connection=env.connection)
+    api = Csvembed(replace(env.settings, model=fake_embedder.name), connection=env.connection)
     api.query_embedder = fake_embedder  # searches embed with the same test double the worker used
     return api
 

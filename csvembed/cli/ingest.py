@@ -31,7 +31,8 @@ def submit(
     collection: Annotated[Optional[str], typer.Option(
         metavar="NAME", help="The dataset the rows belong to. Default: the file's stem (data for data.csv.gz), or "
         "stdin-ID for standard input.")] = None,
-    queue: Annotated[str, typer.Option(metavar="NAME", help="The RQ queue to put the rows on.")] = defaults.QUEUE_NAME,
+    queue: Annotated[str, typer.Option(metavar="NAME", help="The RQ queue to put the rows on. A model other "
+        "than the default gets its own queue, NAME@model-hash, which its workers listen on.")] = defaults.QUEUE_NAME,
     force: Annotated[bool, typer.Option(
         "--force", help="Re-embed rows even if they are unchanged in the store.")] = False,
     max_pending: Annotated[Optional[int], typer.Option(
@@ -46,7 +47,7 @@ def submit(
         metavar="URL", help="Once nothing is pending, POST the final status JSON to this http:// or https:// URL "
         "(signed when the workers have CSVEMBED_WEBHOOK_SECRET).")] = None,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="Print {id, rows, enqueued, skipped, queue, collection} as JSON.")] = False,
+        "--json", help="Print {id, rows, enqueued, skipped, failed, queue, collection} as JSON.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Then show the live status until every row is done.")] = False,
 ) -> None:
     """Enqueue one job per CSV row; print the submission id on stdout and return at once.
@@ -84,8 +85,9 @@ def submit(
     if as_json:
         print_json(result.as_json())
     skipped = f", {result.skipped} unchanged and skipped" if result.skipped else ""
+    failed = f", {result.failed} failed at once: csvembed failures {result.id}" if result.failed else ""
     say(f"submitted {count(result.total, 'row')} of {source.name} to queue {result.queue} as {result.id}"
-        f" (collection {result.collection}{skipped})")
+        f" (collection {result.collection}{skipped}{failed})")
     if wait:
         from csvembed.cli.watch import follow
 
@@ -97,7 +99,8 @@ def worker(
     ctx: typer.Context,
     burst: Annotated[bool, typer.Option("--burst", help="Exit when the queues are empty.")] = False,
     queue: Annotated[Optional[list[str]], typer.Option(
-        "--queue", metavar="NAME", help="Queue to take rows from (repeatable; earlier queues have priority).")] = None,
+        "--queue", metavar="NAME", help="Queue to take rows from (repeatable; earlier queues have priority). It "
+        "takes only rows submitted for its own --model: NAME@model-hash for a model other than the default.")] = None,
     batch_size: Annotated[int, typer.Option(
         help="Rows taken at once and embedded in one model call.", min=1)] = defaults.BATCH_SIZE,
     device: Annotated[str, typer.Option(

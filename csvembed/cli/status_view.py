@@ -38,9 +38,14 @@ def rows_per_second(rate: float | None) -> str:
     return f"{rate:.1f}" if rate else "-"
 
 
+def unserved_text(model: str) -> str:
+    return f"waiting: no live worker for model {model}"
+
+
 def queue_line(queue: QueueStats) -> str:
+    unserved = f", {unserved_text(', '.join(queue.models))}" if queue.unserved and queue.models else ""
     return (f"queue {queue.name}: {queue.waiting} waiting, {queue.in_progress} in progress,"
-            f" {count(queue.workers, 'worker')}")
+            f" {count(queue.workers, 'worker')}{unserved}")
 
 
 def _cells(line: Line) -> dict[str, str]:
@@ -130,8 +135,11 @@ def notify_line(snapshot: Snapshot, at: float) -> str | None:
 def render(reading: Reading, at: float, failures: dict[str, list[dict]], width: int) -> Group:
     """Progress bars, one per submission, then a line per queue, how long rows were read, and the
     latest failure reasons."""
-    parts: list = [_table(lines(reading, at), width)]
+    shown = lines(reading, at)
+    parts: list = [_table(shown, width)]
     parts += [Text(queue_line(queue), style="dim") for queue in reading.queues.values()]
+    parts += [Text(f"{line.snapshot.id} {unserved_text(line.no_worker_for_model)}", style="yellow")
+              for line in shown if line.no_worker_for_model]
     parts += [Text(text, style="dim") for snapshot in reading.snapshots if (text := long_text_line(snapshot))]
     parts += [Text(text, style="dim") for snapshot in reading.snapshots if (text := notify_line(snapshot, at))]
     for submission_id, recent in failures.items():
@@ -148,6 +156,7 @@ def plain(reading: Reading, at: float) -> list[str]:
         f" {line.snapshot.failed} failed, {line.in_progress} in progress, {line.snapshot.pending} pending,"
         f" {line.snapshot.skipped} skipped, {rows_per_second(line.rate)} rows/s,"
         f" elapsed {duration(line.elapsed)}, eta {duration(line.eta)}, {count(line.workers, 'worker')}"
+        + (f", {unserved_text(line.no_worker_for_model)}" if line.no_worker_for_model else "")
         for line in lines(reading, at)
     ]
 

@@ -121,8 +121,10 @@ def list_lines(snapshots: list[Snapshot]) -> list[str]:
 
 @app.command(short_help="List the live workers: queues, batch size, rows done.")
 def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """The live workers: name (host.pid.suffix), queues, batch size, rows done and state."""
-    found = api_of(ctx).workers()
+    """The live workers: name (host.pid.suffix), queues, batch size, rows done and state; then each queue
+    whose rows wait for a model that no live worker serves."""
+    api = api_of(ctx)
+    found = api.workers()
     if as_json:
         print_json([info.as_json() for info in found])
         return
@@ -130,4 +132,6 @@ def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
         out.print(f"{info.name}  {info.state:<9} queues {','.join(info.queues)}  batch {info.batch_size}"
                   f"  {count(info.rows_done, 'row')} done, {info.rows_failed} failed", highlight=False, markup=False)
     err.print(count(len(found), "worker"), highlight=False)
+    for queue in api.unserved_queues():
+        err.print(queue_line(queue), highlight=False, markup=False)
 

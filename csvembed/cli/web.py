@@ -34,7 +34,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@app.command(short_help="Serve the HTTP API: uploads, status, events, search, export and metrics.")
+@app.command(short_help="Serve the HTTP API, live dashboard and metrics.")
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(

@@ -114,6 +114,10 @@ class Store(Protocol):
         """Store rows and their windows' vectors (stacked in row order) in one transaction; re-writing an
         id replaces the row and all of its windows (later row wins)."""
 
+    def rejected(self, error: Exception) -> str | None:
+        """The one-line reason when `error` (raised by `write`) is the store refusing the rows' data, which
+        the same rows would meet again; None for anything else (an outage, a lock), which may pass."""
+
     def stored_hashes(self, collection: str, ids: Sequence[str]) -> dict[str, str]: ...
 
     def models(self, collection: str | None = None) -> dict[str, str]:

@@ -336,6 +336,18 @@ class PostgresStore:
         except psycopg.errors.InsufficientPrivilege as exc:
             raise ServiceUnavailable(f"cannot write to the store {self.path}: {str(exc).strip()}") from None
 
+    def rejected(self, error: Exception) -> str | None:
+        """SQLSTATE classes 22 (data exception: \\u0000 in jsonb), 23 (integrity constraint violation) and 54
+        (program limit exceeded: an index entry over btree's 2704 bytes); and psycopg's own DataError for a
+        NUL in text, refused before it is sent, without a SQLSTATE. Connection errors are outages."""
+        if not isinstance(error, psycopg.Error):
+            return None
+        refused = error.sqlstate[:2] in ("22", "23", "54") if error.sqlstate else isinstance(error, psycopg.DataError)
+        if not refused:
+            return None
+        first_line = str(error).strip().split("\n")[0]
+        return mask_secrets(first_line) or type(error).__name__
+
     def _read(self, query: str, params: Sequence) -> list[tuple]:
         connection = self._usable()
         if self.dimension is None:

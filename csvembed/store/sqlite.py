@@ -234,6 +234,13 @@ class SqliteStore:
             if first != len(vectors):
                 raise ValueError(f"{len(vectors)} vectors for {first} windows")
 
+    def rejected(self, error: Exception) -> str | None:
+        """A value over SQLite's length limit (a billion bytes by default), or a constraint a row breaks;
+        a lock or an I/O error is no fault of the rows."""
+        if isinstance(error, (apsw.TooBigError, apsw.ConstraintError)):
+            return str(error).strip().split("\n")[0] or type(error).__name__
+        return None
+
     def _write_row(self, row: StoredRow, spans: list[tuple[int, int]], vectors: np.ndarray, now: float) -> None:
         before = self.connection.execute("SELECT rowid, windows FROM rows WHERE collection = ? AND id = ?",
                                          (row.collection, row.id)).fetchone()

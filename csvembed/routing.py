@@ -1,0 +1,28 @@
+"""Which queue a submission's rows go on: one queue per model, so that a worker embeds only rows of its own model.
+
+A store holds one vector space: a row embedded by another model than the one its submission named would
+sit among vectors it cannot be compared with. So submit and worker derive the queue from the model id
+(the model, plus +int8 under that precision): rows of a model no live worker serves stay queued until
+one starts. The default model keeps the plain name (`csvembed`), so its queue is what it always was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import PurePosixPath
+
+from csvembed import defaults
+
+# The readable part of a model's queue name; the hash makes it unique (two paths ending in the same name).
+SLUG_LENGTH = 40
+
+
+def model_queue(queue: str, model_id: str) -> str:
+    """The queue that carries `queue`'s rows of `model_id`: `queue` itself for the default model, else
+    `queue@<model's last path part>-<8 hex digits of its hash>`."""
+    if model_id == defaults.MODEL_NAME:
+        return queue
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", PurePosixPath(model_id).name or model_id)[:SLUG_LENGTH]
+    digest = hashlib.blake2b(model_id.encode(), digest_size=4).hexdigest()
+    return f"{queue}@{slug}-{digest}"
