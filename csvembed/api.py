@@ -169,9 +169,9 @@ class Csvembed:
 
         return batch_durations.read(self.connection, list(queues))
 
-    def queues(self, names: Sequence[str]) -> list[QueueStats]:
-        """Each queue's rows waiting, rows in progress and live workers."""
-        return self.monitor.queues(list(names))
+    def queues(self, names: Sequence[str], models: dict[str, tuple[str, ...]] | None = None) -> list[QueueStats]:
+        """Each queue's rows waiting, rows in progress and live workers (and the models whose rows it holds)."""
+        return self.monitor.queues(list(names), models)
 
     def workers(self) -> list[WorkerInfo]:
         """The live workers of this Redis, by name."""

@@ -31,6 +31,9 @@ class QueueStats:
         """Rows wait and no live worker listens: they wait for a worker of their model to start."""
         return self.waiting > 0 and self.workers == 0
 
+    def as_json(self) -> dict:
+        return {**asdict(self), "models": list(self.models), "unserved": self.unserved}
+
 
 @dataclass
 class Reading:

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import uvicorn
 
+from conftest import FAKE_QUEUE
 from csvembed.api import Csvembed
 
 SAMPLE = Path(__file__).parent.parent / "sample_data" / "products.csv"
@@ -91,7 +92,7 @@ def test_healthz_and_unknown_submission(client):
 
 
 def test_submission_status_and_events_follow_the_worker(client, api, submit, drain, fake_embedder):
-    result = submit(SAMPLE, id_column="sku", text_columns=("title",))
+    result = submit(SAMPLE, model=fake_embedder.name, id_column="sku", text_columns=("title",))
     assert client.get(f"/submissions/{result.id}").json()["state"] == "running"
     events: list[tuple[str, dict]] = []
 
@@ -113,7 +114,8 @@ def test_submission_status_and_events_follow_the_worker(client, api, submit, dra
     assert name == "snapshot"
     assert set(snapshot) == {"at", "submissions", "queues", "workers", "failures"}
     assert snapshot["submissions"][0] == final
-    assert snapshot["queues"] == [{"name": "csvembed", "waiting": 0, "in_progress": 0, "workers": 0}]
+    assert snapshot["queues"] == [{"name": FAKE_QUEUE, "waiting": 0, "in_progress": 0, "workers": 0,
+                                    "models": ["test-hash-embedder"], "unserved": False}]
 
 
 def upload_multipart(client: httpx.Client, path: Path, name: str | None = None, **params) -> httpx.Response:
@@ -131,8 +133,8 @@ def test_multipart_upload_is_submitted_with_the_options(client, env, drain, fake
     assert response.status_code == 201, response.text
     created = response.json()
     assert response.headers["location"] == f"/submissions/{created['id']}"
-    assert created == {"id": created["id"], "collection": "products", "queue": "csvembed", "rows": 320,
-                       "enqueued": 320, "skipped": 0}
+    assert created == {"id": created["id"], "collection": "products", "queue": FAKE_QUEUE, "rows": 320,
+                       "enqueued": 320, "skipped": 0, "failed": 0}
     status = client.get(f"/submissions/{created['id']}").json()
     assert status["text"] == "columns title" and status["file"] == "products.csv" and status["pending"] == 320
     drain(model=fake_embedder)
@@ -243,15 +245,15 @@ def test_metrics_match_status_and_the_batches_run(client, env, api, drain, fake_
                     if sample.name == sample_name and sample.labels == labels)
 
     for figure in ("done", "failed", "skipped"):
-        assert value(f"csvembed_rows_{figure}", f"csvembed_rows_{figure}_total", queue="csvembed") == status[figure]
-    assert value("csvembed_rows_enqueued", "csvembed_rows_enqueued_total", queue="csvembed") == status["total"]
-    assert value("csvembed_queue_rows_waiting", "csvembed_queue_rows_waiting", queue="csvembed") == 0
+        assert value(f"csvembed_rows_{figure}", f"csvembed_rows_{figure}_total", queue=FAKE_QUEUE) == status[figure]
+    assert value("csvembed_rows_enqueued", "csvembed_rows_enqueued_total", queue=FAKE_QUEUE) == status["total"]
+    assert value("csvembed_queue_rows_waiting", "csvembed_queue_rows_waiting", queue=FAKE_QUEUE) == 0
     assert value("csvembed_submissions", "csvembed_submissions", state="done") == 1
     batches = len(fake_embedder.calls)
     assert batches == 5  # 320 rows in batches of 64
     histogram = "csvembed_batch_duration_seconds"
-    assert value(histogram, f"{histogram}_count", queue="csvembed") == batches
-    assert value(histogram, f"{histogram}_bucket", queue="csvembed", le="+Inf") == batches
+    assert value(histogram, f"{histogram}_count", queue=FAKE_QUEUE) == batches
+    assert value(histogram, f"{histogram}_bucket", queue=FAKE_QUEUE, le="+Inf") == batches
 
 
 def test_a_token_guards_every_route_but_healthz(api):

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_csv
+from conftest import FAKE_QUEUE, write_csv
 from csvembed.api import Csvembed
 from csvembed.cli import app
 from csvembed.cli.status_view import notify_line
@@ -100,9 +100,9 @@ def test_exactly_one_post_after_two_workers_share_the_rows(env, submit, fake_emb
     result = submit(rows_file(env, 300, empty=(7,)), model=MODEL, id_column="id", text_columns=("text",),
                     notify=hooks.url("/ok"))
     stores = [open_store(env.db), open_store(env.db)]
-    workers = [BatchWorker(["csvembed"], ingestor=Ingestor(fake_embedder, store, SubmissionRecords(env.connection)),
+    workers = [BatchWorker([FAKE_QUEUE], ingestor=Ingestor(fake_embedder, store, SubmissionRecords(env.connection)),
                            batch_size=16) for store in stores]
-    while env.connection.llen("rq:queue:csvembed"):  # the two workers take turns, two batches each
+    while env.connection.llen(f"rq:queue:{FAKE_QUEUE}"):  # the two workers take turns, two batches each
         for worker in workers:
             worker.work(burst=True, max_jobs=2, logging_level="WARNING")
     for store in stores:

@@ -35,15 +35,17 @@ def event(name: str, data: object) -> bytes:
 
 def snapshot(api: Csvembed) -> dict:
     """The /events payload, the contract the dashboard codes against:
-    {at, submissions: [status], queues: [{name, waiting, in_progress, workers}], workers: [worker],
+    {at, submissions: [status], queues: [{name, waiting, in_progress, workers, models, unserved}], workers: [worker],
     failures: {submission id: [recent failures, newest first]}}."""
     lines = api.statuses(api.recent(SNAPSHOT_SUBMISSIONS))
     workers = api.workers()
     names = {line.snapshot.queue for line in lines} | {name for worker in workers for name in worker.queues}
+    models = {name: tuple(sorted({line.snapshot.model for line in lines if line.snapshot.queue == name}))
+              for name in names}
     return {
         "at": time.time(),
         "submissions": [line.as_json() for line in lines],
-        "queues": [vars(stats) for stats in api.queues(sorted(names))],
+        "queues": [stats.as_json() for stats in api.queues(sorted(names), models)],
         "workers": [worker.as_json() for worker in workers],
         "failures": {line.snapshot.id: api.recent_failures(line.snapshot.id, SNAPSHOT_FAILURES)
                      for line in lines if line.snapshot.failed},
