@@ -25,7 +25,7 @@ import redis
 from csvembed import defaults
 from csvembed.errors import InputError, UnknownSubmission
 from csvembed.figures import Line, lines
-from csvembed.monitor import Monitor, Reading, WorkerInfo
+from csvembed.monitor import Monitor, QueueStats, Reading, WorkerInfo
 from csvembed.redact import mask_secrets
 from csvembed.settings import Settings
 from csvembed.submissions import Snapshot, SubmissionRecords
@@ -142,6 +142,10 @@ class Csvembed:
 
     def recent_failures(self, submission_id: str, limit: int = defaults.RECENT_FAILURES) -> list[dict]:
         return self.records.recent_failures(submission_id, limit)
+
+    def queues(self, names: Sequence[str]) -> list[QueueStats]:
+        """Each queue's rows waiting, rows in progress and live workers."""
+        return self.monitor.queues(list(names))
 
     def workers(self) -> list[WorkerInfo]:
         """The live workers of this Redis, by name."""

@@ -83,3 +83,16 @@ SEARCH_K = 5
 # pgvector HNSW candidates per query (at least 2k). Over 1M clustered rows (bench/pgvector_bench.py):
 # 40 -> recall@10 0.70 in 3.7 ms, 100 -> 0.75 in 4.0 ms, 200 -> 0.88 in 4.8 ms (medians).
 HNSW_EF_SEARCH = 200
+
+# csvembed serve. Loopback unless a token is set (see csvembed/web/auth.py).
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+# Largest upload accepted (bytes, compressed as sent); the body is spooled to a private temp file.
+MAX_UPLOAD = 2 * 1024**3
+# A client that sends no byte of its upload for this long is cut off (408), so it holds no worker.
+UPLOAD_READ_TIMEOUT = 60.0
+# Seconds between two server-sent events.
+EVENTS_INTERVAL = 1.0
+# uvicorn: idle keep-alive connections closed after this long; over this many connections, 503.
+KEEP_ALIVE_TIMEOUT = 5
+MAX_CONNECTIONS = 100

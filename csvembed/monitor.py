@@ -57,6 +57,10 @@ class Monitor:
     def read(self, submission_ids: list[str]) -> Reading:
         snapshots = [s for s in self.records.snapshots(submission_ids) if s is not None]
         names = sorted({snapshot.queue for snapshot in snapshots})
+        return Reading(snapshots, {stats.name: stats for stats in self.queues(names)})
+
+    def queues(self, names: list[str]) -> list[QueueStats]:
+        """Rows waiting, rows in progress and live workers of each queue, in one round trip."""
         with self.connection.pipeline(transaction=False) as pipe:
             for name in names:
                 queue = Queue(name, connection=self.connection, serializer=SERIALIZER)
@@ -64,8 +68,7 @@ class Monitor:
                 pipe.zcard(queue.started_job_registry.key)
                 pipe.scard(WORKERS_BY_QUEUE_KEY % name)
             counts = pipe.execute()
-        queues = {name: QueueStats(name, *counts[i * 3 : i * 3 + 3]) for i, name in enumerate(names)}
-        return Reading(snapshots, queues)
+        return [QueueStats(name, *counts[i * 3 : i * 3 + 3]) for i, name in enumerate(names)]
 
     def workers(self) -> list[WorkerInfo]:
         found = []

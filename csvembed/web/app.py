@@ -1,0 +1,52 @@
+"""create_app: the routes, the token gate and the one mapping from CsvembedError to an HTTP status."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from csvembed import defaults
+from csvembed.api import Csvembed
+from csvembed.errors import CsvembedError, NoStore, ServiceUnavailable, UnknownSubmission
+from csvembed.redact import mask_secrets
+from csvembed.web import dashboard, deployment, events, submissions
+from csvembed.web.auth import TokenGate
+from csvembed.web.deps import Limits
+
+
+def status_of(error: CsvembedError) -> int:
+    """404 for what is not there, 503 for Redis or the store, 400 for the rest of the user's input."""
+    if isinstance(error, (UnknownSubmission, NoStore)):
+        return 404
+    if isinstance(error, ServiceUnavailable):
+        return 503
+    return 400
+
+
+def create_app(api: Csvembed, token: str | None = None, max_upload: int = defaults.MAX_UPLOAD,
+               interval: float = defaults.EVENTS_INTERVAL,
+               read_timeout: float = defaults.UPLOAD_READ_TIMEOUT) -> FastAPI:
+    """The app over one deployment; with a token, every route but /healthz asks for it."""
+    app = FastAPI(title="csvembed", version=version("csvembed"),
+                  summary="Submit CSV rows for embedding, follow them, search and export what is stored.")
+    app.state.api = api
+    app.state.limits = Limits(max_upload, interval, read_timeout)
+    for module in (submissions, events, deployment):
+        app.include_router(module.router)
+    app.include_router(dashboard.router)
+
+    @app.exception_handler(CsvembedError)
+    async def csvembed_error(_: Request, exc: CsvembedError) -> JSONResponse:
+        return JSONResponse({"detail": mask_secrets(str(exc))}, status_code=status_of(exc))
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_error(_: Request, exc: redis.RedisError) -> JSONResponse:
+        lost = "lost the connection to Redis" if isinstance(exc, redis.ConnectionError) else "Redis"
+        return JSONResponse({"detail": mask_secrets(f"{lost}: {exc}")}, status_code=503)
+
+    if token:
+        app.add_middleware(TokenGate, token=token)
+    return app
