@@ -19,7 +19,10 @@ PAGE = "dashboard.html"
 ASSETS = {
     "dashboard.css": "text/css; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
+# The page and its files hold no data: the token gate lets them through (csvembed/web/auth.py).
+PUBLIC_PATHS = frozenset({"/", *(f"/static/{name}" for name in ASSETS)})
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; connect-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
