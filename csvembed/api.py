@@ -31,6 +31,7 @@ from csvembed.settings import Settings
 from csvembed.submissions import Snapshot, SubmissionRecords
 
 if TYPE_CHECKING:  # these import pandas, numpy or the store: only when used
+    from csvembed.batch_durations import Durations
     from csvembed.broker import LocalRedis
     from csvembed.delete import Deleted
     from csvembed.embedder import Embedder
@@ -142,6 +143,22 @@ class Csvembed:
 
     def recent_failures(self, submission_id: str, limit: int = defaults.RECENT_FAILURES) -> list[dict]:
         return self.records.recent_failures(submission_id, limit)
+
+    def snapshots(self) -> list[Snapshot]:
+        """Every submission whose record is still in Redis, newest first (for /metrics)."""
+        return [snapshot for snapshot in self.records.snapshots(self.records.ids()) if snapshot is not None]
+
+    def queue_names(self) -> list[str]:
+        """Every queue RQ has seen a job on, and the default one."""
+        from rq import Queue
+
+        return sorted({queue.name for queue in Queue.all(connection=self.connection)} | {defaults.QUEUE_NAME})
+
+    def batch_durations(self, queues: Sequence[str]) -> dict[str, Durations]:
+        """How long the workers' batches took, per queue (batch_durations.py)."""
+        from csvembed import batch_durations
+
+        return batch_durations.read(self.connection, list(queues))
 
     def queues(self, names: Sequence[str]) -> list[QueueStats]:
         """Each queue's rows waiting, rows in progress and live workers."""

@@ -139,6 +139,12 @@ def open_source(path: str) -> Source:
     return _opened(path, raw, is_stdin=False, named=SUFFIXES.get(file.suffix.lower()))
 
 
+def open_stream(name: str, raw: BinaryIO, is_stdin: bool = False) -> Source:
+    """Open an already opened binary file (an HTTP upload's spool) as `name`, as open_source opens a path:
+    decompressed by its magic bytes, and a name ending .gz must hold gzip."""
+    return _opened(name, raw, is_stdin=is_stdin, named=None if is_stdin else SUFFIXES.get(Path(name).suffix.lower()))
+
+
 def _opened(name: str, raw: BinaryIO, is_stdin: bool, named: str | None = None) -> Source:
     """The input decompressed if its first bytes say it is compressed, and counted as it is read.
 

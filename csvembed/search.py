@@ -52,3 +52,14 @@ def check_filters(store: Store, collection: str | None, where: dict[str, str]) -
 
 def _listing(what: str, names: list[str]) -> str:
     return f"the {what} are: {', '.join(names)}" if names else "the store holds no rows"
+
+
+def parse_where(conditions: list[str]) -> dict[str, str]:
+    """COLUMN=VALUE conditions (search --where, GET /search?where=) as a dict."""
+    where = {}
+    for condition in conditions:
+        column, sep, value = condition.partition("=")
+        if not sep or not column:
+            raise InputError(f"--where takes COLUMN=VALUE, not {condition!r}")
+        where[column] = value
+    return where

@@ -31,7 +31,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS
 
-from csvembed import defaults
+from csvembed import batch_durations, defaults
 from csvembed.batch_scripts import BatchScripts
 from csvembed.embedder import share_cpu
 from csvembed.errors import RowError
@@ -267,6 +267,7 @@ class BatchWorker(SimpleWorker):
                 pipe.hincrby(self.key, "successful_job_count", len(stored))
                 pipe.hincrbyfloat(self.key, "total_working_time",
                                   len(stored) * (now() - batch.started_at).total_seconds())
+            batch_durations.record(pipe, batch.queue.name, (now() - batch.started_at).total_seconds())
             pipe.execute()
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, Exception):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import json
 import socket
 import threading
@@ -10,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import uvicorn
 
@@ -108,3 +113,184 @@ def test_submission_status_and_events_follow_the_worker(client, api, submit, dra
     assert set(snapshot) == {"at", "submissions", "queues", "workers", "failures"}
     assert snapshot["submissions"][0] == final
     assert snapshot["queues"] == [{"name": "csvembed", "waiting": 0, "in_progress": 0, "workers": 0}]
+
+
+def upload_multipart(client: httpx.Client, path: Path, name: str | None = None, **params) -> httpx.Response:
+    with open(path, "rb") as file:
+        return client.post("/submissions", params=params, files={"file": (name or path.name, file, "text/csv")})
+
+
+def queued_keys(env) -> list[bytes]:
+    """What a submission leaves in Redis: its jobs and records."""
+    return sorted(env.connection.keys("rq:job:*") + env.connection.keys("csvembed:sub:*"))
+
+
+def test_multipart_upload_is_submitted_with_the_options(client, env, drain, fake_embedder):
+    response = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert response.headers["location"] == f"/submissions/{created['id']}"
+    assert created == {"id": created["id"], "collection": "products", "queue": "csvembed", "rows": 320,
+                       "enqueued": 320, "skipped": 0}
+    status = client.get(f"/submissions/{created['id']}").json()
+    assert status["text"] == "columns title" and status["file"] == "products.csv" and status["pending"] == 320
+    drain(model=fake_embedder)
+    assert client.get(f"/submissions/{created['id']}").json()["done"] == 320
+
+
+def test_raw_gzip_body_with_form_style_query_options(client, env, tmp_path):
+    body = gzip.compress(SAMPLE.read_bytes())
+    response = client.post("/submissions", content=body, headers={"Content-Type": "text/csv"},
+                           params=[("id_column", "sku"), ("text_columns", "title"), ("text_columns", "category"),
+                                   ("collection", "shop"), ("force", "true")])
+    assert response.status_code == 201, response.text
+    status = client.get(response.headers["location"]).json()
+    assert (status["collection"], status["total"], status["text"]) == ("shop", 320, "columns title, category")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"text_columns": "nope"}, "unknown --text-column 'nope'"),
+    ({"colour": "red"}, "unknown option 'colour'"),
+    ({"force": "maybe"}, "option 'force' takes true or false, not 'maybe'"),
+    ({"max_pending": "many"}, "option 'max_pending' takes a number, not 'many'"),
+])
+def test_bad_options_are_400_and_enqueue_nothing(client, env, params, message):
+    response = upload_multipart(client, SAMPLE, **params)
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert queued_keys(env) == []
+
+
+def test_a_bad_csv_gets_the_cli_message_and_enqueues_nothing(client, env, tmp_path):
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    bad = tmp_path / "ragged.csv"
+    bad.write_text("a,b\n1,2\n3,4,5\n")
+    response = upload_multipart(client, bad)
+    assert response.status_code == 400
+    assert queued_keys(env) == []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        cli = CliRunner().invoke(app, ["submit", "ragged.csv"])
+    assert cli.exit_code == 2
+    assert cli.stderr.strip() == f"csvembed: error: {response.json()['detail']}"
+
+
+def test_an_upload_over_the_limit_is_413_and_enqueues_nothing(api, env):
+    with Served(api, max_upload=1000) as client:
+        response = upload_multipart(client, SAMPLE)
+        assert response.status_code == 413
+        assert "larger than the server's limit of 1000 bytes" in response.json()["detail"]
+
+        def unsized() -> Iterator[bytes]:  # chunked: no Content-Length to check up front
+            yield SAMPLE.read_bytes()
+
+        response = client.post("/submissions", content=unsized(), headers={"Content-Type": "text/csv"})
+        assert response.status_code == 413
+    assert queued_keys(env) == []
+
+
+def test_search_export_failures_retry_delete(client, env, api, drain, fake_embedder):
+    from conftest import stored_rows
+
+    created = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS).json()
+    submission = created["id"]
+    drain(model=fake_embedder)
+
+    hits = client.get("/search", params={"q": "Tideway USB-C Charger", "k": 3, "where": "category=Electronics"}).json()
+    assert hits == [hit.__dict__ for hit in api.search("Tideway USB-C Charger", 3, where={"category": "Electronics"})]
+    assert hits[0]["id"] == "000001" and hits[0]["distance"] < 1e-5
+    assert client.get("/search", params={"q": "x", "collection": "nope"}).status_code == 400
+
+    stored = {row[1]: row[-1] for row in stored_rows(env)}
+    response = client.get(f"/submissions/{submission}/export", params={"format": "jsonl"})
+    assert response.headers["content-type"] == "application/x-ndjson"
+    records = [json.loads(line) for line in response.text.splitlines()]
+    assert len(records) == 320
+    assert all(np.array_equal(np.float32(record["vector"]), stored[record["id"]])
+               for record in records)
+    response = client.get(f"/submissions/{submission}/export", params={"format": "csv"})
+    assert response.headers["content-type"].startswith("text/csv")
+    assert len(list(csv.reader(io.StringIO(response.text)))) == 321
+    assert client.get(f"/submissions/{submission}/export", params={"format": "xml"}).json() == {
+        "detail": "unknown --format 'xml': use one of jsonl, csv, parquet"}
+    parquet = client.get(f"/submissions/{submission}/export", params={"format": "parquet"})
+    assert pq.read_table(io.BytesIO(parquet.content)).num_rows == 320
+
+    assert client.get(f"/submissions/{submission}/failures").json() == []
+    assert client.post(f"/submissions/{submission}/retry", params={"all": "true"}).json() == {
+        "requeued": [], "expired": [], "skipped": []}
+    deleted = client.delete(f"/submissions/{submission}").json()
+    assert deleted == {"id": submission, "rows": 320, "jobs": deleted["jobs"]}
+    assert client.get(f"/submissions/{submission}").status_code == 404
+    assert client.get(f"/submissions/{submission}/export").status_code == 404
+
+
+def test_metrics_match_status_and_the_batches_run(client, env, api, drain, fake_embedder):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    submission = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS).json()["id"]
+    drain(batch_size=64, model=fake_embedder)
+    status = client.get(f"/submissions/{submission}").json()
+    families = {family.name: family for family in text_string_to_metric_families(client.get("/metrics").text)}
+    assert all(name.startswith("csvembed_") for name in families)
+
+    def value(family: str, sample_name: str, **labels) -> float:
+        return next(sample.value for sample in families[family].samples
+                    if sample.name == sample_name and sample.labels == labels)
+
+    for figure in ("done", "failed", "skipped"):
+        assert value(f"csvembed_rows_{figure}", f"csvembed_rows_{figure}_total", queue="csvembed") == status[figure]
+    assert value("csvembed_rows_enqueued", "csvembed_rows_enqueued_total", queue="csvembed") == status["total"]
+    assert value("csvembed_queue_rows_waiting", "csvembed_queue_rows_waiting", queue="csvembed") == 0
+    assert value("csvembed_submissions", "csvembed_submissions", state="done") == 1
+    batches = len(fake_embedder.calls)
+    assert batches == 5  # 320 rows in batches of 64
+    histogram = "csvembed_batch_duration_seconds"
+    assert value(histogram, f"{histogram}_count", queue="csvembed") == batches
+    assert value(histogram, f"{histogram}_bucket", queue="csvembed", le="+Inf") == batches
+
+
+def test_a_token_guards_every_route_but_healthz(api):
+    with Served(api, token="s3cret") as client:
+        assert client.get("/healthz").status_code == 200
+        for path in ("/submissions", "/events", "/metrics", "/openapi.json", "/docs"):
+            refused = client.get(path)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert client.get("/submissions", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/submissions", headers={"Authorization": "Bearer s3cret"}).json() == []
+        assert client.get("/submissions", params={"token": "s3cret"}).status_code == 200  # EventSource's way
+        assert client.get("/submissions", params={"token": "s3cre"}).status_code == 401
+
+
+def test_openapi_lists_every_route(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {path: sorted(methods) for path, methods in paths.items()} == {
+        "/submissions": ["get", "post"],
+        "/submissions/{submission_id}": ["delete", "get"],
+        "/submissions/{submission_id}/failures": ["get"],
+        "/submissions/{submission_id}/retry": ["post"],
+        "/submissions/{submission_id}/export": ["get"],
+        "/submissions/{submission_id}/events": ["get"],
+        "/events": ["get"],
+        "/search": ["get"],
+        "/workers": ["get"],
+        "/healthz": ["get"],
+        "/metrics": ["get"],
+    }
+    assert set(paths["/submissions"]["post"]["requestBody"]["content"]) == {"text/csv", "multipart/form-data"}
+
+
+def test_serve_refuses_another_host_without_a_token(env, monkeypatch):
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    monkeypatch.delenv("CSVEMBED_TOKEN", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "csvembed: error: --host 0.0.0.0 can be reached from other machines: set a token first (--token or"
+        " CSVEMBED_TOKEN)"]

@@ -19,16 +19,6 @@ if TYPE_CHECKING:  # the store imports numpy: not at start-up
     from csvembed.store import Hit
 
 
-def _parse_where(conditions: list[str]) -> dict[str, str]:
-    where = {}
-    for condition in conditions:
-        column, sep, value = condition.partition("=")
-        if not sep or not column:
-            raise InputError(f"--where takes COLUMN=VALUE, not {condition!r}")
-        where[column] = value
-    return where
-
-
 @app.command(short_help="Find the stored rows nearest to a query.")
 def search(
     ctx: typer.Context,
@@ -48,8 +38,10 @@ def search(
     ))] = False,
 ) -> None:
     """The stored rows nearest to QUERY by cosine distance, nearest first."""
+    from csvembed.search import parse_where  # numpy: not at start-up
+
     hits = api_of(ctx).search(query, k, collection=collection, submission=submission,
-                              where=_parse_where(where or []))
+                              where=parse_where(where or []))
     if as_json:
         print_json([hit.__dict__ for hit in hits])
         return

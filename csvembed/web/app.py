@@ -12,7 +12,7 @@ from csvembed import defaults
 from csvembed.api import Csvembed
 from csvembed.errors import CsvembedError, NoStore, ServiceUnavailable, UnknownSubmission
 from csvembed.redact import mask_secrets
-from csvembed.web import dashboard, deployment, events, submissions
+from csvembed.web import dashboard, deployment, events, exports, metrics, search, submissions, uploads
 from csvembed.web.auth import TokenGate
 from csvembed.web.deps import Limits
 
@@ -34,7 +34,7 @@ def create_app(api: Csvembed, token: str | None = None, max_upload: int = defaul
                   summary="Submit CSV rows for embedding, follow them, search and export what is stored.")
     app.state.api = api
     app.state.limits = Limits(max_upload, interval, read_timeout)
-    for module in (submissions, events, deployment):
+    for module in (uploads, submissions, exports, events, search, deployment, metrics):
         app.include_router(module.router)
     app.include_router(dashboard.router)
 
