@@ -115,7 +115,7 @@
     v["rate"].textContent = rate(status.rate);
     v["ETA"].textContent = finished ? "finished" : duration(status.eta);
     v["elapsed"].textContent = duration(status.elapsed);
-    v["workers"].textContent = count(status.workers);
+    v["workers"].textContent = finished ? "–" : count(status.workers); // the queue's workers: not this one's once finished
   }
 
   function renderSubmissions(submissions) {
@@ -168,10 +168,10 @@
     return tr;
   }
 
-  // A worker's name is host.pid.suffix; the host itself may hold dots.
+  // A worker's name is host.pid.suffix (the host itself may hold dots): shown as "host · pid".
   function hostOf(name) {
     const parts = String(name).split(".");
-    return parts.length >= 3 ? parts.slice(0, -2).join(".") : String(name);
+    return parts.length >= 3 ? `${parts.slice(0, -2).join(".")} · ${parts[parts.length - 2]}` : String(name);
   }
 
   function ago(iso, at) {
@@ -179,7 +179,8 @@
     // RQ writes UTC without an offset; read it as UTC.
     const stamp = Date.parse(/[zZ]|[+-]\d\d:?\d\d$/.test(iso) ? iso : iso + "Z");
     if (isNaN(stamp)) return iso;
-    return duration(Math.max(0, at - stamp / 1000)) + " ago";
+    const seconds = Math.max(0, at - stamp / 1000);
+    return (seconds < 60 ? Math.round(seconds) + " s" : duration(seconds)) + " ago";
   }
 
   function renderQueues(queues) {
@@ -211,7 +212,8 @@
       for (const f of failures[id] || []) {
         const tr = row([
           [id, "mono"], [f.row_number, "num"], [f.id === null || f.id === undefined ? "–" : f.id, "mono"],
-          [f.reason, "reason"], [f.permanent ? "permanent" : "csvembed retry", f.permanent ? "bad" : null],
+          [f.reason, "reason"],
+          f.permanent ? ["permanent", "bad"] : ["transient: csvembed retry requeues it", null],
         ]);
         tr.dataset.submission = id;
         rows.push(tr);
