@@ -17,7 +17,9 @@ from csvembed.web.dashboard import ASSETS
 
 TOKEN = "dashboard-test-token"
 # Rows 3 and 5 have no text: they fail for good, with this reason, so that the failures table has rows.
-CSV = "id,text\nA1,red shoes\nA2,blue hat\nA3,\nA4,green scarf\nA5,\nA6,yellow coat\n"
+# Row 5's id is markup: the page must show it as text, never run it.
+MARKUP_ID = "<img src=x onerror=alert(1)>"
+CSV = f"id,text\nA1,red shoes\nA2,blue hat\nA3,\nA4,green scarf\n{MARKUP_ID},\nA6,yellow coat\n"
 EMPTY_TEXT = "empty text: nothing to embed"
 
 
@@ -109,6 +111,7 @@ def open_page(browser, url: str):
     page.complaints = []
     page.on("console", lambda message: message.type == "error" and page.complaints.append(message.text))
     page.on("pageerror", lambda error: page.complaints.append(str(error)))
+    page.on("dialog", lambda dialog: page.complaints.append(f"a dialog opened: {dialog.message}"))
     page.goto(url)
     return page
 
@@ -138,6 +141,8 @@ def test_the_bar_follows_a_submission_to_100_percent_and_the_failures_show(api, 
         assert failures.count() == 2
         assert sorted(failures.nth(i).locator("td").nth(1).text_content() for i in range(2)) == ["3", "5"]
         assert all(failures.nth(i).locator("td").nth(3).text_content() == EMPTY_TEXT for i in range(2))
+        assert sorted(failures.nth(i).locator("td").nth(2).text_content() for i in range(2)) == [MARKUP_ID, "A3"]
+        assert page.locator("img").count() == 0
         assert EMPTY_TEXT in page.content()
         assert page.complaints == []  # no CSP violation, no script error
         page.close()
