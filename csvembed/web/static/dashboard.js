@@ -180,6 +180,7 @@
     const stamp = Date.parse(/[zZ]|[+-]\d\d:?\d\d$/.test(iso) ? iso : iso + "Z");
     if (isNaN(stamp)) return iso;
     const seconds = Math.max(0, at - stamp / 1000);
+    if (seconds >= 86400) return new Date(stamp).toLocaleString();
     return (seconds < 60 ? Math.round(seconds) + " s" : duration(seconds)) + " ago";
   }
 
