@@ -294,3 +294,61 @@ def test_serve_refuses_another_host_without_a_token(env, monkeypatch):
     assert result.stderr.splitlines() == [
         "csvembed: error: --host 0.0.0.0 can be reached from other machines: set a token first (--token or"
         " CSVEMBED_TOKEN)"]
+
+
+@pytest.mark.slow
+def test_serve_and_a_real_worker_agree_with_the_cli(env, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    rows = list(csv.reader(io.StringIO(SAMPLE.read_text())))[:41]
+    small = tmp_path / "products.csv"
+    with open(small, "w", newline="") as file:
+        csv.writer(file).writerows(rows)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "csvembed", "serve", "--port", str(port), "--interval", "0.2"],
+                              env={**env.environ, "CSVEMBED_TOKEN": "t0ken"}, stderr=subprocess.PIPE)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer t0ken"},
+                          timeout=60) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert client.get("/healthz").json() == {"status": "ok"}
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline, "csvembed serve did not start"
+                    time.sleep(0.1)
+            created = upload_multipart(client, small, **PRODUCT_OPTIONS).json()
+            worker = subprocess.Popen([sys.executable, "-m", "csvembed", "worker", "--burst"], env=env.environ)
+            with client.stream("GET", f"/submissions/{created['id']}/events") as response:
+                events = list(read_events(response))
+            assert worker.wait(300) == 0
+            assert events[-1][0] == "end"
+            final, served = events[-1][1], client.get(f"/submissions/{created['id']}").json()
+            cli = json.loads(run_cli(env, "status", created["id"], "--json").stdout)
+            timeless = {"rate", "elapsed", "eta"}
+            assert {k: v for k, v in final.items() if k not in timeless} == \
+                   {k: v for k, v in served.items() if k not in timeless} == \
+                   {k: v for k, v in cli.items() if k not in timeless}
+            assert final["state"] == "done" and final["done"] == 40
+            hits = client.get("/search", params={"q": rows[1][1], "k": 1}).json()
+            assert hits[0]["id"] == rows[1][0]
+    finally:
+        server.terminate()
+        assert server.wait(10) in (0, -15)
+    assert b"t0ken" not in server.stderr.read()
+
+
+def test_a_stalled_upload_is_cut_off(api, env):
+    def stalling() -> Iterator[bytes]:
+        yield b"sku,title\n"
+        time.sleep(1.5)
+        yield b"1,a\n"
+
+    with Served(api, read_timeout=0.3) as client:
+        response = client.post("/submissions", content=stalling(), headers={"Content-Type": "text/csv"})
+    assert response.status_code == 408
+    assert queued_keys(env) == []

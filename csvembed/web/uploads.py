@@ -73,10 +73,11 @@ async def create(request: Request, api: Api, limits: ServerLimits) -> JSONRespon
             return await _submit(api, upload.file, _file_name(upload.filename), options_of(fields))
         finally:
             await form.close()
+    options = options_of(fields)  # all in the query: a mistake is told before the body is read
     with tempfile.TemporaryFile() as spool:
         async for chunk in _body(request, limits):
             spool.write(chunk)
-        return await _submit(api, spool, None, options_of(fields))
+        return await _submit(api, spool, None, options)
 
 
 async def _submit(api: Api, spool: BinaryIO, name: str | None, options: SubmitOptions) -> JSONResponse:
