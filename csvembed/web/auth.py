@@ -12,8 +12,11 @@ from urllib.parse import parse_qs
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-# A load balancer's probe must work without the token.
-OPEN_PATHS = frozenset({"/healthz"})
+from csvembed.web.dashboard import PUBLIC_PATHS
+
+# A load balancer's probe must work without the token, and so must the dashboard's page and files: they
+# hold no data (the page reads /events, which asks for the token, and says so when it is refused).
+OPEN_PATHS = frozenset({"/healthz", *PUBLIC_PATHS})
 
 
 class TokenGate:
