@@ -22,7 +22,7 @@ def cli(*args: str):
 @pytest.fixture
 def stored(env, submit, drain, fake_embedder) -> str:
     """Three rows of collection `books`, stored; the submission's id."""
-    result = submit(write_csv(env.dir / "books.csv", "text\nalpha\nbeta\ngamma\n"))
+    result = submit(write_csv(env.dir / "books.csv", "text\nalpha\nbeta\ngamma\n"), model=fake_embedder.name)
     drain(model=fake_embedder)
     assert store_counts(env) == (3, 3)
     return result.id
@@ -46,7 +46,7 @@ def test_delete_and_export_refuse_another_db_and_name_the_right_one(env, stored)
 
 @pytest.mark.parametrize("env", BOTH_STORES, indirect=True)
 def test_delete_collection_removes_rows_whose_submissions_are_gone(env, stored, submit, drain, fake_embedder):
-    submit(write_csv(env.dir / "films.csv", "text\ndelta\n"))
+    submit(write_csv(env.dir / "films.csv", "text\ndelta\n"), model=fake_embedder.name)
     drain(model=fake_embedder)
     env.connection.flushall()  # the books submission's records are gone: only its rows are left
     result = cli("delete", "--collection", "books")
