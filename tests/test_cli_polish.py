@@ -43,7 +43,7 @@ Commands:
   retry     Requeue a submission's failed rows that may yet succeed.
   status    Show progress: done, failed, pending, rows/s and ETA.
   list      List the submissions, newest first, with their state.
-  workers   List the live workers: queues, batch size, rows done.
+  workers   List the workers: state, queues, batch size, rows done.
   redis     Show or stop the embedded Redis server.
 """
 

@@ -80,6 +80,8 @@ class Line:
     eta: float | None
     in_progress: int
     workers: int
+    waiting_for_store: int = 0
+    store_waiting_since: float | None = None
 
     @property
     def work(self) -> int:
@@ -87,7 +89,8 @@ class Line:
 
     def as_json(self) -> dict:
         return {**self.snapshot.as_json(), "rate": self.rate, "elapsed": self.elapsed, "eta": self.eta,
-                "in_progress": self.in_progress, "workers": self.workers}
+                "in_progress": self.in_progress, "workers": self.workers, "waiting_for_store": self.waiting_for_store,
+                "store_waiting_since": self.store_waiting_since}
 
 
 def lines(reading: Reading, at: float) -> list[Line]:
@@ -99,13 +102,22 @@ def lines(reading: Reading, at: float) -> list[Line]:
         queue = reading.queues.get(snapshot.queue)
         in_progress = min(queue.in_progress, snapshot.pending) if queue else 0
         found.append(Line(snapshot, rate, end - snapshot.created_at, eta_of(snapshot, rate, at), in_progress,
-                          queue.workers if queue else 0))
+                          queue.workers if queue else 0, queue.waiting_for_store if queue else 0,
+                          queue.store_waiting_since if queue else None))
     return found
 
 
 def queue_line(queue: QueueStats) -> str:
-    return (f"queue {queue.name}: {queue.waiting} waiting, {queue.in_progress} in progress,"
+    line = (f"queue {queue.name}: {queue.waiting} waiting, {queue.in_progress} in progress,"
             f" {count(queue.workers, 'worker')}")
+    if queue.waiting_for_store:
+        line += f"; {count(queue.waiting_for_store, 'worker')} {store_wait(queue.store_waiting_since)}"
+    return line
+
+
+def store_wait(since: float | None) -> str:
+    """"waiting for the store since 12:03:04" (local time)."""
+    return "waiting for the store" + (f" since {time.strftime('%H:%M:%S', time.localtime(since))}" if since else "")
 
 
 def _cells(line: Line) -> dict[str, str]:
