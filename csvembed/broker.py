@@ -54,6 +54,11 @@ class PatientRetry(Retry):
         self.described_as = described_as
         self._give_up_at: float | None = None
 
+    def __deepcopy__(self, memo: dict) -> PatientRetry:
+        # redis-py deep-copies a retry into every connection it makes: one shared instance is what lets
+        # stop() reach the connections already made.
+        return self
+
     def stop(self) -> None:
         """Give up on an unreachable Redis REDIS_STOP_GRACE seconds from now (safe in a signal handler)."""
         self._give_up_at = time.monotonic() + defaults.REDIS_STOP_GRACE
