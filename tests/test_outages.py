@@ -109,6 +109,7 @@ def test_a_postgres_outage_fails_no_row(env, submit, own_postgres, tmp_path):
 
 def test_a_worker_started_while_postgres_is_down_waits_then_stores(env, submit, own_postgres, tmp_path):
     env.db = fresh_postgres_database(own_postgres, "late")
+    result = submit_rows(env, submit, 30)
     own_postgres.stop()
     log = tmp_path / "worker.log"
     worker = start_hash_worker(env, log, "--batch-size", "10")
@@ -116,7 +117,6 @@ def test_a_worker_started_while_postgres_is_down_waits_then_stores(env, submit, 
         wait_for(lambda: b"store unavailable: " in log.read_bytes(), 30, "the worker to say it waits")
         time.sleep(4)  # it used to exit 3 within 4 s
         assert worker.poll() is None
-        result = submit_rows(env, submit, 30)
         own_postgres.ensure_postgres_running()
         records = SubmissionRecords(env.connection)
         snapshot = wait_for(lambda: (s := records.snapshot(result.id)).state == "done" and s, 60, "every row")
