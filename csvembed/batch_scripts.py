@@ -109,6 +109,28 @@ end
 return 0
 """
 
+# Per job, in reverse order (so the batch goes back to the front of the queue in its own order): its
+# execution removed as _FINISH does, then the job queued again, its retries untouched. For a worker
+# that stops while its store is unreachable: the rows were never tried, so no attempt is spent. A job
+# deleted meanwhile (its submission withdrawn) is not queued again.
+_RELEASE = """
+local job_prefix, execution_prefix, executions_prefix, queued = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for i = #ARGV - 1, 5, -2 do
+  local id, eid = ARGV[i], ARGV[i + 1]
+  local composite = id .. ':' .. eid
+  redis.call('ZREM', KEYS[2], composite)
+  redis.call('SREM', KEYS[3], composite)
+  redis.call('DEL', execution_prefix .. composite)
+  redis.call('ZREM', executions_prefix .. id, eid)
+  if redis.call('EXISTS', job_prefix .. id) == 1 then
+    redis.call('HSET', job_prefix .. id, 'status', queued)
+    redis.call('HDEL', job_prefix .. id, 'started_at', 'worker_name')
+    redis.call('LPUSH', KEYS[1], id)
+  end
+end
+return 0
+"""
+
 
 @dataclass
 class Taken:
@@ -119,12 +141,13 @@ class Taken:
 
 
 class BatchScripts:
-    """The three scripts, registered once per connection."""
+    """The scripts, registered once per connection."""
 
     def __init__(self, connection: redis.Redis) -> None:
         self._take = connection.register_script(_TAKE)
         self._start = connection.register_script(_START)
         self._finish = connection.register_script(_FINISH)
+        self._release = connection.register_script(_RELEASE)
 
     def take(self, queue: Queue, limit: int) -> list[Taken]:
         """Up to `limit` queued jobs, moved to the intermediate queue; no Job object is built.
@@ -157,6 +180,14 @@ class BatchScripts:
             args.extend(pair)
         keys = [queue.started_job_registry.key, WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name)]
         self._finish(keys=keys, args=args, client=pipe)
+
+    def release(self, queue: Queue, worker_name: str, ids: list[str], execution_ids: list[str]) -> None:
+        """Queue started jobs again at the front of their queue, as they were before they were taken."""
+        args: list = [JOB_PREFIX, EXECUTION_PREFIX, EXECUTIONS_PREFIX, JobStatus.QUEUED.value]
+        for pair in zip(ids, execution_ids):
+            args.extend(pair)
+        keys = [queue.key, queue.started_job_registry.key, WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name)]
+        self._release(keys=keys, args=args)
 
 
 _ROW_FAILED = ROW_FAILED.encode()

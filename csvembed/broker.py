@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from csvembed import defaults
 from csvembed.errors import ServiceUnavailable
+from csvembed.outage import sleep_unless
 from csvembed.redact import mask_secrets
 from csvembed.settings import Settings, private_dir
 
@@ -40,7 +41,8 @@ class PatientRetry(Retry):
 
     A worker waits forever (retries=-1): a Redis restart must not kill it. Commands people
     run wait a bounded time, then fail with a one-line error. `described_as` is shown in every
-    log line, so it must already be masked.
+    log line, so it must already be masked. Once `stop()` is called (a worker asked to stop), it
+    tries for REDIS_STOP_GRACE seconds more at most, so that a stop never waits for Redis.
     """
 
     def __init__(self, described_as: str, retries: int) -> None:
@@ -50,13 +52,36 @@ class PatientRetry(Retry):
             (redis.ConnectionError, redis.TimeoutError),
         )
         self.described_as = described_as
+        self._give_up_at: float | None = None
+
+    def __deepcopy__(self, memo: dict) -> PatientRetry:
+        # redis-py deep-copies a retry into every connection it makes: one shared instance is what lets
+        # stop() reach the connections already made.
+        return self
+
+    def stop(self) -> None:
+        """Give up on an unreachable Redis REDIS_STOP_GRACE seconds from now (safe in a signal handler)."""
+        self._give_up_at = time.monotonic() + defaults.REDIS_STOP_GRACE
+
+    def _given_up(self) -> bool:
+        return self._give_up_at is not None and time.monotonic() >= self._give_up_at
 
     def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[override]
-        def say_and_fail(error: Exception, *failures: int):
-            log.warning("waiting for Redis at %s: %s", self.described_as, mask_secrets(str(error)))
-            return fail(error, *failures)
-
-        return super().call_with_retry(do, say_and_fail, is_retryable, with_failure_count)
+        # redis-py's loop, but its backoff sleep ends early once stop() was called.
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                if is_retryable and not is_retryable(error):
+                    raise
+                failures += 1
+                log.warning("waiting for Redis at %s: %s", self.described_as, mask_secrets(str(error)))
+                fail(error, failures) if with_failure_count else fail(error)
+                if (self._retries >= 0 and failures > self._retries) or self._given_up():
+                    raise error
+                if sleep_unless(self._given_up, self._backoff.compute(failures)):
+                    raise error
 
 
 def connect(settings: Settings, wait_forever: bool = False) -> redis.Redis:
@@ -65,15 +90,18 @@ def connect(settings: Settings, wait_forever: bool = False) -> redis.Redis:
     A configured URL is used as given, never started or stopped here; its password is never shown.
     A worker (wait_forever) says once if that Redis would keep its rows in the large encoding.
     """
+    retries = -1 if wait_forever else defaults.REDIS_RETRIES
     if settings.redis_url:
         described_as = mask_secrets(settings.redis_url)
-        connection = _ping(_from_url(settings.redis_url), described_as)
+        connection = _from_url(settings.redis_url)
+        if wait_forever:  # a worker started while Redis is down waits for it, as one whose Redis restarts
+            connection.set_retry(PatientRetry(described_as, retries))
+        _ping(connection, described_as)
         if wait_forever and (note := row_encoding_note(settings)):
             log.warning("%s", note)
     else:
         connection = ensure_local_redis(settings.home / "redis")
         described_as = str(local_socket(settings.home / "redis"))
-    retries = -1 if wait_forever else defaults.REDIS_RETRIES
     connection.set_retry(PatientRetry(described_as, retries))
     return connection
 

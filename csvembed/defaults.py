@@ -63,6 +63,13 @@ WORKER_TTL = 20
 # How often a worker re-counts the workers on its host to share the cores among them.
 CPU_SHARE_INTERVAL = 10.0
 
+# A worker whose store cannot be reached keeps its rows and tries again after BASE seconds, doubling
+# up to CAP: it resumes at most CAP seconds after the store is back. Each try is one connect attempt.
+STORE_RETRY_BASE = 1.0
+STORE_RETRY_CAP = 10.0
+# How often a waiting worker looks whether it was asked to stop (SIGTERM).
+STOP_POLL = 0.1
+
 # SQLite: wait this long for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -73,6 +80,9 @@ REDIS_CONNECT_TIMEOUT = 5.0
 REDIS_RETRY_BASE = 0.2
 REDIS_RETRY_CAP = 5.0
 REDIS_RETRIES = 8
+# Once a worker is asked to stop, it tries an unreachable Redis for this long more, then gives up: the
+# rows it holds are requeued by the other workers once its heartbeat lapses (HEARTBEAT_TTL).
+REDIS_STOP_GRACE = 1.0
 # The embedded redis-server: how long to wait for it to accept connections.
 LOCAL_REDIS_START_TIMEOUT = 10.0
 

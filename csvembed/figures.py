@@ -57,6 +57,9 @@ class Line:
     workers: int
     # The submission's model when its rows wait on a queue that no live worker listens on; else None.
     no_worker_for_model: str | None = None
+    # Live workers of its queue that wait for the store to come back, and since when the first waits.
+    waiting_for_store: int = 0
+    store_waiting_since: float | None = None
 
     @property
     def work(self) -> int:
@@ -65,7 +68,8 @@ class Line:
     def as_json(self) -> dict:
         return {**self.snapshot.as_json(), "rate": self.rate, "elapsed": self.elapsed, "eta": self.eta,
                 "in_progress": self.in_progress, "workers": self.workers,
-                "no_worker_for_model": self.no_worker_for_model}
+                "no_worker_for_model": self.no_worker_for_model, "waiting_for_store": self.waiting_for_store,
+                "store_waiting_since": self.store_waiting_since}
 
 
 def lines(reading: Reading, at: float) -> list[Line]:
@@ -78,5 +82,6 @@ def lines(reading: Reading, at: float) -> list[Line]:
         in_progress = min(queue.in_progress, snapshot.pending) if queue else 0
         unserved = queue is not None and queue.unserved and snapshot.pending > 0
         found.append(Line(snapshot, rate, end - snapshot.created_at, eta_of(snapshot, rate, at), in_progress,
-                          queue.workers if queue else 0, snapshot.model if unserved else None))
+                          queue.workers if queue else 0, snapshot.model if unserved else None,
+                          queue.waiting_for_store if queue else 0, queue.store_waiting_since if queue else None))
     return found

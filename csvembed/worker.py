@@ -22,9 +22,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from redis import Redis, ResponseError
+from redis import ConnectionError as RedisConnectionError
+from redis import Redis, RedisError, ResponseError
+from redis import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker, Worker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.utils import now
@@ -33,15 +35,18 @@ from rq.worker_registration import REDIS_WORKER_KEYS
 
 from csvembed import batch_durations, defaults
 from csvembed.batch_scripts import BatchScripts
+from csvembed.broker import PatientRetry
 from csvembed.embedder import share_cpu
 from csvembed.errors import RowError
 from csvembed.ingest import Ingestor
 from csvembed.jobs import SERIALIZER, RowTask, refusal
+from csvembed.outage import PatientStore, StopWaiting, sleep_unless
 from csvembed.routing import model_queue
 from csvembed.settings import Settings
 from csvembed.tasks import CsvembedJob
 from csvembed.webhooks import Deliverer
 from csvembed.windows import Shape
+from csvembed.worker_record import RETRIES, ROWS_FAILED, WAITING_FOR, WAITING_SINCE
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,7 @@ class BatchWorker(SimpleWorker):
 
     It runs only csvembed's rows: its jobs are CsvembedJobs, which never import what a job names
     (also when RQ's maintenance fails a dead worker's jobs), and any other job is failed alone.
+    While its store is unreachable it keeps the batch it holds and waits (csvembed.outage).
     """
 
     def __init__(self, queues: Sequence[str], *, ingestor: Ingestor, batch_size: int, **kwargs) -> None:
@@ -93,8 +99,12 @@ class BatchWorker(SimpleWorker):
             maintenance_interval=defaults.REAPER_INTERVAL,
             **kwargs,
         )
+        # Its writes wait out store outages; the ingestor stays unaware of them.
+        ingestor.store = PatientStore(ingestor.store, self._wait_for_store, self._store_back)
         self.ingestor = ingestor
         self.batch_size = batch_size
+        self._stopping = False  # set by the signal handler: read it, never wait on it
+        self._store_down_since: float | None = None
         self._scripts = BatchScripts(self.connection)
         self._held: _Batch | None = None
         self._held_lock = threading.Lock()
@@ -122,7 +132,26 @@ class BatchWorker(SimpleWorker):
         self._stop_heartbeat.set()
         if self._deliverer is not None:
             self._deliverer.stop()
-        super().teardown()
+        try:
+            super().teardown()
+        except RedisError as exc:  # stopping while Redis is down: other workers see the lapsed heartbeat
+            log.warning("stopped without reaching Redis (%s); rows still held are requeued once this worker's"
+                        " heartbeat lapses (%d s)", exc, defaults.HEARTBEAT_TTL)
+
+    def handle_warm_shutdown_request(self) -> None:
+        # Runs in the signal handler, before RQ's own stop (which writes to Redis): from now on no wait,
+        # for Redis or for the store, may keep the worker from stopping.
+        self._stopping = True
+        retry = self.connection.get_retry()
+        if isinstance(retry, PatientRetry):
+            retry.stop()
+        super().handle_warm_shutdown_request()
+
+    def set_shutdown_requested_date(self) -> None:
+        try:
+            super().set_shutdown_requested_date()
+        except RedisError:  # only informative; a stop must not fail on it
+            pass
 
     def _keep_alive(self) -> None:
         """Refresh the heartbeat of every job in flight.
@@ -167,6 +196,17 @@ class BatchWorker(SimpleWorker):
         log.debug("%d workers on %s: %d threads each", on_host, host, threads)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            self._run_batch(job, queue)
+        except (RedisConnectionError, RedisTimeoutError):
+            if not self._stopping:
+                raise
+            # Stopping with Redis down: the rows held stay in the started registry, where the other
+            # workers find them and requeue them once this worker's heartbeat lapses.
+            log.warning("stopping without Redis")
+            raise StopRequested() from None
+
+    def _run_batch(self, job: Job, queue: Queue) -> None:
         # BUSY before taking more jobs: a SIGTERM now waits for this batch instead of raising
         # StopRequested between taking jobs and starting them.
         self.set_state(WorkerStatus.BUSY)
@@ -182,6 +222,9 @@ class BatchWorker(SimpleWorker):
             started = time.perf_counter()
             try:
                 outcomes = self.ingestor.ingest(batch.tasks)
+            except StopWaiting:  # asked to stop while the store was unreachable: the rows go back
+                self._release(batch)
+                return
             except Exception as exc:  # the store failed: nothing was stored, retry them all
                 log.warning("storing a batch of %d rows failed: %s", len(batch.tasks), exc)
                 outcomes = [exc] * len(batch.tasks)
@@ -192,6 +235,47 @@ class BatchWorker(SimpleWorker):
         failed = sum(isinstance(outcome, Exception) for outcome in outcomes)
         log.info("%d rows stored, %d failed, in %.1f s", len(outcomes) - failed, failed, time.perf_counter() - started)
         self.set_state(WorkerStatus.IDLE)
+
+    # --- the store unreachable ------------------------------------------------------------------
+
+    def _wait_for_store(self, reason: str, seconds: float) -> None:
+        """Between two tries of a write: say so once per outage, show it on the worker's hash, then wait.
+
+        The heartbeat thread keeps the worker and the held rows alive meanwhile, so no other worker
+        takes them for abandoned. A stop asked for meanwhile ends the wait (StopWaiting).
+        """
+        if self._store_down_since is None:
+            self._store_down_since = time.time()
+            log.warning("store unavailable: %s; waiting", reason)
+            self._show_waiting({WAITING_FOR: "store", WAITING_SINCE: self._store_down_since})
+        if self._stopping or sleep_unless(lambda: self._stopping, seconds):
+            raise StopWaiting()
+
+    def _store_back(self) -> None:
+        log.warning("store available again after %.1f s; storing", time.time() - (self._store_down_since or 0))
+        self._store_down_since = None
+        self._show_waiting(None)
+
+    def _show_waiting(self, fields: dict | None) -> None:
+        """Set (or with None clear) the waiting fields that `status` and `workers` show; a Redis outage
+        must not stop the wait for the store, so this is best effort."""
+        try:
+            if fields is None:
+                self.connection.hdel(self.key, WAITING_FOR, WAITING_SINCE)
+            else:
+                self.connection.hset(self.key, mapping=fields)
+        except RedisError as exc:
+            log.warning("could not show the wait on the worker's record: %s", exc)
+
+    def _release(self, batch: _Batch) -> None:
+        """Put a batch that was never stored back at the front of its queue, its retries untouched."""
+        self._scripts.release(batch.queue, self.name, batch.ids, batch.execution_ids)
+        log.warning("stopped while the store was unreachable: %d rows queued again", len(batch.ids))
+        self._store_down_since = None
+        self._show_waiting(None)
+        self.set_state(WorkerStatus.IDLE)
+
+    # --- taking, starting, finishing ----------------------------------------------------------
 
     def _take(self, queue: Queue, job: Job) -> tuple[list[str], list[RowTask]]:
         """The job RQ dequeued plus up to batch_size - 1 more queued right now, as (ids, rows).
@@ -265,6 +349,8 @@ class BatchWorker(SimpleWorker):
         stored_rows: dict[str, list[tuple[int, Shape]]] = defaultdict(list)
         for i in stored:
             stored_rows[batch.tasks[i].submission_id].append((batch.tasks[i].row_number, outcomes[i]))
+        retried = [self._fail(batch, i, outcome) for i, outcome in enumerate(outcomes)
+                   if isinstance(outcome, Exception)]
         with self.connection.pipeline() as pipe:
             self._scripts.finish(pipe, batch.queue, self.name, [batch.ids[i] for i in stored],
                                  [batch.execution_ids[i] for i in stored])
@@ -275,13 +361,16 @@ class BatchWorker(SimpleWorker):
                 pipe.hincrbyfloat(self.key, "total_working_time",
                                   len(stored) * (now() - batch.started_at).total_seconds())
             batch_durations.record(pipe, batch.queue.name, (now() - batch.started_at).total_seconds())
+            if retried:
+                pipe.hincrby(self.key, RETRIES, sum(fate is True for fate in retried))
+                pipe.hincrby(self.key, ROWS_FAILED, sum(fate is False for fate in retried))
             pipe.execute()
-        for i, outcome in enumerate(outcomes):
-            if isinstance(outcome, Exception):
-                self._fail(batch, i, outcome)
 
-    def _fail(self, batch: _Batch, index: int, error: Exception) -> None:
-        """Retry a transient failure; record a final one (with its reason) on the submission."""
+    def _fail(self, batch: _Batch, index: int, error: Exception) -> bool | None:
+        """Retry a transient failure; record a final one (with its reason) on the submission.
+
+        Whether the row was retried (True), failed for good (False), or was deleted meanwhile (None).
+        """
         task = batch.tasks[index]
         execution = batch.execution(index, self.connection, self.name)
         reason = str(error) if isinstance(error, RowError) else f"{type(error).__name__}: {error}"
@@ -298,8 +387,10 @@ class BatchWorker(SimpleWorker):
             with self.connection.pipeline() as pipe:  # its submission was deleted meanwhile: keep nothing
                 self._scripts.finish(pipe, batch.queue, self.name, [batch.ids[index]], [execution.id])
                 pipe.execute()
-            return
+            return None
+        retried = job.should_retry
         self.handle_job_failure(job, batch.queue, exc_string=reason, execution=execution)
+        return retried
 
 
 def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_size: int, device: str = "auto",
@@ -311,6 +402,7 @@ def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_siz
     """
     from csvembed.broker import connect
     from csvembed.embedder import choose_backend, load_embedder, resolve_model
+    from csvembed.outage import open_when_reachable
     from csvembed.store import open_store
     from csvembed.submissions import SubmissionRecords
 
@@ -323,7 +415,10 @@ def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_siz
         log.info("nothing queued on %s", ", ".join(queues))
         return False
     embedder = load_embedder(settings, device=device, backend=backend)
-    ingestor = Ingestor(embedder, open_store(settings.db), SubmissionRecords(connection))
+    # A burst run (a script's) fails at once, exit 3, while its store is unreachable: it holds no rows
+    # yet, and its caller should know now. A long-lived worker is a service: it waits.
+    store = open_store(settings.db) if burst else open_when_reachable(lambda: open_store(settings.db))
+    ingestor = Ingestor(embedder, store, SubmissionRecords(connection))
     worker = BatchWorker(queues, ingestor=ingestor, batch_size=batch_size)
     log.info("worker %s: model %s loaded on %s (%s); listening on %s", worker.name, settings.model_id,
              embedder.device, embedder.backend, ", ".join(queues))

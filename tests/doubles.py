@@ -20,6 +20,7 @@ class HashEmbedder:
     name = "test-hash-embedder"
     dimension = 16
     device = "cpu"
+    backend = "test-double"
     # Its "tokens" are words; its window is wide enough that no test text of the fast tier is windowed.
     max_seq_length = 100_002
     window_tokens = 100_000

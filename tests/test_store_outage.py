@@ -1,0 +1,140 @@
+"""An unreachable store is not the rows' fault: the worker keeps its batch and waits, spending no retry.
+
+Fast tier: the real BatchWorker and SQLite store, with a store double whose first writes fail the way an
+unreachable store fails. The outages of a real PostgreSQL are in test_outages.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import apsw
+import pytest
+from rq.registry import StartedJobRegistry
+
+from conftest import store_counts, write_csv
+from csvembed import defaults
+from csvembed.errors import ServiceUnavailable
+from csvembed.ingest import Ingestor
+from csvembed.monitor import Monitor
+from csvembed.outage import unreachable_reason
+from csvembed.store import open_store
+from csvembed.submissions import SubmissionRecords
+from csvembed.worker import BatchWorker
+
+
+class FailingWritesDouble:
+    """Test double: the real store, whose first `failures` writes raise `error` (built anew each time),
+    as a store that is down or a transient fault would; `calls` counts the tries."""
+
+    def __init__(self, store, failures: int, error) -> None:
+        self.store, self.failures, self.error, self.calls = store, failures, error, 0
+
+    def write(self, rows, vectors) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error()
+        self.store.write(rows, vectors)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.fixture
+def quick_backoff(monkeypatch):
+    monkeypatch.setattr(defaults, "STORE_RETRY_BASE", 0.05)
+    monkeypatch.setattr(defaults, "STORE_RETRY_CAP", 0.2)
+
+
+def rows(env, submit, count: int):
+    path = write_csv(env.dir / "rows.csv", "id,text\n" + "".join(f"r{i},row number {i}\n" for i in range(count)))
+    return submit(path, "test-hash-embedder", id_column="id", text_columns=("text",))
+
+
+def test_a_locked_store_is_waited_out_without_spending_retries(env, submit, drain, fake_embedder, quick_backoff,
+                                                               caplog):
+    result = rows(env, submit, 40)
+    store = FailingWritesDouble(open_store(env.db), 3, lambda: apsw.BusyError("database is locked"))
+    with caplog.at_level(logging.INFO, logger="csvembed"):
+        worker = drain(batch_size=40, model=fake_embedder, store=store)
+    snapshot = SubmissionRecords(env.connection).snapshot(result.id)
+    assert (snapshot.done, snapshot.failed, store.calls) == (40, 0, 4)
+    assert store_counts(env) == (40, 40)
+    assert len(fake_embedder.calls) == 1  # embedded once: only the write was tried again
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("store unavailable")]
+    assert waits == ["store unavailable: database is locked; waiting"]  # one line per outage
+    assert env.connection.hmget(worker.key, "retries", "rows_failed", "waiting_for") == [None, None, None]
+
+
+def test_a_transient_failure_counts_retries_not_failures(env, submit, drain, fake_embedder):
+    result = rows(env, submit, 30)
+    store = FailingWritesDouble(open_store(env.db), 1, lambda: RuntimeError("a transient fault"))
+    worker = drain(batch_size=30, model=fake_embedder, store=store)
+    snapshot = SubmissionRecords(env.connection).snapshot(result.id)
+    assert (snapshot.done, snapshot.failed) == (30, 0)
+    # RQ's own counter says 30 failures; the rows failed for good are none, and 30 attempts were retried.
+    assert env.connection.hmget(worker.key, "failed_job_count", "rows_failed", "retries") == [b"30", b"0", b"30"]
+
+
+def test_a_stop_while_waiting_puts_the_rows_back_untried(env, submit, fake_embedder, quick_backoff):
+    result = rows(env, submit, 20)
+    store = FailingWritesDouble(open_store(env.db), 10**6, lambda: apsw.BusyError("database is locked"))
+    worker = BatchWorker(["csvembed"], ingestor=Ingestor(fake_embedder, store, SubmissionRecords(env.connection)),
+                         batch_size=20)
+
+    readings: list = []
+
+    def stop_once_waiting(rows, vectors) -> None:  # the second try: the worker has waited once
+        if store.calls == 1:
+            assert env.connection.hget(worker.key, "waiting_for") == b"store"  # shown while waiting
+            readings.append(Monitor(env.connection).read([result.id]).queues["csvembed"])
+            worker.request_stop(15, None)  # SIGTERM, as the signal handler gets it
+        FailingWritesDouble.write(store, rows, vectors)
+
+    store.write = stop_once_waiting
+    started = time.monotonic()
+    worker.work(burst=True, logging_level="WARNING")
+    assert time.monotonic() - started < 2
+    assert (readings[0].workers, readings[0].waiting_for_store) == (1, 1)
+    snapshot = SubmissionRecords(env.connection).snapshot(result.id)
+    assert (snapshot.done, snapshot.failed, snapshot.pending) == (0, 0, 20)
+    assert env.connection.llen("rq:queue:csvembed") == 20  # all back, in their order, retries untouched
+    assert env.connection.lindex("rq:queue:csvembed", 0) == f"{result.id}-1".encode()
+    assert {env.connection.hget(f"rq:job:{result.id}-{i}", "retries_left") for i in range(1, 21)} == {
+        str(defaults.MAX_RETRIES).encode()}
+    assert StartedJobRegistry("csvembed", connection=env.connection).count == 0
+
+
+def test_a_lapsed_heartbeat_reads_lost_and_is_not_counted_live(env, submit, fake_embedder):
+    result = rows(env, submit, 1)
+    worker = BatchWorker(["csvembed"], ingestor=Ingestor(fake_embedder, open_store(env.db),
+                                                          SubmissionRecords(env.connection)), batch_size=8)
+    worker.register_birth()
+    worker.set_state("idle")
+    worker.heartbeat()
+    monitor = Monitor(env.connection)
+    assert [info.state for info in monitor.workers()] == ["idle"]
+    assert monitor.read([result.id]).queues["csvembed"].workers == 1
+    env.connection.hset(worker.key, "last_heartbeat", "2020-01-01T00:00:00.000000Z")  # as if killed long ago
+    assert [info.state for info in monitor.workers()] == ["lost"]
+    assert monitor.read([result.id]).queues["csvembed"].workers == 0
+
+
+def test_only_outages_are_waited_out():
+    import psycopg
+
+    assert unreachable_reason(apsw.BusyError("database is locked")) == "database is locked"
+    assert unreachable_reason(psycopg.OperationalError("server closed the connection unexpectedly"))
+    assert unreachable_reason(psycopg.errors.AdminShutdown("terminating connection"))
+    assert unreachable_reason(psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum")) is None
+    assert unreachable_reason(psycopg.errors.DataException("bad value")) is None
+    assert unreachable_reason(RuntimeError("x")) is None
+    try:
+        try:
+            raise psycopg.OperationalError("connection refused")
+        except psycopg.Error:
+            raise ServiceUnavailable("cannot use the store postgresql://u:***@h/db: connection refused") from None
+    except ServiceUnavailable as wrapped:
+        assert unreachable_reason(wrapped) == "cannot use the store postgresql://u:***@h/db: connection refused"
+    assert unreachable_reason(ServiceUnavailable("x is not a csvembed database")) is None
