@@ -13,7 +13,7 @@ import apsw
 import pytest
 from rq.registry import StartedJobRegistry
 
-from conftest import store_counts, write_csv
+from conftest import FAKE_QUEUE, store_counts, write_csv
 from csvembed import defaults
 from csvembed.errors import ServiceUnavailable
 from csvembed.ingest import Ingestor
@@ -80,7 +80,7 @@ def test_a_transient_failure_counts_retries_not_failures(env, submit, drain, fak
 def test_a_stop_while_waiting_puts_the_rows_back_untried(env, submit, fake_embedder, quick_backoff):
     result = rows(env, submit, 20)
     store = FailingWritesDouble(open_store(env.db), 10**6, lambda: apsw.BusyError("database is locked"))
-    worker = BatchWorker(["csvembed"], ingestor=Ingestor(fake_embedder, store, SubmissionRecords(env.connection)),
+    worker = BatchWorker([FAKE_QUEUE], ingestor=Ingestor(fake_embedder, store, SubmissionRecords(env.connection)),
                          batch_size=20)
 
     readings: list = []
@@ -88,7 +88,7 @@ def test_a_stop_while_waiting_puts_the_rows_back_untried(env, submit, fake_embed
     def stop_once_waiting(rows, vectors) -> None:  # the second try: the worker has waited once
         if store.calls == 1:
             assert env.connection.hget(worker.key, "waiting_for") == b"store"  # shown while waiting
-            readings.append(Monitor(env.connection).read([result.id]).queues["csvembed"])
+            readings.append(Monitor(env.connection).read([result.id]).queues[FAKE_QUEUE])
             worker.request_stop(15, None)  # SIGTERM, as the signal handler gets it
         FailingWritesDouble.write(store, rows, vectors)
 
@@ -99,26 +99,26 @@ def test_a_stop_while_waiting_puts_the_rows_back_untried(env, submit, fake_embed
     assert (readings[0].workers, readings[0].waiting_for_store) == (1, 1)
     snapshot = SubmissionRecords(env.connection).snapshot(result.id)
     assert (snapshot.done, snapshot.failed, snapshot.pending) == (0, 0, 20)
-    assert env.connection.llen("rq:queue:csvembed") == 20  # all back, in their order, retries untouched
-    assert env.connection.lindex("rq:queue:csvembed", 0) == f"{result.id}-1".encode()
+    assert env.connection.llen(f"rq:queue:{FAKE_QUEUE}") == 20  # all back, in their order, retries untouched
+    assert env.connection.lindex(f"rq:queue:{FAKE_QUEUE}", 0) == f"{result.id}-1".encode()
     assert {env.connection.hget(f"rq:job:{result.id}-{i}", "retries_left") for i in range(1, 21)} == {
         str(defaults.MAX_RETRIES).encode()}
-    assert StartedJobRegistry("csvembed", connection=env.connection).count == 0
+    assert StartedJobRegistry(FAKE_QUEUE, connection=env.connection).count == 0
 
 
 def test_a_lapsed_heartbeat_reads_lost_and_is_not_counted_live(env, submit, fake_embedder):
     result = rows(env, submit, 1)
-    worker = BatchWorker(["csvembed"], ingestor=Ingestor(fake_embedder, open_store(env.db),
+    worker = BatchWorker([FAKE_QUEUE], ingestor=Ingestor(fake_embedder, open_store(env.db),
                                                           SubmissionRecords(env.connection)), batch_size=8)
     worker.register_birth()
     worker.set_state("idle")
     worker.heartbeat()
     monitor = Monitor(env.connection)
     assert [info.state for info in monitor.workers()] == ["idle"]
-    assert monitor.read([result.id]).queues["csvembed"].workers == 1
+    assert monitor.read([result.id]).queues[FAKE_QUEUE].workers == 1
     env.connection.hset(worker.key, "last_heartbeat", "2020-01-01T00:00:00.000000Z")  # as if killed long ago
     assert [info.state for info in monitor.workers()] == ["lost"]
-    assert monitor.read([result.id]).queues["csvembed"].workers == 0
+    assert monitor.read([result.id]).queues[FAKE_QUEUE].workers == 0
 
 
 def test_only_outages_are_waited_out():
