@@ -30,5 +30,6 @@ class SlowHashEmbedder(HashEmbedder):
 csvembed.embedder.resolve_model = lambda model: None
 csvembed.embedder.choose_backend = lambda settings, device, backend: ("cpu", backend)
 csvembed.embedder.load_embedder = lambda settings, device, backend: SlowHashEmbedder()
-sys.argv = ["csvembed", "worker", *sys.argv[1:]]
+# The double's model name: rows submitted for it are on its own queue (csvembed.routing).
+sys.argv = ["csvembed", "--model", HashEmbedder.name, "worker", *sys.argv[1:]]
 main()

@@ -271,7 +271,8 @@ def test_search_on_a_store_it_may_not_write(env, submit, drain, fake_embedder, w
         extra = _as_reader_who_cannot_write(store_dir)
         environ = {**env.environ, "CSVEMBED_DB": str(db), "PYTHONPATH": os.pathsep.join(
             [str(TESTS.parent), str(TESTS)]), "PYTHONDONTWRITEBYTECODE": "1"}
-        result = subprocess.run([sys.executable, "-c", READER, "search", "Wool hat", "-k", "1", "--json"],
+        result = subprocess.run([sys.executable, "-c", READER, "--model", fake_embedder.name, "search", "Wool hat",
+                                 "-k", "1", "--json"],
                                 capture_output=True, env=environ, timeout=120, check=False, **extra)
         assert (result.returncode, result.stderr) == (0, b""), result.stderr
         [hit] = json.loads(result.stdout)

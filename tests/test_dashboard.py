@@ -123,7 +123,8 @@ def bar(submission_id: str, percent: int) -> str:
 @pytest.mark.slow
 def test_the_bar_follows_a_submission_to_100_percent_and_the_failures_show(api, env, submit, drain, fake_embedder,
                                                                           browser):
-    result = submit(write_csv(env.dir / "items.csv", CSV), id_column="id", text_columns=("text",))
+    result = submit(write_csv(env.dir / "items.csv", CSV), model=fake_embedder.name, id_column="id",
+                    text_columns=("text",))
     with Served(api, interval=0.2) as client:
         page = open_page(browser, str(client.base_url) + "/")
         page.wait_for_selector(bar(result.id, 0), timeout=15_000)  # drawn from /events before any worker ran
@@ -150,7 +151,8 @@ def test_the_bar_follows_a_submission_to_100_percent_and_the_failures_show(api, 
 
 @pytest.mark.slow
 def test_the_token_in_the_page_url_reaches_the_events(api, env, submit, drain, fake_embedder, browser):
-    result = submit(write_csv(env.dir / "items.csv", CSV), id_column="id", text_columns=("text",))
+    result = submit(write_csv(env.dir / "items.csv", CSV), model=fake_embedder.name, id_column="id",
+                    text_columns=("text",))
     drain(model=fake_embedder)
     with Served(api, token=TOKEN, interval=0.2) as client:
         page = open_page(browser, f"{client.base_url}/?token={TOKEN}")

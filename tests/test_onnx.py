@@ -162,7 +162,7 @@ def test_workers_on_one_host_split_the_cores_between_their_onnx_sessions(onnx_em
 
 
 @pytest.mark.slow
-def test_int8_rows_are_re_embedded_by_a_later_fp32_submit(env, onnx_cache):
+def test_an_int8_collection_refuses_fp32_rows_until_it_is_deleted(env, onnx_cache):
     path = write_csv(env.dir / "p.csv", "id,text\n1,waterproof hiking boots\n2,espresso machine with grinder\n")
     assert run_cli(env, "--precision", "int8", "submit", str(path)).returncode == 0
     worked = run_cli(env, "--precision", "int8", "worker", "--burst")
@@ -178,6 +178,11 @@ def test_int8_rows_are_re_embedded_by_a_later_fp32_submit(env, onnx_cache):
     again, said = submitted("--precision", "int8")
     assert said == (f"submitted 2 rows of {path} to queue csvembed@all-MiniLM-L6-v2+int8-c4ee2d73 as {again}"
                     " (collection p, 2 unchanged and skipped)")
+    refused = run_cli(env, "submit", str(path))  # a collection holds one model: int8 is another
+    assert (refused.returncode, refused.stderr.decode()) == (2, (
+        "csvembed: error: the collection 'p' holds rows of the model all-MiniLM-L6-v2+int8, not all-MiniLM-L6-v2:"
+        " use another --collection, or delete the collection first (csvembed delete --collection p)\n"))
+    assert run_cli(env, "delete", "--collection", "p").returncode == 0
     fp32, said = submitted()
     assert said == f"submitted 2 rows of {path} to queue csvembed as {fp32} (collection p)"
     worked = run_cli(env, "worker", "--burst")

@@ -146,7 +146,12 @@ def test_resubmitting_skips_unchanged_rows_and_updates_changed_ones(env, submit,
     forced = submit(path, id_column="id", text_columns=("text",), force=True)
     assert (forced.enqueued, forced.skipped) == (4, 0)
     other_model = run_cli(env, "--model", "/nonexistent/model", "submit", str(path), "--id-column", "id")
-    assert other_model.returncode == 0, other_model.stderr  # the model is only loaded by workers
+    assert (other_model.returncode, other_model.stderr.decode()) == (2, (
+        "csvembed: error: the collection 'r' holds rows of the model all-MiniLM-L6-v2, not /nonexistent/model:"
+        " use another --collection, or delete the collection first (csvembed delete --collection r)\n"))
+    elsewhere = run_cli(env, "--model", "/nonexistent/model", "submit", str(path), "--id-column", "id",
+                        "--collection", "r-other")
+    assert elsewhere.returncode == 0, elsewhere.stderr  # the model is only loaded by workers
 
 
 def test_a_duplicated_id_keeps_the_later_row_whatever_the_processing_order(env, submit, drain):
