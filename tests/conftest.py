@@ -160,6 +160,15 @@ def stored_rows(env: Env) -> list[tuple]:
         store.close()
 
 
+def wait_for(condition, timeout: float, what: str, poll: float = 0.05):
+    """Poll `condition` until it is truthy (and return it), failing the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+    return value
+
+
 def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
     path.write_bytes(text.encode(encoding))
     return path

@@ -11,7 +11,7 @@ import pytest
 import redis
 from rq.registry import StartedJobRegistry
 
-from conftest import STORES, start_redis, stored_rows, write_csv
+from conftest import STORES, start_redis, stored_rows, wait_for, write_csv
 from csvembed.store import open_store
 from csvembed.submissions import SubmissionRecords
 
@@ -36,13 +36,6 @@ def start_worker(env, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "csvembed", "worker", *args], env=env.environ,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-
-def wait_for(condition, timeout: float, what: str, poll: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(poll)
-    return value
 
 
 def assert_stored_exactly_once(env, count: int) -> None:

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import redis
 
-from conftest import write_csv
+from conftest import wait_for, write_csv
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
@@ -95,13 +95,6 @@ def start_postgres_on(hosts: Hosts, directory: Path) -> tuple[subprocess.Popen, 
     return process, server.pgdata
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return value
-
 
 def test_workers_on_two_hosts_share_one_redis_and_postgres(hosts, tmp_path, env):
     from csvembed.broker import redis_server_binary
@@ -114,7 +107,8 @@ def test_workers_on_two_hosts_share_one_redis_and_postgres(hosts, tmp_path, env)
     postgres_process, pgdata = start_postgres_on(hosts, tmp_path)
     workers: list[subprocess.Popen] = []
     try:
-        wait_for(lambda: hosts.csvembed(hosts.a, "list", "--json").returncode == 0, 60, "Redis on the db host")
+        wait_for(lambda: hosts.csvembed(hosts.a, "list", "--json").returncode == 0, 60, "Redis on the db host",
+                 poll=0.5)
         path = write_csv(tmp_path / "rows.csv", "id,text\n" + "".join(
             f"r{i},row {i} of the fleet test with enough words to take the model a moment\n" for i in range(1, 1201)))
         submitted = hosts.csvembed(hosts.a, "submit", str(path), "--id-column", "id", "--text-column", "text")
@@ -131,7 +125,7 @@ def test_workers_on_two_hosts_share_one_redis_and_postgres(hosts, tmp_path, env)
                                      "--batch-size", "50", env=env.environ, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE))
         listed = wait_for(lambda: len(json.loads(hosts.csvembed(hosts.b, "workers", "--json").stdout)) == 2 and
-                          json.loads(hosts.csvembed(hosts.b, "workers", "--json").stdout), 90, "two workers")
+                          json.loads(hosts.csvembed(hosts.b, "workers", "--json").stdout), 90, "two workers", poll=0.5)
         names = {info["name"].rsplit(".", 2)[1] for info in listed}
         assert names == {str(worker.pid) for worker in workers}  # host.pid.suffix, unique per process
 
@@ -145,12 +139,12 @@ def test_workers_on_two_hosts_share_one_redis_and_postgres(hosts, tmp_path, env)
                 return [key for key, (state, name) in zip(keys, pipe.execute())
                         if state == b"started" and name == name_a.encode()]
 
-        wait_for(lambda: status()["done"] >= 100 and held_by_a(), 120, "host a's worker holding a batch")
+        wait_for(lambda: status()["done"] >= 100 and held_by_a(), 120, "host a's worker holding a batch", poll=0.5)
         workers[0].send_signal(signal.SIGKILL)  # host a's worker dies holding a batch
         held = held_by_a()
         workers[0].wait()
         killed_at = time.monotonic()
-        final = wait_for(lambda: (s := status())["state"] == "done" and s, 120, "host b to finish every row")
+        final = wait_for(lambda: (s := status())["state"] == "done" and s, 120, "host b to finish every row", poll=0.5)
         recovered_in = time.monotonic() - killed_at
     finally:
         for process in [*workers, redis_process]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import fresh_postgres_database, run_cli, start_redis, store_counts, write_csv
+from conftest import fresh_postgres_database, run_cli, start_redis, store_counts, wait_for, write_csv
 from csvembed.monitor import Monitor
 from csvembed.submissions import SubmissionRecords
 
@@ -38,13 +38,6 @@ def start_hash_worker(env, log: Path, *args: str, encode_seconds: float = 0.0) -
     return subprocess.Popen([sys.executable, str(HASH_WORKER), *args], stdout=subprocess.DEVNULL,
                             stderr=log.open("wb"), env=environ)
 
-
-def wait_for(condition, timeout: float, what: str, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(poll)
-    return value
 
 
 def submit_rows(env, submit, count: int):
@@ -78,7 +71,7 @@ def test_a_postgres_outage_fails_no_row(env, submit, own_postgres, tmp_path):
         stopped_at = time.monotonic()
         # Both workers hold a batch they cannot store, and say so; status shows it.
         seen = wait_for(lambda: (s := status_json(env, result.id))["waiting_for_store"] == 2 and s, 15,
-                        "both workers waiting for the store")
+                        "both workers waiting for the store", poll=0.1)
         assert seen["store_waiting_since"] is not None and seen["failed"] == 0
         plain = run_cli(env, "status", result.id, timeout=60)
         assert b"2 workers waiting for the store since" in plain.stderr
