@@ -145,6 +145,8 @@ class Producer:
             raise InputError(f"unknown --long-text {options.long_text!r}: use one of {', '.join(POLICIES)}")
         if options.window_overlap < 0:
             raise InputError(f"--window-overlap must be 0 or more, not {options.window_overlap}")
+        if options.max_pending is not None and options.max_pending < 1:  # no queue is ever shorter: a wait forever
+            raise InputError(f"--max-pending must be 1 or more, not {options.max_pending}")
         if options.notify:
             check_url(options.notify)
         csv_file = CsvFile(source, delimiter=options.delimiter, encoding=options.encoding)

@@ -17,9 +17,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -83,8 +85,12 @@ return 1
 
 def check_url(url: str) -> str:
     """The URL if a webhook may be sent to it (http or https, with a host); InputError otherwise."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() not in SCHEMES or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        usable = parts.scheme.lower() in SCHEMES and bool(parts.hostname)
+    except ValueError:  # an unclosed [IPv6 bracket
+        usable = False
+    if not usable:
         raise InputError(f"--notify must be an http:// or https:// URL, not {mask_url(url)!r}")
     return url
 
@@ -101,7 +107,75 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+class _Deadline:
+    """Shuts the sockets of one POST when its time is up: a socket timeout restarts at every byte, so a
+    target that drips its answer a byte at a time would otherwise hold the deliverer for ever."""
+
+    current = threading.local()
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _Deadline.current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _Deadline.current.deadline = None
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+        if self.expired:
+            self._expire()
+
+    def _expire(self) -> None:
+        self.expired = True
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def _watched_connection(address, *args, **kwargs) -> socket.socket:
+    sock = socket.create_connection(address, *args, **kwargs)
+    deadline = getattr(_Deadline.current, "deadline", None)
+    if deadline is not None:
+        deadline.watch(sock)
+    return sock
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _watched_connection
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _watched_connection
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_HTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_HTTPSConnection, req, context=self._context)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects, _HTTPHandler, _HTTPSHandler)
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str | None:
@@ -117,15 +191,18 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str 
         headers = {**headers, "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
         target = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
     request = urllib.request.Request(target, data=body, headers=headers, method="POST")
+    deadline = _Deadline(timeout)
     try:
-        with _OPENER.open(request, timeout=timeout):
-            return None
+        with deadline, _OPENER.open(request, timeout=timeout):
+            return None  # the status line said 2xx: the body, if any, is not waited for
     except urllib.error.HTTPError as exc:
         why = f"HTTP {exc.code}" + (" (redirects are not followed)" if 300 <= exc.code < 400 else "")
     except urllib.error.URLError as exc:
         why = str(exc.reason)
     except Exception as exc:  # a timeout while reading, a broken response: any of them is a failed attempt
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if deadline.expired:  # whatever broke, it broke because the time was up
+        return f"no complete answer within {timeout:g} s"
     return mask_secrets(" ".join(why.replace(url, mask_url(url)).split()))[:300]
 
 

@@ -119,9 +119,11 @@ def test_submission_status_and_events_follow_the_worker(client, api, submit, dra
                                     "models": ["test-hash-embedder"], "unserved": False}]
 
 
-def upload_multipart(client: httpx.Client, path: Path, name: str | None = None, **params) -> httpx.Response:
+def upload_multipart(client: httpx.Client, path: Path, name: str | None = None, timeout: float = 30,
+                     **params) -> httpx.Response:
     with open(path, "rb") as file:
-        return client.post("/submissions", params=params, files={"file": (name or path.name, file, "text/csv")})
+        return client.post("/submissions", params=params, files={"file": (name or path.name, file, "text/csv")},
+                           timeout=timeout)
 
 
 def queued_keys(env) -> list[bytes]:
@@ -356,3 +358,35 @@ def test_a_stalled_upload_is_cut_off(api, env):
         response = client.post("/submissions", content=stalling(), headers={"Content-Type": "text/csv"})
     assert response.status_code == 408
     assert queued_keys(env) == []
+
+
+def test_a_gzip_that_expands_past_the_limit_is_413_and_enqueues_nothing(api, env):
+    # A few kilobytes of gzip that would be a million bytes of rows: the limit is on what the rows weigh.
+    bomb = gzip.compress(b"text\n" + b"x" * 60 + b"\n" * 1_000_000)
+    assert len(bomb) < 5_000
+    with Served(api, max_upload=100_000) as client:
+        for response in (client.post("/submissions", content=bomb, headers={"Content-Type": "text/csv"}),
+                         client.post("/submissions", files={"file": ("rows.csv.gz", bomb, "application/gzip")})):
+            assert response.status_code == 413
+            assert response.json() == {"detail": "the upload decompresses to more than the server's limit of"
+                                                 " 100000 bytes (csvembed serve --max-upload)"}
+        small = gzip.compress(SAMPLE.read_bytes())  # under the limit once decompressed: accepted
+        response = client.post("/submissions", content=small, params=PRODUCT_OPTIONS)
+        assert response.status_code == 201 and response.json()["rows"] == 320
+        client.delete(response.headers["location"])
+    assert queued_keys(env) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_pending_below_one_is_400_not_a_request_that_never_ends(client, env, value):
+    response = upload_multipart(client, SAMPLE, max_pending=value, timeout=10)
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"--max-pending must be 1 or more, not {value}"}
+    assert queued_keys(env) == []
+
+
+@pytest.mark.parametrize("limit", ["0", "100000000000000000000"])
+def test_a_list_limit_out_of_range_is_422_not_a_redis_outage(client, limit):
+    response = client.get("/submissions", params={"limit": limit})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "limit"]

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,9 +23,10 @@ from csvembed.api import Csvembed
 from csvembed.cli import app
 from csvembed.cli.status_view import notify_line
 from csvembed.ingest import Ingestor
+from csvembed.redact import mask_url
 from csvembed.store import open_store
 from csvembed.submissions import NOTIFY_DUE_KEY, SubmissionRecords
-from csvembed.webhooks import ENV_SECRET, Deliverer
+from csvembed.webhooks import ENV_SECRET, Deliverer, post
 from csvembed.worker import BatchWorker
 
 MODEL = "test-hash-embedder"
@@ -244,6 +246,47 @@ def test_notify_must_be_http(env):
     assert result.output.strip().splitlines() == [
         "csvembed: error: --notify must be an http:// or https:// URL, not 'ftp://x'"]
     assert SubmissionRecords(env.connection).ids() == []
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://hook:pa55word@[::1/"])
+def test_a_malformed_notify_url_is_one_line_not_a_traceback(env, url):
+    path = rows_file(env, 2)
+    result = CliRunner().invoke(app, ["submit", str(path), "--notify", url], prog_name="csvembed")
+
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"csvembed: error: --notify must be an http:// or https:// URL, not {mask_url(url)!r}"]
+    assert "pa55word" not in result.output
+    assert SubmissionRecords(env.connection).ids() == []
+
+
+def test_a_target_that_drips_its_answer_is_cut_off_at_the_timeout():
+    # A read timeout restarts at every byte: one byte a tenth of a second would hold the deliverer for ever.
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 1000:
+                if stop.wait(0.1):
+                    return
+                try:
+                    connection.send(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    error = post(f"http://127.0.0.1:{listener.getsockname()[1]}/", b"{}", {}, timeout=0.5)
+    took = time.monotonic() - started
+    stop.set()
+    thread.join(5)
+    listener.close()
+    assert error == "no complete answer within 0.5 s"
+    assert took < 2
 
 
 @pytest.mark.slow

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from csvembed.web.deps import Api
+
+# Redis indexes are signed 64-bit integers: a larger limit is the client's mistake, not a Redis outage.
+REDIS_MAX_INT = 2**63 - 1
 
 router = APIRouter(prefix="/submissions", tags=["submissions"])
 
 
 @router.get("", summary="The recent submissions' status, newest first")
-def recent(api: Api, limit: int = 10) -> list[dict]:
+def recent(api: Api, limit: Annotated[int, Query(ge=1, le=REDIS_MAX_INT)] = 10) -> list[dict]:
     return [line.as_json() for line in api.statuses(api.recent(limit))]
 
 

@@ -2,7 +2,9 @@
 
 The body never sits in memory: it goes to an unnamed temp file (mode 0600, gone once closed) a chunk
 at a time, counted against --max-upload, each chunk within the read timeout. Spooling the whole body
-before the first row is read means a 413, a timeout or a dropped connection enqueues nothing.
+before the first row is read means a 413, a timeout or a dropped connection enqueues nothing. A compressed
+upload is decompressed once (and thrown away) before that, against the same limit: a few kilobytes of gzip
+can hold gigabytes of rows, and every row would become a job in Redis.
 Options are the fields of SubmitOptions, as query or form fields: an option added there is accepted here.
 """
 
@@ -27,7 +29,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from csvembed.errors import InputError
 from csvembed.producer import SubmitOptions
-from csvembed.reader import open_stream
+from csvembed.reader import Source, open_stream
 from csvembed.web.deps import Api, Limits, ServerLimits
 
 _HINTS = typing.get_type_hints(SubmitOptions)
@@ -39,6 +41,7 @@ TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 RAW_BODY_NAME = "<request body>"
 # Form fields other than the file: options are short.
 MAX_FORM_FIELDS = 100
+DECOMPRESS_CHUNK = 1024 * 1024
 
 router = APIRouter(tags=["submissions"])
 
@@ -70,19 +73,23 @@ async def create(request: Request, api: Api, limits: ServerLimits) -> JSONRespon
             if not isinstance(upload, UploadFile):
                 raise InputError("the multipart upload has no `file` field holding the CSV")
             fields += [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
-            return await _submit(api, upload.file, _file_name(upload.filename), options_of(fields))
+            return await _submit(api, upload.file, _file_name(upload.filename), options_of(fields), limits)
         finally:
             await form.close()
     options = options_of(fields)  # all in the query: a mistake is told before the body is read
     with tempfile.TemporaryFile() as spool:
         async for chunk in _body(request, limits):
             spool.write(chunk)
-        return await _submit(api, spool, None, options)
+        return await _submit(api, spool, None, options, limits)
 
 
-async def _submit(api: Api, spool: BinaryIO, name: str | None, options: SubmitOptions) -> JSONResponse:
+async def _submit(api: Api, spool: BinaryIO, name: str | None, options: SubmitOptions, limits: Limits) -> JSONResponse:
     spool.seek(0)
     source = open_stream(name or RAW_BODY_NAME, spool, is_stdin=name is None)
+    if source.compression:
+        await run_in_threadpool(_check_decompressed, source, limits)
+        spool.seek(0)
+        source = open_stream(name or RAW_BODY_NAME, spool, is_stdin=name is None)
     result = await run_in_threadpool(api.submit, source, options)
     return JSONResponse(result.as_json(), status_code=201, headers={"Location": f"/submissions/{result.id}"})
 
@@ -102,6 +109,16 @@ async def _body(request: Request, limits: Limits) -> AsyncIterator[bytes]:
         if received > limits.max_upload:
             raise _too_large(limits)
         yield chunk
+
+
+def _check_decompressed(source: Source, limits: Limits) -> None:
+    """413 if the decompressed upload is larger than the limit; read a chunk at a time, so memory stays flat."""
+    expanded = 0
+    while chunk := source.stream.read(DECOMPRESS_CHUNK):
+        expanded += len(chunk)
+        if expanded > limits.max_upload:
+            raise HTTPException(413, f"the upload decompresses to more than the server's limit of {limits.max_upload}"
+                                     " bytes (csvembed serve --max-upload)")
 
 
 def _too_large(limits: Limits) -> HTTPException:
