@@ -42,6 +42,15 @@ if TYPE_CHECKING:  # these import pandas, numpy or the store: only when used
     from csvembed.webhooks import Deliverer
 
 @dataclass
+class ReadyStore:
+    """What `init_store` set up: the store (password masked), its dimension, and the GRANTs to run."""
+
+    store: str
+    dimension: int | None = None
+    grants: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Exported:
     """What an export wrote, and why rows of the submission's file are not in it (never silent)."""
 
@@ -270,6 +279,28 @@ class Csvembed:
         finally:
             if store is not None:
                 store.close()
+
+    def init_store(self, dimension: int | None = None, worker_role: str = "csvembed_worker",
+                   reader_role: str = "csvembed_reader") -> ReadyStore:
+        """Create the store's schema, as its owner; on PostgreSQL also the GRANTs a worker role and a reader
+        role need (they may then not create anything). The dimension defaults to the model's own."""
+        from csvembed.store import is_postgres_url, open_store, store_label
+
+        if not is_postgres_url(self.settings.db):
+            open_store(self.settings.db).close()
+            return ReadyStore(store_label(self.settings.db))
+        from csvembed.store.postgres import PostgresStore, grants
+
+        if dimension is None:
+            from csvembed.embedder import load_embedder
+
+            dimension = load_embedder(self.settings, may_export=False).dimension
+        store = PostgresStore(self.settings.db)
+        try:
+            store.create_schema(dimension)
+            return ReadyStore(store.path, dimension, grants(store.schema, worker_role, reader_role))
+        finally:
+            store.close()
 
     def _check_store(self, snapshot: Snapshot) -> None:
         """Refuse a --db other than the store the submission's rows went to, naming that one."""

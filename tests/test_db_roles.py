@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import json
+from dataclasses import replace
+
 import psycopg
 import pytest
 from test_shared_store import rows_of, unit_vectors
 from typer.testing import CliRunner
 
+from conftest import write_csv
+from csvembed.api import Csvembed
 from csvembed.cli import app
 from csvembed.errors import ServiceUnavailable
 from csvembed.redact import mask_secrets
 from csvembed.store import StoredRow, open_existing_store, open_store
+from csvembed.store.postgres import grants
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("env", ["postgres"], indirect=True)]
 
@@ -82,3 +89,29 @@ def store_counts_as(url: str) -> tuple[int, int]:
         return store.counts()
     finally:
         store.close()
+
+
+def test_a_worker_role_stores_and_a_reader_role_exports_and_searches_the_same_submission(
+        env, roles, submit, drain, fake_embedder):
+    """Roles connect with different URLs to one database: a submission made as the worker role is the
+    reader's to export and search (its record names the database, not the role)."""
+    writer, reader = roles
+    owner = Csvembed(replace(env.settings, model=fake_embedder.name))
+    owner.init_store(fake_embedder.dimension, "ce_writer", "ce_reader")
+    with psycopg.connect(env.db, autocommit=True) as connection:
+        for statement in grants("public", "ce_writer", "ce_reader"):
+            connection.execute(statement)
+    env.db = writer
+    result = submit(write_csv(env.dir / "books.csv", "id,text\nb1,red boot\nb2,blue hat\n"), model=fake_embedder.name,
+                    id_column="id", text_columns=("text",))
+    drain(model=fake_embedder)
+
+    as_reader = Csvembed(replace(env.settings, db=reader, model=fake_embedder.name), env.connection)
+    as_reader.query_embedder = fake_embedder
+    target = io.BytesIO()
+    assert as_reader.export(result.id, "jsonl", target).records == 2
+    assert [json.loads(line)["id"] for line in target.getvalue().splitlines()] == ["b1", "b2"]
+    assert [hit.id for hit in as_reader.search("blue hat", k=1, submission=result.id)] == ["b2"]
+    with pytest.raises(ServiceUnavailable) as refused:  # a reader deletes nothing
+        as_reader.delete(result.id)
+    assert "permission denied for table" in str(refused.value)

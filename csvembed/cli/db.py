@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from csvembed.cli.app import CsvembedTyper, out, say, settings_of
+from csvembed.cli.app import CsvembedTyper, api_of, out, say
 
 db_app = CsvembedTyper(
     name="db",
@@ -33,24 +33,14 @@ def init(
     Every other command only checks that the schema is there. A SQLite store needs no init: the first
     command creates it.
     """
-    from csvembed.store import is_postgres_url, open_store
+    from dataclasses import replace
 
-    settings = settings_of(ctx)
-    target = db or settings.db
-    if not is_postgres_url(target):
-        open_store(target).close()
-        say(f"store ready at {target}")
-        return
-    from csvembed.store.postgres import PostgresStore, grants
+    from csvembed.api import Csvembed
 
-    if dimension is None:
-        from csvembed.embedder import load_embedder
-
-        dimension = load_embedder(settings, may_export=False).dimension
-    store = PostgresStore(target)
-    try:
-        store.create_schema(dimension)
-        out.print("\n".join(grants(store.schema, worker_role, reader_role)), highlight=False, markup=False)
-    finally:
-        store.close()
-    say(f"store ready at {store.path} ({dimension} dimensions); run the GRANTs above as its owner")
+    api = Csvembed(replace(api_of(ctx).settings, db=db)) if db else api_of(ctx)
+    ready = api.init_store(dimension, worker_role, reader_role)
+    if ready.grants:
+        out.print("\n".join(ready.grants), highlight=False, markup=False)
+        say(f"store ready at {ready.store} ({ready.dimension} dimensions); run the GRANTs above as its owner")
+    else:
+        say(f"store ready at {ready.store}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from csvembed.errors import InputError, NoStore
-from csvembed.redact import mask_secrets
 from csvembed.store.base import (
     COLUMNS_SAMPLE,
     LATER_WINS,
@@ -36,9 +36,15 @@ def is_postgres_url(db: str) -> bool:
 
 
 def store_label(db: str) -> str:
-    """Where a submission's rows go, as its record keeps it: a URL with its password masked (never stored), or
-    a SQLite file's absolute path. Two URLs that differ only in their password name the same store."""
-    return mask_secrets(db) if is_postgres_url(db) else str(Path(db).expanduser().absolute())
+    """Where a submission's rows go, as its record keeps it: a SQLite file's absolute path, or a PostgreSQL
+    server and database without user or password. Workers, readers and owners connect as different roles
+    (and passwords change): every URL of the same database names the same store, and no secret is kept."""
+    if not is_postgres_url(db):
+        return str(Path(db).expanduser().absolute())
+    parts = urlsplit(db)
+    server = parts.netloc.rpartition("@")[2]  # rpartition: a password may hold a raw "@"
+    host = parse_qs(parts.query).get("host")  # a unix socket's folder, given as ?host=
+    return f"postgresql://{server}{parts.path}" + (f"?host={host[0]}" if host else "")
 
 
 def check_same_store(recorded: str, db: str, submission_id: str) -> None:
