@@ -203,10 +203,6 @@ def api_of(ctx: typer.Context) -> Csvembed:
     return ctx.obj
 
 
-def settings_of(ctx: typer.Context) -> Settings:
-    return api_of(ctx).settings
-
-
 def print_json(value) -> None:
     out.print_json(json.dumps(value, ensure_ascii=False))
 
