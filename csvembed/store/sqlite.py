@@ -75,6 +75,7 @@ _UPSERT_ROW = (
     f" WHERE {LATER_WINS.format(stored='rows')}"
     " RETURNING rowid, collection, id"
 )
+_UPDATE_WINDOW = "UPDATE window_vectors SET embedding = ?, submission = ?, char_start = ?, char_end = ? WHERE rowid = ?"
 _INSERT_WINDOW = ("INSERT INTO window_vectors(rowid, embedding, collection, submission, char_start, char_end)"
                   " VALUES (?, ?, ?, ?, ?, ?)")
 
@@ -273,15 +274,28 @@ class SqliteStore:
         written = {(collection, row_id): rowid for rowid, collection, row_id in self.connection.executemany(
             _UPSERT_ROW, [(row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
                            row.content_hash, row.model, now, row.submitted_at, len(row.windows)) for row, _ in rows])}
-        # Only a row that existed has old windows; a new row's rowid has none (a deleted row took its windows along).
-        old = [window_id for key, rowid in written.items() if key in before
-               for window_id in _window_ids(*before[key])]
-        if old:
-            self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?", old)
-        self.connection.executemany(_INSERT_WINDOW, [
-            ((rowid << WINDOW_BITS) + index, vector.tobytes(), row.collection, row.submission, start, end)
-            for row, row_vectors in rows if (rowid := written.get((row.collection, row.id))) is not None
-            for index, (vector, (start, end)) in enumerate(zip(row_vectors, row.windows))])
+        # A replaced row's windows are updated in place as far as both old and new go (vec0's UPDATE costs half
+        # its DELETE and INSERT), its extra old ones deleted; a new row (a rowid without windows: a deleted row
+        # took its windows along) and a row that grew get INSERTs.
+        updates, deletes, inserts = [], [], []
+        for row, row_vectors in rows:
+            rowid = written.get((row.collection, row.id))
+            if rowid is None:
+                continue
+            kept = min(before.get((row.collection, row.id), (0, 0))[1], len(row.windows))
+            for index, (vector, (start, end)) in enumerate(zip(row_vectors, row.windows)):
+                window_id = (rowid << WINDOW_BITS) + index
+                if index < kept:
+                    updates.append((vector.tobytes(), row.submission, start, end, window_id))
+                else:
+                    inserts.append((window_id, vector.tobytes(), row.collection, row.submission, start, end))
+            if (row.collection, row.id) in before:
+                deletes += _window_ids(rowid, before[row.collection, row.id][1])[len(row.windows):]
+        if deletes:
+            self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?", deletes)
+        if updates:
+            self.connection.executemany(_UPDATE_WINDOW, updates)
+        self.connection.executemany(_INSERT_WINDOW, inserts)
 
     def _model_of(self, collection: str) -> str | None:
         """The model of a collection's rows (all of them have one): one index lookup."""
