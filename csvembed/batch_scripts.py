@@ -50,15 +50,19 @@ local function in_chunks(command, key, items)
 end
 """
 
-# Moves up to ARGV[1] ids from the queue to the intermediate queue (as RQ's dequeue does) and returns,
+# Moves up to ARGV[1] ids from the queue to the intermediate queue (as RQ's dequeue does, one LMOVE each;
+# here one LRANGE, LTRIM and RPUSH for them all, which ends the same) and returns,
 # per id, what the worker needs of its hash: id, data, origin and the three callback names. Ids
 # without a job hash (deleted while queued) are taken off the intermediate queue and not returned; a
 # key that is not a hash is returned alone, for the worker to judge.
 _TAKE = """
+local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #ids == 0 then return {} end
+redis.call('LTRIM', KEYS[1], #ids, -1)
+""" + _IN_CHUNKS + """
+in_chunks('RPUSH', KEYS[2], ids)
 local out = {}
-for i = 1, tonumber(ARGV[1]) do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not id then break end
+for _, id in ipairs(ids) do
   local f = redis.pcall('HMGET', ARGV[2] .. id, 'data', 'origin', 'success_callback_name', 'failure_callback_name',
                         'stopped_callback_name')
   if f['err'] then
