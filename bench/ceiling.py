@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -39,6 +40,7 @@ from csvembed.broker import connect, stop_local_redis  # noqa: E402
 from csvembed.ingest import Ingestor  # noqa: E402
 from csvembed.producer import Producer, SubmitOptions  # noqa: E402
 from csvembed.reader import open_source  # noqa: E402
+from csvembed.routing import model_queue  # noqa: E402
 from csvembed.settings import Settings  # noqa: E402
 from csvembed.store import open_store  # noqa: E402
 from csvembed.submissions import SubmissionRecords  # noqa: E402
@@ -54,9 +56,15 @@ class ConstantEmbedder:
     device = "cpu"
     backend = "none"
     dimension = 256
+    max_seq_length = 256
+    window_tokens = 254
 
     def __init__(self) -> None:
         self._vector = np.full(self.dimension, 1 / np.sqrt(self.dimension), dtype=np.float32)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Words as tokens: about what a fast tokenizer costs a short row, without loading one."""
+        return [match.span() for match in re.finditer(r"\S+", text)]
 
     def encode(self, texts) -> np.ndarray:
         return np.broadcast_to(self._vector, (len(texts), self.dimension))
@@ -87,7 +95,12 @@ class World:
 
     def worker(self, embedder, batch_size: int) -> BatchWorker:
         ingestor = Ingestor(embedder, open_store(str(self.settings.db)), self.records)
-        return BatchWorker([defaults.QUEUE_NAME], ingestor=ingestor, batch_size=batch_size)
+        return BatchWorker([self.queue], ingestor=ingestor, batch_size=batch_size)
+
+    @property
+    def queue(self) -> str:
+        """The queue of this world's model (csvembed.routing)."""
+        return model_queue(defaults.QUEUE_NAME, self.settings.model_id)
 
     def close(self) -> None:
         stop_local_redis(self.settings)
@@ -124,7 +137,7 @@ def static_csvembed(path: Path, rows: int, model_path: Path, batch_size: int, sc
     start = time.time()
     submit = subprocess.Popen([BIN / "csvembed", "submit", str(path), "--text-column", "body"], env=world.env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    while not world.connection.llen(f"rq:queue:{defaults.QUEUE_NAME}"):  # the CLI's start-up (a warm worker waits)
+    while not world.connection.llen(f"rq:queue:{world.queue}"):  # the CLI's start-up (a warm worker waits)
         time.sleep(0.01)
     worker.work(burst=False, max_idle_time=5, logging_level="WARNING")
     submission_id = submit.communicate(timeout=60)[0].decode().strip()

@@ -34,15 +34,35 @@ RESULTS_PREFIX = Result.get_key("")
 DEPENDENTS_SUFFIX = Job.dependents_key_for("x").removeprefix(Job.key_for("x"))
 DEPENDENCIES_SUFFIX = ":dependencies"
 
-# Moves up to ARGV[1] ids from the queue to the intermediate queue (as RQ's dequeue does) and returns,
+# One command per batch, not per job, where a command takes many members (Redis CPU goes per command
+# call): `in_chunks(command, key, items)` runs it over at most 1000 items at a time (Lua's unpack has a
+# stack limit); key nil: the items are the keys themselves.
+_IN_CHUNKS = """
+local function in_chunks(command, key, items)
+  for first = 1, #items, 1000 do
+    local last = math.min(first + 999, #items)
+    if key then
+      redis.call(command, key, unpack(items, first, last))
+    else
+      redis.call(command, unpack(items, first, last))
+    end
+  end
+end
+"""
+
+# Moves up to ARGV[1] ids from the queue to the intermediate queue (as RQ's dequeue does, one LMOVE each;
+# here one LRANGE, LTRIM and RPUSH for them all, which ends the same) and returns,
 # per id, what the worker needs of its hash: id, data, origin and the three callback names. Ids
 # without a job hash (deleted while queued) are taken off the intermediate queue and not returned; a
 # key that is not a hash is returned alone, for the worker to judge.
 _TAKE = """
+local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #ids == 0 then return {} end
+redis.call('LTRIM', KEYS[1], #ids, -1)
+""" + _IN_CHUNKS + """
+in_chunks('RPUSH', KEYS[2], ids)
 local out = {}
-for i = 1, tonumber(ARGV[1]) do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not id then break end
+for _, id in ipairs(ids) do
   local f = redis.pcall('HMGET', ARGV[2] .. id, 'data', 'origin', 'success_callback_name', 'failure_callback_name',
                         'stopped_callback_name')
   if f['err'] then
@@ -64,7 +84,7 @@ _START = """
 local name, stamp, utc, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local started_score, execution_score = ARGV[5], ARGV[6]
 local job_prefix, execution_prefix, executions_prefix, status = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local gone = {}
+local gone, scored, composites = {}, {}, {}
 for i = 11, #ARGV, 2 do
   local id, eid = ARGV[i], ARGV[i + 1]
   local job_key = job_prefix .. id
@@ -76,8 +96,9 @@ for i = 11, #ARGV, 2 do
     redis.call('EXPIRE', execution_key, ttl)
     redis.call('ZADD', executions_prefix .. id, execution_score, eid)
     redis.call('EXPIRE', executions_prefix .. id, ttl + 60)
-    redis.call('ZADD', KEYS[2], started_score, composite)
-    redis.call('SADD', KEYS[3], composite)
+    scored[#scored + 1] = started_score
+    scored[#scored + 1] = composite
+    composites[#composites + 1] = composite
     redis.call('HSET', job_key, 'last_heartbeat', utc, 'status', status, 'started_at', utc,
                'worker_name', name)
     redis.call('PERSIST', job_key)
@@ -86,6 +107,9 @@ for i = 11, #ARGV, 2 do
   end
   redis.call('LREM', KEYS[1], 1, id)
 end
+""" + _IN_CHUNKS + """
+in_chunks('ZADD', KEYS[2], scored)
+in_chunks('SADD', KEYS[3], composites)
 if #ARGV > 10 then redis.call('EXPIRE', KEYS[3], ttl + 60) end
 return gone
 """
@@ -97,15 +121,21 @@ return gone
 _FINISH = """
 local job_prefix, execution_prefix, executions_prefix, results_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local dependents, dependencies = ARGV[5], ARGV[6]
+local composites, keys = {}, {}
 for i = 7, #ARGV, 2 do
   local id, eid = ARGV[i], ARGV[i + 1]
   local composite = id .. ':' .. eid
   local job_key = job_prefix .. id
-  redis.call('ZREM', KEYS[1], composite)
-  redis.call('SREM', KEYS[2], composite)
-  redis.call('DEL', execution_prefix .. composite, job_key, job_key .. dependents, job_key .. dependencies,
-             results_prefix .. id, executions_prefix .. id)
+  composites[#composites + 1] = composite
+  for _, key in ipairs({execution_prefix .. composite, job_key, job_key .. dependents, job_key .. dependencies,
+                        results_prefix .. id, executions_prefix .. id}) do
+    keys[#keys + 1] = key
+  end
 end
+""" + _IN_CHUNKS + """
+in_chunks('ZREM', KEYS[1], composites)
+in_chunks('SREM', KEYS[2], composites)
+in_chunks('DEL', nil, keys)
 return 0
 """
 

@@ -69,10 +69,14 @@ def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_w
     half, and start at a word within `overlap` tokens before the previous window's end, so no word
     is cut in two. A text that fits is one window: all of it.
     """
+    piece = window_tokens * defaults.CHARS_PER_TOKEN
+    # Most rows fit: one tokenizer call and a count, instead of streaming their tokens one by one.
+    if len(text) <= piece and len(tokenize(text)) <= window_tokens:
+        return Split([(0, len(text))], truncated=False)
     overlap = min(overlap, window_tokens // 2)
     tokens: list[tuple[int, int]] = []  # tokens from index `base` on; those before are dropped
     base, first = 0, 0  # first: the index of the current window's first token
-    stream = _tokens(text, tokenize, window_tokens * defaults.CHARS_PER_TOKEN)
+    stream = _tokens(text, tokenize, piece)
     spans: list[tuple[int, int]] = []
     start = 0
     while True:

@@ -36,8 +36,12 @@ def reading(long_text: str, overlap: int) -> str:
     return f"window/{overlap}" if long_text == "window" else long_text
 
 
+# json.dumps with any option builds a new encoder per call; this one is built once (it runs per row).
+_ROW_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def row_json(columns: Sequence[str], values: Sequence[str]) -> str:
-    return json.dumps(dict(zip(columns, values)), ensure_ascii=False)
+    return _ROW_ENCODER.encode(dict(zip(columns, values)))
 
 
 # When an upsert may replace the stored row: a later submission, or within one submission a later row.

@@ -64,6 +64,22 @@ CREATE TABLE IF NOT EXISTS deleted_submissions(submission TEXT PRIMARY KEY, dele
 """
 
 
+_STORED_ROW = "SELECT collection, id, rowid, windows FROM rows WHERE collection = ? AND id = ?"
+_UPSERT_ROW = (
+    "INSERT INTO rows(collection, id, submission, row_number, text, row_json, content_hash, model,"
+    " stored_at, submitted_at, windows) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(collection, id) DO UPDATE SET submission = excluded.submission,"
+    " row_number = excluded.row_number, text = excluded.text, row_json = excluded.row_json,"
+    " content_hash = excluded.content_hash, model = excluded.model, stored_at = excluded.stored_at,"
+    " submitted_at = excluded.submitted_at, windows = excluded.windows"
+    f" WHERE {LATER_WINS.format(stored='rows')}"
+    " RETURNING rowid, collection, id"
+)
+_UPDATE_WINDOW = "UPDATE window_vectors SET embedding = ?, submission = ?, char_start = ?, char_end = ? WHERE rowid = ?"
+_INSERT_WINDOW = ("INSERT INTO window_vectors(rowid, embedding, collection, submission, char_start, char_end)"
+                  " VALUES (?, ?, ?, ?, ?, ?)")
+
+
 def _window_ids(rowid: int, count: int) -> list[tuple[int]]:
     return [((rowid << WINDOW_BITS) + index,) for index in range(count)]
 
@@ -216,23 +232,30 @@ class SqliteStore:
         """Store rows and their windows' vectors (stacked in row order) in one transaction; re-writing a
         row replaces it and all of its windows."""
         now = time.time()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         with self._immediate():
             self._ensure_vectors_table(vectors.shape[1])
             for collection, model in sorted({(row.collection, row.model) for row in rows}):
-                stored = self.models(collection).get(collection)
+                stored = self._model_of(collection)
                 if stored is not None and stored != model:
                     raise other_model(collection, stored, model)
             # A submission deleted while a worker held its rows: BEGIN IMMEDIATE orders this check
             # against the delete's transaction, so nothing of it is written after the delete.
             deleted = self._deleted({row.submission for row in rows})
+            live: list[tuple[StoredRow, np.ndarray]] = []
             first = 0
             for row in rows:
-                spans = row.windows
-                row_vectors, first = vectors[first:first + len(spans)], first + len(spans)
+                count = len(row.windows)
                 if row.submission not in deleted:
-                    self._write_row(row, spans, row_vectors, now)
+                    live.append((row, vectors[first:first + count]))
+                first += count
             if first != len(vectors):
                 raise ValueError(f"{len(vectors)} vectors for {first} windows")
+            if len({(row.collection, row.id) for row, _ in live}) == len(live):
+                self._write_rows(live, now)
+            else:  # an id twice in one batch: row by row, so that the later of them wins
+                for row, row_vectors in live:
+                    self._write_rows([(row, row_vectors)], now)
 
     def rejected(self, error: Exception) -> str | None:
         """A value over SQLite's length limit (a billion bytes by default), or a constraint a row breaks;
@@ -241,34 +264,43 @@ class SqliteStore:
             return str(error).strip().split("\n")[0] or type(error).__name__
         return None
 
-    def _write_row(self, row: StoredRow, spans: list[tuple[int, int]], vectors: np.ndarray, now: float) -> None:
-        before = self.connection.execute("SELECT rowid, windows FROM rows WHERE collection = ? AND id = ?",
-                                         (row.collection, row.id)).fetchone()
-        # The row of the later submission wins, and within one submission the later row of a
-        # duplicated id, whatever order the workers took them in.
-        written = self.connection.execute(
-            "INSERT INTO rows(collection, id, submission, row_number, text, row_json, content_hash, model,"
-            " stored_at, submitted_at, windows) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(collection, id) DO UPDATE SET submission = excluded.submission,"
-            " row_number = excluded.row_number, text = excluded.text, row_json = excluded.row_json,"
-            " content_hash = excluded.content_hash, model = excluded.model, stored_at = excluded.stored_at,"
-            " submitted_at = excluded.submitted_at, windows = excluded.windows"
-            f" WHERE {LATER_WINS.format(stored='rows')}"
-            " RETURNING rowid",
-            (row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
-             row.content_hash, row.model, now, row.submitted_at, len(spans)),
-        ).fetchone()
-        if written is None:  # superseded by a later row with the same id
-            return
-        if before is not None:
-            self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?", _window_ids(*before))
-        self.connection.executemany(
-            "INSERT INTO window_vectors(rowid, embedding, collection, submission, char_start, char_end)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(window_id, np.ascontiguousarray(vector, dtype=np.float32).tobytes(), row.collection, row.submission,
-              start, end)
-             for (window_id,), vector, (start, end) in zip(_window_ids(written[0], len(spans)), vectors, spans)],
-        )
+    def _write_rows(self, rows: list[tuple[StoredRow, np.ndarray]], now: float) -> None:
+        """Upsert rows of distinct ids and replace the windows of those written: a few statements per batch
+        (the statements' own cost, mostly vec0's insert, is most of a fast model's worker CPU per row)."""
+        before = {(collection, row_id): (rowid, windows) for collection, row_id, rowid, windows in
+                  self.connection.executemany(_STORED_ROW, [(row.collection, row.id) for row, _ in rows])}
+        # The row of the later submission wins, and within one submission the later row of a duplicated
+        # id, whatever order the workers took them in: a row superseded so returns nothing.
+        written = {(collection, row_id): rowid for rowid, collection, row_id in self.connection.executemany(
+            _UPSERT_ROW, [(row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
+                           row.content_hash, row.model, now, row.submitted_at, len(row.windows)) for row, _ in rows])}
+        # A replaced row's windows are updated in place as far as both old and new go (vec0's UPDATE costs half
+        # its DELETE and INSERT), its extra old ones deleted; a new row (a rowid without windows: a deleted row
+        # took its windows along) and a row that grew get INSERTs.
+        updates, deletes, inserts = [], [], []
+        for row, row_vectors in rows:
+            rowid = written.get((row.collection, row.id))
+            if rowid is None:
+                continue
+            kept = min(before.get((row.collection, row.id), (0, 0))[1], len(row.windows))
+            for index, (vector, (start, end)) in enumerate(zip(row_vectors, row.windows)):
+                window_id = (rowid << WINDOW_BITS) + index
+                if index < kept:
+                    updates.append((vector.tobytes(), row.submission, start, end, window_id))
+                else:
+                    inserts.append((window_id, vector.tobytes(), row.collection, row.submission, start, end))
+            if (row.collection, row.id) in before:
+                deletes += _window_ids(rowid, before[row.collection, row.id][1])[len(row.windows):]
+        if deletes:
+            self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?", deletes)
+        if updates:
+            self.connection.executemany(_UPDATE_WINDOW, updates)
+        self.connection.executemany(_INSERT_WINDOW, inserts)
+
+    def _model_of(self, collection: str) -> str | None:
+        """The model of a collection's rows (all of them have one): one index lookup."""
+        found = self.connection.execute("SELECT model FROM rows WHERE collection = ? LIMIT 1", (collection,)).fetchone()
+        return found[0] if found else None
 
     def _deleted(self, submissions: set[str]) -> set[str]:
         """Which of these submissions were deleted (their tombstones are kept for good)."""
