@@ -106,7 +106,9 @@ def test_submission_status_and_events_follow_the_worker(client, api, submit, dra
     follower.join(30)
     assert events[-1][0] == "end" and {name for name, _ in events[:-1]} <= {"status"}
     final = events[-1][1]
-    assert final == client.get(f"/submissions/{result.id}").json()
+    now = client.get(f"/submissions/{result.id}").json()
+    # Live workers are a reading of the moment: the burst worker may still be registered at the last event.
+    assert {**final, "workers": None} == {**now, "workers": None}
     assert final["state"] == "done" and final["done"] == final["total"] == 320
 
     with client.stream("GET", "/events") as response:
