@@ -446,13 +446,7 @@ class SqliteStore:
         with self._immediate():
             self.connection.execute("INSERT OR REPLACE INTO deleted_submissions(submission, deleted_at) VALUES (?, ?)",
                                     (submission, time.time()))
-            rows = self.connection.execute("SELECT rowid, windows FROM rows WHERE submission = ?",
-                                           (submission,)).fetchall()
-            if self.dimension is not None:
-                self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?",
-                                            [window_id for row in rows for window_id in _window_ids(*row)])
-            self.connection.execute("DELETE FROM rows WHERE submission = ?", (submission,))
-        return len(rows)
+            return self._delete_rows("submission", submission)
 
     def delete_collection(self, collection: str) -> int:
         """Remove a collection's rows and windows, tombstoning the submissions that wrote them (a batch a
@@ -461,12 +455,16 @@ class SqliteStore:
             self.connection.execute("INSERT OR REPLACE INTO deleted_submissions(submission, deleted_at)"
                                     " SELECT DISTINCT submission, ? FROM rows WHERE collection = ?",
                                     (time.time(), collection))
-            rows = self.connection.execute("SELECT rowid, windows FROM rows WHERE collection = ?",
-                                           (collection,)).fetchall()
-            if self.dimension is not None:
-                self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?",
-                                            [window_id for row in rows for window_id in _window_ids(*row)])
-            self.connection.execute("DELETE FROM rows WHERE collection = ?", (collection,))
+            return self._delete_rows("collection", collection)
+
+    def _delete_rows(self, column: str, value: str) -> int:
+        """Delete the rows (and their windows' vectors) whose `column` (submission or collection, never user
+        input) is `value`, inside the caller's transaction; returns how many rows."""
+        rows = self.connection.execute(f"SELECT rowid, windows FROM rows WHERE {column} = ?", (value,)).fetchall()
+        if self.dimension is not None:
+            self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?",
+                                        [window_id for row in rows for window_id in _window_ids(*row)])
+        self.connection.execute(f"DELETE FROM rows WHERE {column} = ?", (value,))
         return len(rows)
 
     def counts(self) -> tuple[int, int]:
