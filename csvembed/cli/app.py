@@ -185,8 +185,8 @@ def main_options(
     precision: Annotated[str, typer.Option(
         metavar="fp32|int8", envvar=ENV_PRECISION, show_envvar=True,
         help="fp32, or int8: the model quantized on ONNX Runtime, about 1.7x faster than fp32 on CPU but "
-        "with slightly different vectors (mean cosine 0.99 to fp32). Part of the model's identity: rows "
-        "stored with one precision are re-embedded by a submit with the other.")] = "fp32",
+        "with slightly different vectors (mean cosine 0.99 to fp32). Part of the model's identity: its rows "
+        "have their own queue, and a collection holds rows of one precision only.")] = "fp32",
     _version: Annotated[bool, typer.Option(
         "--version", is_eager=True, expose_value=False, callback=_show_version,
         help="Print the version and exit.")] = False,
