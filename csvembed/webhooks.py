@@ -259,8 +259,8 @@ class Deliverer:
                 self.run_once()
             except redis.RedisError as exc:  # Redis away: the worker says so; the next poll retries
                 log.debug("webhooks: %s", exc)
-            except Exception:
-                log.warning("webhook delivery failed", exc_info=True)
+            except Exception as exc:  # one masked line: a traceback could show a URL's credentials
+                log.warning("webhook delivery failed: %s: %s", type(exc).__name__, mask_secrets(str(exc)))
 
     def run_once(self) -> int:
         """Deliver every notification due now, one attempt each; how many were attempted."""

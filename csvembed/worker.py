@@ -41,6 +41,7 @@ from csvembed.errors import RowError
 from csvembed.ingest import Ingestor
 from csvembed.jobs import SERIALIZER, RowTask, refusal
 from csvembed.outage import PatientStore, StopWaiting, sleep_unless
+from csvembed.redact import mask_secrets
 from csvembed.routing import model_queue
 from csvembed.settings import Settings
 from csvembed.tasks import CsvembedJob
@@ -226,7 +227,7 @@ class BatchWorker(SimpleWorker):
                 self._release(batch)
                 return
             except Exception as exc:  # the store failed: nothing was stored, retry them all
-                log.warning("storing a batch of %d rows failed: %s", len(batch.tasks), exc)
+                log.warning("storing a batch of %d rows failed: %s", len(batch.tasks), mask_secrets(str(exc)))
                 outcomes = [exc] * len(batch.tasks)
         finally:
             with self._held_lock:

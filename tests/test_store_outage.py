@@ -138,3 +138,14 @@ def test_only_outages_are_waited_out():
     except ServiceUnavailable as wrapped:
         assert unreachable_reason(wrapped) == "cannot use the store postgresql://u:***@h/db: connection refused"
     assert unreachable_reason(ServiceUnavailable("x is not a csvembed database")) is None
+
+
+def test_a_failed_write_is_logged_with_its_secrets_masked(env, submit, drain, fake_embedder, caplog):
+    result = rows(env, submit, 3)
+    fault = "cannot reach postgresql://worker:hunter2@db.internal/emb"
+    store = FailingWritesDouble(open_store(env.db), 1, lambda: RuntimeError(fault))
+    with caplog.at_level(logging.WARNING, logger="csvembed"):
+        drain(batch_size=3, model=fake_embedder, store=store)
+    assert SubmissionRecords(env.connection).snapshot(result.id).done == 3
+    assert "hunter2" not in caplog.text
+    assert "storing a batch of 3 rows failed: cannot reach postgresql://worker:***@db.internal/emb" in caplog.text
