@@ -82,8 +82,8 @@ def unstorable(task: RowTask) -> str | None:
     Such a row fails alone at submit, like a row with empty text at the worker, and the file goes on.
     (A NUL character, which PostgreSQL text cannot hold, is refused by the reader for the whole input.)
     """
-    size = len(task.row_id.encode())
-    if size > defaults.MAX_KEY_BYTES:
+    # UTF-8 takes at most 4 bytes a character, so most ids fit without being encoded (this runs per row).
+    if len(task.row_id) * 4 > defaults.MAX_KEY_BYTES and (size := len(task.row_id.encode())) > defaults.MAX_KEY_BYTES:
         return f"id too long: {size:,} bytes (UTF-8), at most {defaults.MAX_KEY_BYTES:,}"
     return None
 
@@ -260,13 +260,16 @@ class Producer:
         for task in tasks:
             repeated = enqueued_ids is not None and task.row_id in enqueued_ids
             known = stored.get(task.row_id)
-            values = row_json(columns, task.values)
-            if repeated or known is None or known not in (content_hash(self.model, task.text, values),
-                                                          content_hash(self.model, task.text, values, how)):
+            if repeated or known is None or not self._unchanged(known, task, columns, how):
                 fresh.append(task)
                 if enqueued_ids is not None:
                     enqueued_ids.add(task.row_id)
         return fresh
+
+    def _unchanged(self, known: str, task: RowTask, columns: list[str], how: str) -> bool:
+        """Whether the stored content hash is this row's, read whole or under `how`."""
+        values = row_json(columns, task.values)
+        return known in (content_hash(self.model, task.text, values), content_hash(self.model, task.text, values, how))
 
     def _enqueue(
         self, queue: Queue, submission_id: str, tasks: list[RowTask], skipped: int,

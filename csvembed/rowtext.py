@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from csvembed.errors import InputError
 
@@ -15,22 +15,25 @@ class TextSpec:
         if text_columns and template:
             raise InputError("use either --text-column or --template, not both")
         self.columns = list(columns)
+        self.render: Callable[[Sequence[str]], str]
+        # Rows arrive as lists in header order: render by position, not through a dict per row.
         if template is not None:
             parts = _template_parts(template)
             _require_columns(self.columns, [field for _, field in parts if field is not None], "template field")
-            self._render = lambda row: "".join(text + (row[field] if field else "") for text, field in parts)
+            pieces = [(text, None if field is None else self.columns.index(field)) for text, field in parts]
+            self.render = lambda row: "".join([text + (row[index] if index is not None else "")
+                                               for text, index in pieces])
             self.description = f"template {template!r}"
         elif text_columns:
             _require_columns(self.columns, text_columns, "--text-column")
             chosen = list(text_columns)
-            self._render = lambda row: "\n".join(row[name] for name in chosen)
+            indexes = [self.columns.index(name) for name in chosen]
+            self.render = lambda row: "\n".join([row[index] for index in indexes])
             self.description = "columns " + ", ".join(chosen)
         else:
-            self._render = lambda row: "\n".join(f"{name}: {value}" for name, value in row.items())
+            labels = [f"{name}: " for name in self.columns]
+            self.render = lambda row: "\n".join([label + value for label, value in zip(labels, row)])
             self.description = "every column as name: value lines"
-
-    def render(self, values: Sequence[str]) -> str:
-        return self._render(dict(zip(self.columns, values)))
 
 
 def _template_parts(template: str) -> list[tuple[str, str | None]]:
