@@ -8,7 +8,7 @@ prints the medians over --runs of: rows/s, producer CPU per row (getrusage of th
 CPU per row (`INFO cpu` used_cpu_user + used_cpu_sys deltas), Redis commands per row (INFO
 commandstats, calls made by Lua scripts included), and Redis memory per queued row (`INFO memory`
 used_memory delta / rows). Then the CLI's wall time for the same file, start-up included
-(`python -m csvembed submit`, this interpreter and PYTHONPATH), median of --cli-runs.
+and its CPU (`python -m csvembed submit`, this interpreter and PYTHONPATH), medians of --cli-runs.
 Nothing works the queue meanwhile: the figures are the producer's alone.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import statistics
+import resource
 import subprocess
 import sys
 import tempfile
@@ -58,14 +58,21 @@ def library_run(path: Path, rows: int, scratch: Path, profile: cProfile.Profile 
         world.close()
 
 
-def cli_run(path: Path, scratch: Path) -> float:
-    """Wall seconds of `python -m csvembed submit` into a fresh Redis, already started (as it usually is)."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cli_run(path: Path, rows: int, scratch: Path) -> dict:
+    """`python -m csvembed submit` into a fresh Redis, already started (as it usually is): its wall and CPU
+    seconds, start-up included, and its CPU per row."""
     world = World(scratch, "constant")
     try:
-        start = time.perf_counter()
+        cpu, start = children_cpu(), time.perf_counter()
         subprocess.run([sys.executable, "-m", "csvembed", "submit", str(path), "--text-column", "body"],
                        env=world.env, check=True, capture_output=True)
-        return time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, children_cpu() - cpu
+        return {"wall s": wall, "cpu s": cpu, "cpu µs/row": cpu / rows * 1e6}
     finally:
         world.close()
 
@@ -84,7 +91,7 @@ def main() -> None:
     show(f"submit (library), {args.rows:,} short titles:",
          [library_run(titles, args.rows, scratch) for _ in range(args.runs)])
     if args.cli_runs:
-        show("submit (CLI, start-up included):", [{"wall s": cli_run(titles, scratch)} for _ in range(args.cli_runs)])
+        show("submit (CLI, start-up included):", [cli_run(titles, args.rows, scratch) for _ in range(args.cli_runs)])
     if args.profile:
         profile = cProfile.Profile()
         library_run(titles, args.rows, scratch, profile)

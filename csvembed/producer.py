@@ -199,9 +199,8 @@ class Producer:
                         )
                         for offset, values in enumerate(rows)
                     ]
-                    reasons = [unstorable(task) for task in tasks]
-                    rejected = [(task, reason) for task, reason in zip(tasks, reasons) if reason]
-                    storable = [task for task, reason in zip(tasks, reasons) if not reason]
+                    rejected = [(task, reason) for task in tasks if (reason := unstorable(task))]
+                    storable = [task for task in tasks if not unstorable(task)] if rejected else tasks
                     fresh = self._unchanged_removed(store, collection, csv_file.columns, storable, options,
                                                     enqueued_ids)
                     skipped = len(storable) - len(fresh)
@@ -255,6 +254,10 @@ class Producer:
         it must replace that earlier row, whatever the store holds now.
         """
         stored = {} if options.force else store.stored_hashes(collection, [task.row_id for task in tasks])
+        if not stored:  # nothing to compare (a new collection, or --force): every row is fresh
+            if enqueued_ids is not None:
+                enqueued_ids.update(task.row_id for task in tasks)
+            return tasks
         how = reading(options.long_text, options.window_overlap)
         fresh = []
         for task in tasks:

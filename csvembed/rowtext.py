@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 
 from csvembed.errors import InputError
 
@@ -27,8 +28,8 @@ class TextSpec:
         elif text_columns:
             _require_columns(self.columns, text_columns, "--text-column")
             chosen = list(text_columns)
-            indexes = [self.columns.index(name) for name in chosen]
-            self.render = lambda row: "\n".join([row[index] for index in indexes])
+            pick = itemgetter(*(self.columns.index(name) for name in chosen))
+            self.render = pick if len(chosen) == 1 else lambda row: "\n".join(pick(row))
             self.description = "columns " + ", ".join(chosen)
         else:
             labels = [f"{name}: " for name in self.columns]

@@ -161,6 +161,14 @@ def test_a_template_fills_fields_as_written_and_dotted_columns_need_text_column(
     assert TextSpec(columns, text_columns=["a.b", ""]).render(["T", "AB", "E"]) == "AB\nE"
 
 
+def test_every_text_choice_renders_the_fields_by_their_column():
+    columns, row = ["id", "title", "note"], ["7", "Tent", ""]
+    assert TextSpec(columns).render(row) == "id: 7\ntitle: Tent\nnote: "
+    assert TextSpec(columns, text_columns=["title"]).render(row) == "Tent"
+    assert TextSpec(columns, text_columns=["note", "title", "note"]).render(row) == "\nTent\n"
+    assert TextSpec(columns, template="{note}[{title}]{id}").render(row) == "[Tent]7"
+
+
 @pytest.mark.slow
 def test_submit_with_standard_input_closed_is_one_line(env):
     result = subprocess.run(
