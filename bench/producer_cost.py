@@ -70,7 +70,7 @@ def cli_run(path: Path, rows: int, scratch: Path) -> dict:
     try:
         cpu, start = children_cpu(), time.perf_counter()
         subprocess.run([sys.executable, "-m", "csvembed", "submit", str(path), "--text-column", "body"],
-                       env=world.env, check=True, capture_output=True)
+                       env=world.env, cwd=scratch, check=True, capture_output=True)  # not this checkout's csvembed
         wall, cpu = time.perf_counter() - start, children_cpu() - cpu
         return {"wall s": wall, "cpu s": cpu, "cpu µs/row": cpu / rows * 1e6}
     finally:
