@@ -35,7 +35,7 @@ from csvembed.embedder import quiet_loading, text_char_cap
 log = logging.getLogger(__name__)
 
 # Bump when the files in an export or their meaning change: older exports are then remade.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 # ONNX and PyTorch vectors must agree at least this well (cosine) on every probe text.
 MIN_COSINE = 0.99999
 SUPPORTED_POOLING = ("mean", "cls", "max")
@@ -173,18 +173,49 @@ def _describe(model) -> dict:
 
 
 def _export_checked(model, staging: Path) -> dict:
-    """Export the Transformer module, then compare with PyTorch on PROBES; returns the meta fields."""
+    """Export the Transformer module (fused if the fused graph is exact, else plain), checked against
+    PyTorch on PROBES; returns the meta fields."""
+    meta = _describe(model)
+    # PyTorch's vectors as the model was loaded, before the export switches its attention code.
+    reference = model.encode(list(PROBES), normalize_embeddings=True, convert_to_numpy=True,
+                             show_progress_bar=False)
+    plain = _traced(model, meta["input_names"], staging / "plain.onnx")
+    (staging / "tokenizer.json").write_text(model.tokenizer.backend_tokenizer.to_str())
+    fused = _fused(plain, model[0].auto_model.config, staging / "fused.onnx")
+    worst = 0.0
+    for graph in (fused, plain):
+        if graph is None:
+            continue
+        candidate = OnnxEmbedder(staging, meta, name="probe", threads=os.cpu_count() or 1, model_file=graph.name)
+        worst = float(np.min(np.sum(reference * candidate.encode(PROBES), axis=1)))
+        if worst >= MIN_COSINE:
+            os.replace(graph, staging / "model.onnx")
+            for other in (fused, plain):
+                if other is not None and other.exists():
+                    other.unlink()
+            return {**meta, "graph": "fused" if graph is fused else "plain", "min_cosine": worst}
+        log.info("model export: the %s graph differs from PyTorch (cosine %.6f)", graph.stem, worst)
+    raise Unsupported(f"its ONNX vectors differ from PyTorch's (cosine {worst:.6f} < {MIN_COSINE})")
+
+
+def _traced(model, names: list[str], path: Path) -> Path:
+    """The Transformer module traced to ONNX with eager attention, whose graph ORT's optimizer can fuse.
+
+    The default attention (SDPA in transformers 5) exports to a graph in which the optimizer finds no
+    Attention to fuse (all-MiniLM-L6-v2: 0 of 6 fused, against 6 of 6 from eager attention).
+    """
     import torch
 
-    meta = _describe(model)
-    names = meta["input_names"]
+    backbone = model[0].auto_model.eval()
+    if hasattr(backbone, "set_attn_implementation"):
+        backbone.set_attn_implementation("eager")
 
     class Backbone(torch.nn.Module):
         """The Transformer module with named inputs (positional ones collide with `use_cache` in transformers 5)."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.backbone = model[0].auto_model.eval()
+            self.backbone = backbone
 
         def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
             return self.backbone(**dict(zip(names, inputs))).last_hidden_state
@@ -194,18 +225,34 @@ def _export_checked(model, staging: Path) -> dict:
     # The tracer warns about shapes it treats as constants; PROBES check the result on other shapes.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Backbone(), tuple(sample[name] for name in names), str(staging / "model.onnx"),
+        torch.onnx.export(Backbone(), tuple(sample[name] for name in names), str(path),
                           input_names=names, output_names=["last_hidden_state"],
                           dynamic_axes={**axes, "last_hidden_state": {0: "batch", 1: "sequence"}},
                           opset_version=17, dynamo=False)
-    (staging / "tokenizer.json").write_text(model.tokenizer.backend_tokenizer.to_str())
-    reference = model.encode(list(PROBES), normalize_embeddings=True, convert_to_numpy=True,
-                             show_progress_bar=False)
-    candidate = OnnxEmbedder(staging, meta, name="probe", threads=os.cpu_count() or 1).encode(PROBES)
-    worst = float(np.min(np.sum(reference * candidate, axis=1)))
-    if worst < MIN_COSINE:
-        raise Unsupported(f"its ONNX vectors differ from PyTorch's (cosine {worst:.6f} < {MIN_COSINE})")
-    return {**meta, "min_cosine": worst}
+    return path
+
+
+def _fused(plain: Path, config, path: Path) -> Path | None:
+    """The graph with ORT's transformer fusions (Attention, SkipLayerNormalization, BiasGelu, ...), or None
+    if the optimizer fails. Heads and width come from the model's config (0: the optimizer reads the graph).
+
+    opt_level=0 keeps the file portable: ORT's own hardware-specific optimizations run at session start.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    logging.disable(logging.WARNING)  # the optimizer logs every pattern it does not find
+    try:
+        optimized = optimize_model(str(plain), model_type="bert", opt_level=0, use_gpu=False,
+                                   num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+                                   hidden_size=int(getattr(config, "hidden_size", 0) or 0))
+        optimized.save_model_to_file(str(path))
+    except Exception as exc:  # noqa: BLE001 (any failure leaves the plain graph, which is checked the same way)
+        log.info("model export: ONNX Runtime's optimizer failed (%s: %s); using the plain graph",
+                 type(exc).__name__, exc)
+        return None
+    finally:
+        logging.disable(logging.NOTSET)
+    return path
 
 
 def read_meta(export: Path) -> dict:
