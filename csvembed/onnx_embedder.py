@@ -39,6 +39,10 @@ EXPORT_FORMAT = 2
 # ONNX and PyTorch vectors must agree at least this well (cosine) on every probe text.
 MIN_COSINE = 0.99999
 SUPPORTED_POOLING = ("mean", "cls", "max")
+# Padded tokens per model call (and at most ENCODE_BATCH_SIZE texts). A worker sorts by length only within its
+# batch (256 rows), so fixed 32-text sub-batches of heavy-tailed tickets padded them to 1.31x their real
+# tokens; this budget padded 1.03x and ran 1.34x faster. 32 titles (about 14 tokens) fit: unchanged for them.
+TOKEN_BUDGET = 512
 # Short and long (past 256 tokens, so truncation is checked), cased, accented, CJK, emoji,
 # digits and punctuation: the tokenizer's and the pooling's corner cases, padded together.
 PROBES = (
@@ -260,6 +264,16 @@ def _fused(plain: Path, config, path: Path) -> Path | None:
     return path
 
 
+def sub_batches(widths: np.ndarray) -> Iterator[slice]:
+    """Slices of `widths` (token counts, longest first) to run together: at most ENCODE_BATCH_SIZE texts and,
+    unless one text alone is longer, TOKEN_BUDGET tokens once padded to the first one's width."""
+    start = 0
+    while start < len(widths):
+        rows = min(defaults.ENCODE_BATCH_SIZE, max(1, TOKEN_BUDGET // int(widths[start])))
+        yield slice(start, min(start + rows, len(widths)))
+        start += rows
+
+
 def read_meta(export: Path) -> dict:
     return json.loads((export / "meta.json").read_text())
 
@@ -312,7 +326,7 @@ class OnnxEmbedder:
         return self.span_tokenizer.encode(text, add_special_tokens=False).offsets
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalised vectors; texts are run longest first in sub-batches of similar length."""
+        """L2-normalised vectors; texts are run longest first in sub-batches of similar length (sub_batches)."""
         texts = [text[: self.text_cap] for text in texts]
         if self.meta["do_lower_case"]:
             texts = [text.lower() for text in texts]
@@ -320,9 +334,8 @@ class OnnxEmbedder:
         lengths = np.fromiter((len(encoding.ids) for encoding in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
-        step = defaults.ENCODE_BATCH_SIZE
-        for start in range(0, len(order), step):
-            chosen = order[start:start + step]
+        for part in sub_batches(lengths[order]):
+            chosen = order[part]
             width = int(lengths[chosen[0]])
             ids = np.full((len(chosen), width), self.meta["pad_id"], dtype=np.int64)
             mask = np.zeros((len(chosen), width), dtype=np.int64)

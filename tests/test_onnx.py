@@ -21,7 +21,7 @@ from csvembed.embedder import (
     share_cpu,
     text_char_cap,
 )
-from csvembed.onnx_embedder import OnnxEmbedder
+from csvembed.onnx_embedder import OnnxEmbedder, sub_batches
 from csvembed.settings import Settings
 
 SAMPLE = Path(__file__).parent.parent / "sample_data" / "products.csv"
@@ -241,3 +241,9 @@ def test_a_query_uses_the_cached_export_and_never_makes_one(onnx_embedder, onnx_
     assert type(load_embedder(bare, may_export=False)) is SentenceTransformerEmbedder
     assert not (tmp_path / "home" / "onnx").exists()
     assert type(load_embedder(settings(onnx_cache.parent), may_export=False)) is OnnxEmbedder
+
+
+def test_sub_batches_hold_512_padded_tokens_or_32_texts_or_one_longer_text():
+    widths = np.array([300, 256, 200, 100, 60, 50, 40] + [14] * 40)
+    parts = [(part.start, part.stop) for part in sub_batches(widths)]
+    assert parts == [(0, 1), (1, 3), (3, 8), (8, 40), (40, 47)]
