@@ -9,8 +9,9 @@ config names, and L2 normalisation. That is this module.
 The export is made once per model folder and kept under <home>/onnx/<key>/, with a verdict: on
 first use the ONNX vectors are compared with PyTorch's on PROBES, and a model that differs (or is
 not Transformer + Pooling (+ Normalize)) is recorded as unsupported, so the worker falls back to
-PyTorch. Later starts read the export and verdict and import neither torch nor
-sentence-transformers, whose import alone takes 3-11 s here.
+PyTorch. The graph kept is the one checked: ONNX Runtime's transformer fusions (fused Attention,
+SkipLayerNormalization, ...) when exact, else the plain export. Later starts read the export and
+verdict and import neither torch nor sentence-transformers, whose import alone takes 3-11 s here.
 """
 
 from __future__ import annotations
