@@ -1,6 +1,7 @@
 """The ONNX Runtime backend against PyTorch: speed, vectors, int8 quality, start time, unchanged re-run.
 
-    .venv/bin/python bench/onnx_bench.py [--rows 2000] [--runs 3] [--quality-rows 2000]
+    .venv/bin/python bench/onnx_bench.py [--rows 2000] [--runs 3] [--quality-rows 2000] [--only speed]
+                                         [--data tickets|titles]
 
 Every ratio is taken within one run (both sides measured back to back, interleaved), and medians
 over --runs runs are printed, so a noisy shared machine still gives comparable figures:
@@ -98,6 +99,8 @@ def end_to_end(path: Path, args: tuple[str, ...], rows: int, scratch: Path, prec
 def speed(options, scratch: Path, torch_model: SentenceTransformerEmbedder, fp32: OnnxEmbedder,
           int8: OnnxEmbedder) -> None:
     for name, (write, args) in DATASETS.items():
+        if options.data and not name.startswith(options.data):
+            continue
         path = scratch / "data.csv"
         texts = write(path, options.rows)
         runs = []
@@ -192,6 +195,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quality-rows", type=int, default=2000)
     parser.add_argument("--only", choices=["speed", "quality", "start"], help="Run one part only.")
+    parser.add_argument("--data", choices=["tickets", "titles"], help="Measure speed on one data set only.")
     options = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="csvembed-onnx-bench-"))
     print(f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} cores usable")

