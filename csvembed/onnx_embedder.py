@@ -120,7 +120,7 @@ def quantized(export: Path) -> Path:
 
     Quantizing every op type measured cosine 0.955 to fp32 and a top-10 overlap of 0.72. MatMul and
     fused Attention (its Q, K, V projections) measured the same quality as MatMul alone (cosine mean
-    0.993, recall@10 0.93 on the benchmark's texts) and ran 1.2-1.25x faster.
+    0.993, recall@10 0.93 on the benchmark's texts) and ran 1.1-1.25x faster.
     """
     path = export / "model-int8.onnx"
     if path.exists():
