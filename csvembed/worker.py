@@ -422,7 +422,7 @@ class BatchWorker(SimpleWorker):
         if not taken:
             return False, None
         ids, execution_ids, tasks = taken.ids, taken.execution_ids, [row_of(data) for data in taken.data]
-        if None in tasks:  # a started job whose data is not a row's: judged as a Job
+        if not all(tasks):  # a started job whose data is not a row's: judged as a Job
             judged = [task or self._judge_started(queue, job_id, execution_id, started_at)
                       for job_id, execution_id, task in zip(ids, execution_ids, tasks)]
             kept = [i for i, task in enumerate(judged) if task is not None]

@@ -105,7 +105,7 @@ def rq_start(env, fake_embedder) -> tuple[BatchWorker, list]:
 
 
 def our_start(env, fake_embedder):
-    """The batching path: RQ's dequeue of the first job, then one script call that takes the rest and starts them all."""
+    """The batching path: RQ's dequeue of the first job, then one script call that takes more and starts them all."""
     queue = three_rows(env)
     worker = new_worker(env, fake_embedder)
     job, _queue = dequeue(queue)
