@@ -176,21 +176,27 @@ return gone
 _FINISH = """
 local job_prefix, execution_prefix, executions_prefix, results_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local dependents, dependencies = ARGV[5], ARGV[6]
-local composites, keys = {}, {}
+local composites, keys, rare = {}, {}, {}
+local n = 0
 for i = 7, #ARGV, 2 do
   local id, eid = ARGV[i], ARGV[i + 1]
   local composite = id .. ':' .. eid
   local job_key = job_prefix .. id
   composites[#composites + 1] = composite
-  for _, key in ipairs({execution_prefix .. composite, job_key, job_key .. dependents, job_key .. dependencies,
-                        results_prefix .. id, executions_prefix .. id}) do
-    keys[#keys + 1] = key
-  end
+  keys[n + 1], keys[n + 2], keys[n + 3] = execution_prefix .. composite, job_key, executions_prefix .. id
+  rare[n + 1], rare[n + 2], rare[n + 3] = job_key .. dependents, job_key .. dependencies, results_prefix .. id
+  n = n + 3
 end
 """ + _IN_CHUNKS + """
 in_chunks('ZREM', KEYS[1], composites)
 in_chunks('SREM', KEYS[2], composites)
 in_chunks('DEL', nil, keys)
+-- A job's dependents, dependencies and results exist only for jobs that have them (no row has): deleted
+-- where they exist, so that the AOF is not written a DEL of keys that are not there.
+for first = 1, #rare, 1000 do
+  local last = math.min(first + 999, #rare)
+  if redis.call('EXISTS', unpack(rare, first, last)) > 0 then redis.call('DEL', unpack(rare, first, last)) end
+end
 return 0
 """
 
