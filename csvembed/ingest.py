@@ -28,6 +28,11 @@ from csvembed.windows import MAX_WINDOWS, Shape, split
 
 log = logging.getLogger(__name__)
 
+# The outcome of a row stored in one window, all of its text (most rows: one shared instance), and of a row
+# of a deleted submission, dropped.
+_WHOLE = Shape(1, False)
+_DROPPED = Shape(0, False)
+
 
 class Ingestor:
     """Holds the loaded model, the store and the submission records for one worker process."""
@@ -51,30 +56,25 @@ class Ingestor:
 
         Failing it instead would leave a failed job (and RQ's result stream) behind after `delete`.
         """
-        origin = self._submission(task.submission_id)
+        origin = self._submissions.get(task.submission_id) or self._submission(task.submission_id)
         if origin is None:
             return None
-        if not task.text.strip():
+        text = task.text
+        if not text.strip():
             raise RowError("empty text: nothing to embed")
-        windowed = origin.long_text == "window"
-        found = split(task.text, self.embedder.token_spans, self.embedder.window_tokens, origin.window_overlap,
-                      MAX_WINDOWS if windowed else 1)
-        long = found.truncated or len(found.spans) > 1
-        if long and origin.long_text == "fail":
+        policy = origin.long_text
+        found = split(text, self.embedder.token_spans, self.embedder.window_tokens, origin.window_overlap,
+                      MAX_WINDOWS if policy == "window" else 1)
+        spans, truncated = found.spans, found.truncated
+        long = truncated or len(spans) > 1
+        if long and policy == "fail":
             raise RowError(f"longer than the model's window ({self.embedder.max_seq_length} tokens)")
-        row = StoredRow(
-            collection=origin.collection,
-            id=task.row_id,
-            submission=task.submission_id,
-            row_number=task.row_number,
-            text=task.text,
-            row_json=row_json(origin.columns, task.values),
-            model=self.embedder.name,
-            submitted_at=origin.created_at,
-            spans=found.spans,
-            reading=reading(origin.long_text, origin.window_overlap) if long else "",
-        )
-        return row, found.truncated
+        # Positional: StoredRow(collection, id, submission, row_number, text, row_json, model, submitted_at, spans,
+        # reading), built per row.
+        row = StoredRow(origin.collection, task.row_id, task.submission_id, task.row_number, text,
+                        row_json(origin.columns, task.values), self.embedder.name, origin.created_at, spans,
+                        reading(policy, origin.window_overlap) if long else "")
+        return row, truncated
 
     def ingest(self, tasks: Sequence[RowTask]) -> list[Exception | Shape]:
         """Embed and store tasks; per task, its Shape if settled, else why it failed.
@@ -83,29 +83,40 @@ class Ingestor:
         A row whose data the store refuses fails alone (see `_write`). Any other failure of the store (for
         instance a lock held past the busy timeout) raises: every row of the batch should then be retried.
         """
-        outcomes: list[Exception | Shape] = [Shape(0, False)] * len(tasks)
+        outcomes: list[Exception | Shape] = [_DROPPED] * len(tasks)
         rows: list[StoredRow] = []
         positions: list[int] = []
+        texts: list[str] = []
+        owners: list[int] = []
         for position, task in enumerate(tasks):
             try:
                 found = self._stored_row(task)
             except RowError as exc:
                 outcomes[position] = exc
                 continue
-            if found is not None:
-                row, truncated = found
-                rows.append(row)
-                positions.append(position)
-                outcomes[position] = Shape(len(row.windows), truncated)
+            if found is None:
+                continue
+            row, truncated = found
+            rows.append(row)
+            positions.append(position)
+            spans = row.spans
+            if len(spans) == 1 and not truncated:  # most rows: one window, all of the text
+                outcomes[position] = _WHOLE
+                start, end = spans[0]
+                texts.append(row.text if start == 0 and end == len(row.text) else row.text[start:end])
+                owners.append(position)
+            else:
+                outcomes[position] = Shape(len(spans), truncated)
+                texts.extend(row.text[start:end] for start, end in spans)
+                owners.extend([position] * len(spans))
         if not rows:
             return outcomes
-        texts = [row.text[start:end] for row in rows for start, end in row.windows]
-        owners = [position for row, position in zip(rows, positions) for _ in row.windows]
         vectors = self._encode(texts, outcomes, owners)
-        keep = np.array([isinstance(outcomes[owner], Shape) for owner in owners], dtype=bool)
         kept = [(row, position) for row, position in zip(rows, positions) if isinstance(outcomes[position], Shape)]
+        if len(kept) < len(rows):  # the model failed some rows: their windows' vectors are left out
+            vectors = vectors[np.array([isinstance(outcomes[owner], Shape) for owner in owners], dtype=bool)]
         if kept:
-            self._write(kept, vectors[keep], outcomes)
+            self._write(kept, vectors, outcomes)
         cut = sum(isinstance(outcome, Shape) and outcome.truncated for outcome in outcomes)
         if cut:
             log.info("%d rows longer than the model's window were cut off (--long-text truncate, or past %d windows)",

@@ -75,15 +75,22 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSETNX', KEYS[1], 'starte
 return 0
 """
 
-# ARGV: the time, then per row its number, its windows and 1 if text was cut off (0 otherwise). The
-# counts grow only for a row not yet done, so a row that runs twice is counted once.
+# ARGV: the time, the count of rows stored whole (one window, nothing cut off) and their numbers, then per
+# other row its number, its windows and 1 if text was cut off (0 otherwise): most rows cost one argument.
+# The counts grow only for a row not yet done, so a row that runs twice is counted once.
 # The counts are added up here and written once per batch, and the failed bitmap and error records are
 # cleared only where some row ever failed: per row that leaves one SETBIT (Redis CPU is per command).
 _MARK_DONE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local failed, errors = redis.call('EXISTS', KEYS[3]) == 1, redis.call('EXISTS', KEYS[4]) == 1
 local truncated, windowed, windows, whole = 0, 0, 0, 0
-for i = 2, #ARGV, 3 do
+local last_whole = 2 + tonumber(ARGV[2])
+for i = 3, last_whole do
+  if redis.call('SETBIT', KEYS[2], ARGV[i], 1) == 0 then whole = whole + 1 end
+  if failed then redis.call('SETBIT', KEYS[3], ARGV[i], 0) end
+  if errors then redis.call('HDEL', KEYS[4], ARGV[i]) end
+end
+for i = last_whole + 1, #ARGV, 3 do
   if redis.call('SETBIT', KEYS[2], ARGV[i], 1) == 0 then
     local count = tonumber(ARGV[i + 1])
     if ARGV[i + 2] == '1' then truncated = truncated + 1 end
@@ -106,7 +113,7 @@ if whole > 0 then redis.call('HINCRBY', KEYS[1], 'rows_whole', whole) end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
 """ + _push_sample("KEYS[5]", "ARGV[1]") + _claim_notification("ARGV[1]") + """
-return (#ARGV - 1) / 3
+return tonumber(ARGV[2]) + (#ARGV - last_whole) / 3
 """
 
 _MARK_FAILED = """
@@ -432,8 +439,13 @@ class SubmissionRecords:
     def mark_done(self, pipeline: Pipeline, submission_id: str, rows: Iterable[tuple[int, Shape]]) -> None:
         """Mark rows (number, how it was embedded) done, and count each one's shape once."""
         keys = [_key(submission_id, part) for part in ("", "done", "failed", "errors", "samples")]
-        args = [value for number, shape in rows for value in (number, shape.windows, int(shape.truncated))]
-        self._mark_done(keys=keys, args=[time.time(), *args], client=pipeline)
+        whole, others = [], []
+        for number, shape in rows:
+            if shape.windows == 1 and not shape.truncated:
+                whole.append(number)
+            else:
+                others += (number, shape.windows, int(shape.truncated))
+        self._mark_done(keys=keys, args=[time.time(), len(whole), *whole, *others], client=pipeline)
 
     def mark_failed(
         self, pipeline: Pipeline | None, submission_id: str, row_number: int, row_id: str, reason: str,

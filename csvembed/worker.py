@@ -18,9 +18,11 @@ import secrets
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from datetime import datetime
+from queue import SimpleQueue
 
 from redis import ConnectionError as RedisConnectionError
 from redis import Redis, RedisError, ResponseError
@@ -34,7 +36,7 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS
 
 from csvembed import batch_durations, defaults
-from csvembed.batch_scripts import BatchScripts
+from csvembed.batch_scripts import BatchScripts, TakeStart, row_of, run_pipeline
 from csvembed.broker import PatientRetry
 from csvembed.embedder import share_cpu
 from csvembed.errors import RowError
@@ -62,6 +64,41 @@ def host_of(name: str) -> str:
     return name.rsplit(".", 2)[0]
 
 
+# Take the next batch while this one is embedded when the last one took less than this (seconds): the
+# Redis scripts then run beside the model instead of between its calls. A slower model gains little
+# (a take costs milliseconds), and a batch taken ahead waits, held from other workers, for as long.
+PREFETCH_BELOW = 0.1
+
+
+class _SerialThread:
+    """Runs calls one after another on a daemon thread of its own; each call's Future has its result.
+
+    Daemon, so that a worker stopped for good while Redis is unreachable (a call waiting on it) still exits.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._calls: SimpleQueue = SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, call, *args) -> Future:
+        future: Future = Future()
+        self._calls.put((future, call, args))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, call, args = self._calls.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call(*args))
+                except BaseException as exc:  # handed to whoever waits on it
+                    future.set_exception(exc)
+
+
 class _Batch:
     """The rows a worker holds at once: their job ids, execution ids and tasks, started at `started_at`."""
 
@@ -72,6 +109,7 @@ class _Batch:
         self.execution_ids = execution_ids
         self.tasks = tasks
         self.started_at = started_at
+        self.seconds = 0.0  # how long embedding and storing it took
 
     def execution(self, index: int, connection: Redis, worker_name: str) -> Execution:
         """RQ's Execution object for one row, built only where RQ's own code needs one."""
@@ -107,8 +145,17 @@ class BatchWorker(SimpleWorker):
         self._stopping = False  # set by the signal handler: read it, never wait on it
         self._store_down_since: float | None = None
         self._scripts = BatchScripts(self.connection)
-        self._held: _Batch | None = None
+        # The batches started and not yet finished (or released): the one being embedded, the next one when
+        # taken ahead, the last one while its finish is in flight. The heartbeat thread keeps each alive.
+        self._held: list[_Batch] = []
         self._held_lock = threading.Lock()
+        # Takes and finishes run on this thread, in order: a finish overlaps the next batch's embedding.
+        self._redis_calls = _SerialThread("csvembed-redis")
+        self._finishing: list[Future] = []
+        # Whether to take the next batch while this one is embedded (a fast model: see PREFETCH_BELOW).
+        self._prefetch = False
+        # Submissions whose start this worker recorded (mark_started sets a field once): not written again.
+        self._marked_started: set[str] = set()
         self._cores_checked_at = float("-inf")
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
@@ -174,8 +221,7 @@ class BatchWorker(SimpleWorker):
         # started registry's score); their keys expire on their own.
         with self._held_lock, self.connection.pipeline() as pipe:
             self.heartbeat(defaults.WORKER_TTL + 60, pipeline=pipe)
-            held = self._held
-            if held is not None:
+            for held in self._held:
                 registry = held.queue.started_job_registry
                 for index in range(len(held.ids)):
                     held.execution(index, self.connection, self.name).heartbeat(registry, defaults.HEARTBEAT_TTL,
@@ -198,7 +244,7 @@ class BatchWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
-            self._run_batch(job, queue)
+            self._run(job, queue)
         except (RedisConnectionError, RedisTimeoutError):
             if not self._stopping:
                 raise
@@ -207,35 +253,104 @@ class BatchWorker(SimpleWorker):
             log.warning("stopping without Redis")
             raise StopRequested() from None
 
-    def _run_batch(self, job: Job, queue: Queue) -> None:
+    def _run(self, job: Job, queue: Queue) -> None:
+        """Batches from `queue`, the first with the job RQ dequeued, while it has rows.
+
+        RQ's own loop costs a dozen round trips per job it dequeues; this one takes and starts each next
+        batch in one call, and goes back to RQ's loop when a stop is asked for, maintenance is due, workers
+        are suspended or a queue listed first has rows: RQ's loop then acts as it would between two jobs.
+        Every finish has completed (or raised) when it returns.
+        """
         # BUSY before taking more jobs: a SIGTERM now waits for this batch instead of raising
-        # StopRequested between taking jobs and starting them.
-        self.set_state(WorkerStatus.BUSY)
-        self._share_cores()
-        ids, tasks = self._take(queue, job)
-        batch = self._start(queue, ids, tasks) if ids else None
-        if batch is None:
-            self.set_state(WorkerStatus.IDLE)
-            return
-        with self._held_lock:
-            self._held = batch
+        # StopRequested between taking jobs and starting them. (The take script writes it to Redis.)
+        self._state = WorkerStatus.BUSY
         try:
-            started = time.perf_counter()
-            try:
-                outcomes = self.ingestor.ingest(batch.tasks)
-            except StopWaiting:  # asked to stop while the store was unreachable: the rows go back
+            self._batches(queue, job)
+        finally:
+            self._settle()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _batches(self, queue: Queue, job: Job) -> None:
+        """Take, embed and store batch after batch; each finish goes to the Redis thread once stored, with the
+        take of the next batch in the same round trip.
+
+        With a fast model (`_prefetch`) the next batch is taken while this one is embedded, and each finish
+        goes with the take of the batch after next: the scripts then run on Redis' core while this process
+        embeds and stores the next batch.
+        """
+        takes: deque[Future] = deque([self._redis_calls.submit(self._take_start, queue, job)])
+        while takes:
+            taken, batch = takes.popleft().result()
+            # No more batches taken once a stop is asked for or maintenance is due; those taken are embedded.
+            more = taken and not (self._stop_requested or self.should_run_maintenance_tasks)
+            if batch is None:  # nothing taken, or every job taken was refused
+                if more and not takes:
+                    takes.append(self._redis_calls.submit(self._take_start, queue, None))
+                continue
+            if more and self._prefetch and not takes:
+                takes.append(self._redis_calls.submit(self._take_start, queue, None))
+            self._share_cores()
+            outcomes = self._embed_and_store(batch)
+            if outcomes is None:  # a stop was asked for while the store was unreachable: the rows go back
+                self._drop(takes)  # (the later rows first: each batch goes back to the front of the queue)
                 self._release(batch)
                 return
-            except Exception as exc:  # the store failed: nothing was stored, retry them all
-                log.warning("storing a batch of %d rows failed: %s", len(batch.tasks), mask_secrets(str(exc)))
-                outcomes = [exc] * len(batch.tasks)
+            if self._stop_requested:
+                self._drop(takes)
+                self._finishing.append(self._redis_calls.submit(self._finish, batch, outcomes))
+            elif not more or (takes and not self._prefetch):  # (taken ahead, but the model is slow now)
+                self._finishing.append(self._redis_calls.submit(self._finish, batch, outcomes))
+            else:  # finish this one and take the next (the one after next, if the next was taken ahead)
+                takes.append(self._redis_calls.submit(self._finish, batch, outcomes, queue))
+            self._raise_finish_failures(wait=False)
+
+    def _embed_and_store(self, batch: _Batch) -> list[Exception | Shape] | None:
+        """The outcome of each row of a started batch, or None if a stop was asked for while the store was
+        unreachable (the batch is to be given back)."""
+        started = time.perf_counter()
+        try:
+            outcomes = self.ingestor.ingest(batch.tasks)
+        except StopWaiting:  # asked to stop while the store was unreachable
+            return None
+        except Exception as exc:  # the store failed: nothing was stored, retry them all
+            log.warning("storing a batch of %d rows failed: %s", len(batch.tasks), mask_secrets(str(exc)))
+            outcomes = [exc] * len(batch.tasks)
+        batch.seconds = time.perf_counter() - started
+        self._prefetch = batch.seconds < PREFETCH_BELOW
+        return outcomes
+
+    def _drop(self, takes: deque[Future]) -> None:
+        """Give back the batches taken ahead that will not be embedded (a stop was asked for): their rows go
+        back to the front of the queue, their retries untouched."""
+        while takes:
+            _taken, batch = takes.pop().result()
+            if batch is not None:
+                self._give_back(batch)
+                log.info("stopping: %d rows taken ahead queued again", len(batch.ids))
+
+    def _raise_finish_failures(self, wait: bool) -> None:
+        """Raise the first failure of the finishes handed to the Redis thread (waiting for them all with wait)."""
+        pending = []
+        failure: BaseException | None = None
+        for future in self._finishing:
+            if wait or future.done():
+                error = future.exception()
+                failure = failure or error
+            else:
+                pending.append(future)
+        self._finishing = pending
+        if failure is not None:
+            raise failure
+
+    def _settle(self) -> None:
+        """Wait until the Redis thread has nothing left to do and raise the first finish that failed. Rows still
+        held by then (the loop raised) are left to the requeue once their heartbeat lapses."""
+        try:
+            self._redis_calls.submit(lambda: None).result()
+            self._raise_finish_failures(wait=True)
         finally:
             with self._held_lock:
-                self._held = None
-        self._finish(batch, outcomes)
-        failed = sum(isinstance(outcome, Exception) for outcome in outcomes)
-        log.info("%d rows stored, %d failed, in %.1f s", len(outcomes) - failed, failed, time.perf_counter() - started)
-        self.set_state(WorkerStatus.IDLE)
+                self._held = []
 
     # --- the store unreachable ------------------------------------------------------------------
 
@@ -268,9 +383,14 @@ class BatchWorker(SimpleWorker):
         except RedisError as exc:
             log.warning("could not show the wait on the worker's record: %s", exc)
 
-    def _release(self, batch: _Batch) -> None:
+    def _give_back(self, batch: _Batch) -> None:
         """Put a batch that was never stored back at the front of its queue, its retries untouched."""
+        self._let_go(batch)
         self._scripts.release(batch.queue, self.name, batch.ids, batch.execution_ids)
+
+    def _release(self, batch: _Batch) -> None:
+        """Give back the batch held while the store was unreachable, on a stop."""
+        self._give_back(batch)
         log.warning("stopped while the store was unreachable: %d rows queued again", len(batch.ids))
         self._store_down_since = None
         self._show_waiting(None)
@@ -278,94 +398,161 @@ class BatchWorker(SimpleWorker):
 
     # --- taking, starting, finishing ----------------------------------------------------------
 
-    def _take(self, queue: Queue, job: Job) -> tuple[list[str], list[RowTask]]:
-        """The job RQ dequeued plus up to batch_size - 1 more queued right now, as (ids, rows).
-
-        The others come from one script call, as raw fields: no Job object is built for a row that
-        is exactly what csvembed enqueues. Anything else is fetched as a Job and judged by `refusal`.
+    def _take_start(self, queue: Queue, first: Job | None) -> tuple[bool, _Batch | None]:
+        """Take `first` (the job RQ dequeued, if any) and up to a batch of queued jobs, and start them in one
+        script call: (whether any job was taken, the started batch or None if none of them is to run).
         """
-        ids: list[str] = []
-        tasks: list[RowTask] = []
-        first = self._accept(queue, job)
-        if first is not None:
-            ids.append(job.id)
-            tasks.append(first)
-        for taken in self._scripts.take(queue, self.batch_size - 1):
-            task = taken.task or self._slow_row(queue, taken.job_id)
-            if task is not None:
-                ids.append(taken.job_id)
+        call = self._take_call(queue, first)
+        return self._started(queue, call, call.send(self.connection))
+
+    def _take_call(self, queue: Queue, first: Job | None) -> TakeStart:
+        queues_first = [] if first is not None else self._ordered_queues[:self._ordered_queues.index(queue)]
+        return TakeStart(self._scripts, queue, self.name, defaults.HEARTBEAT_TTL, defaults.WORKER_TTL + 60,
+                         first.id if first is not None else None, self.batch_size - (first is not None), now(),
+                         queues_first)
+
+    def _started(self, queue: Queue, call: TakeStart, reply: list) -> tuple[bool, _Batch | None]:
+        """What a take-and-start call took and started, as `_take_start` returns it.
+
+        No Job object is built for a row that is exactly what csvembed enqueues. Anything else is fetched as a
+        Job and judged by `refusal`: a job refused is failed alone, for good (see `_refuse`).
+        """
+        taken = call.taken(reply)
+        started_at = self.last_heartbeat = call.at
+        if not taken:
+            return False, None
+        ids, execution_ids, tasks = taken.ids, taken.execution_ids, [row_of(data) for data in taken.data]
+        if not all(tasks):  # a started job whose data is not a row's: judged as a Job
+            judged = [task or self._judge_started(queue, job_id, execution_id, started_at)
+                      for job_id, execution_id, task in zip(ids, execution_ids, tasks)]
+            kept = [i for i, task in enumerate(judged) if task is not None]
+            ids, execution_ids, tasks = ([items[i] for i in kept] for items in (ids, execution_ids, judged))
+        if taken.parked:
+            self._start_parked(queue, taken.parked, started_at, ids, execution_ids, tasks)
+        new = {task.submission_id for task in tasks} - self._marked_started
+        if new:
+            with self.connection.pipeline() as pipe:
+                for submission_id in new:
+                    self.ingestor.records.mark_started(pipe, submission_id)
+                run_pipeline(pipe)
+            self._marked_started |= new
+        if not ids:
+            return True, None
+        batch = _Batch(queue, ids, execution_ids, tasks, started_at)
+        with self._held_lock:
+            self._held.append(batch)
+        return True, batch
+
+    def _let_go(self, batch: _Batch) -> None:
+        """Stop the heartbeats of a batch about to be finished or released: under the lock, so that no beat
+        can land after it (a late HSET would re-create a deleted execution's key)."""
+        with self._held_lock:
+            if batch in self._held:
+                self._held.remove(batch)
+
+    def _start_parked(self, queue: Queue, parked: list[str], started_at: datetime, ids: list[str],
+                      execution_ids: list[str], tasks: list[RowTask]) -> None:
+        """Judge the parked jobs as Jobs; start those that are rows after all and add them to the batch."""
+        accepted = [(job_id, task) for job_id in parked if (task := self._slow_row(queue, job_id)) is not None]
+        if not accepted:
+            return
+        accepted_ids = [job_id for job_id, _ in accepted]
+        accepted_executions = [secrets.token_hex(16) for _ in accepted]
+        with self.connection.pipeline() as pipe:
+            self._scripts.start(pipe, queue, self.name, defaults.HEARTBEAT_TTL, accepted_ids, accepted_executions,
+                                started_at)
+            gone = {raw.decode() for raw in run_pipeline(pipe)[0]}
+        for job_id, execution_id, (_, task) in zip(accepted_ids, accepted_executions, accepted):
+            if job_id not in gone:  # deleted between take and start (a withdrawn submission): nothing of it is kept
+                ids.append(job_id)
+                execution_ids.append(execution_id)
                 tasks.append(task)
-        return ids, tasks
 
     def _slow_row(self, queue: Queue, job_id: str) -> RowTask | None:
-        """The row of a job whose raw fields looked unusual, or None if it is refused or no job at all."""
+        """The row of a parked job, or None if it is refused or no job at all."""
         try:
             job = CsvembedJob.fetch(job_id, connection=self.connection, serializer=SERIALIZER)
         except (NoSuchJobError, ResponseError):  # a key on the queue that is no job (anyone can push one): dropped
             self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
             return None
-        return self._accept(queue, job)
+        reason = refusal(job)
+        if reason is None:
+            return RowTask.from_job(job)
+        self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
+        self._refuse(job, queue, reason)
+        return None
 
-    def _accept(self, queue: Queue, job: Job) -> RowTask | None:
-        """The job's row; or None after failing it, alone and for good, if it is not a well-formed csvembed row.
+    def _judge_started(self, queue: Queue, job_id: str, execution_id: str, started_at: datetime) -> RowTask | None:
+        """The row of a started job whose data did not parse as a row's, or None after failing it (or after
+        dropping it if it was deleted meanwhile)."""
+        execution = Execution(execution_id, job_id, self.connection, worker_name=self.name)
+        execution.created_at = execution.last_heartbeat = started_at
+        try:
+            job = CsvembedJob.fetch(job_id, connection=self.connection, serializer=SERIALIZER)
+        except (NoSuchJobError, ResponseError):
+            job = None
+        if job is None:  # gone meanwhile: nothing of it is kept
+            with self.connection.pipeline() as pipe:
+                self._scripts.finish(pipe, queue, self.name, [job_id], [execution_id])
+                run_pipeline(pipe)
+            return None
+        reason = refusal(job)
+        if reason is None:
+            return RowTask.from_job(job)
+        self._refuse(job, queue, reason, execution)
+        return None
+
+    def _refuse(self, job: Job, queue: Queue, reason: str, execution: Execution | None = None) -> None:
+        """Fail a job that is not a well-formed csvembed row, alone and for good.
 
         Anyone who can write to Redis can put a job on the queue: such a job must neither run nor
         stop the worker or its batch. Nothing it names is imported or called.
         """
-        reason = refusal(job)
-        if reason is None:
-            return RowTask.from_job(job)
         log.warning("job %r refused: %s", job.id, reason)
         job.ended_at = now()
         job.retries_left = 0  # its own Retry must not bring it back
         job.failure_ttl = defaults.FAILURE_TTL  # nor may it stay in Redis forever
-        self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
-        self.handle_job_failure(job, queue, exc_string=reason)
-        return None
+        self.handle_job_failure(job, queue, exc_string=reason, execution=execution)
 
-    def _start(self, queue: Queue, ids: list[str], tasks: list[RowTask]) -> _Batch | None:
-        """Mark every job STARTED, with an execution and a heartbeat, in one script call; None if none was left.
+    def _finish(self, batch: _Batch, outcomes: list[Exception | Shape],
+                then_take: Queue | None = None) -> tuple[bool, _Batch | None] | None:
+        """Finish the stored rows in one script call; fail the others one by one (the rare path). With
+        `then_take`, also take and start the next batch from that queue, in the same round trip (what
+        `_take_start` returns).
 
-        The script moves each job out of the intermediate queue and into the started registry
-        atomically, so a crash at any point leaves it in one place that RQ's cleanup looks at.
+        Only ever called once the batch's transaction committed (on the Redis thread, in the worker's loop).
         """
-        execution_ids = [secrets.token_hex(16) for _ in ids]  # what uuid4().hex gives RQ, at a third of the cost
-        started_at = now()
-        with self.connection.pipeline() as pipe:
-            self._scripts.start(pipe, queue, self.name, defaults.HEARTBEAT_TTL, ids, execution_ids, started_at)
-            self.heartbeat(defaults.WORKER_TTL + 60, pipeline=pipe)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            for submission_id in {task.submission_id for task in tasks}:
-                self.ingestor.records.mark_started(pipe, submission_id)
-            gone = pipe.execute()[0]
-        if gone:  # deleted between take and start (a withdrawn submission): nothing of them is kept
-            gone_ids = {raw.decode() for raw in gone}
-            kept = [i for i, job_id in enumerate(ids) if job_id not in gone_ids]
-            ids, execution_ids, tasks = ([items[i] for i in kept] for items in (ids, execution_ids, tasks))
-        return _Batch(queue, ids, execution_ids, tasks, started_at) if ids else None
-
-    def _finish(self, batch: _Batch, outcomes: list[Exception | Shape]) -> None:
-        """Finish the stored rows in one script call; fail the others one by one (the rare path)."""
+        self._let_go(batch)
+        tasks = batch.tasks
         stored = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, Shape)]
         stored_rows: dict[str, list[tuple[int, Shape]]] = defaultdict(list)
         for i in stored:
-            stored_rows[batch.tasks[i].submission_id].append((batch.tasks[i].row_number, outcomes[i]))
+            stored_rows[tasks[i].submission_id].append((tasks[i].row_number, outcomes[i]))
         retried = [self._fail(batch, i, outcome) for i, outcome in enumerate(outcomes)
                    if isinstance(outcome, Exception)]
+        call = None
         with self.connection.pipeline() as pipe:
-            self._scripts.finish(pipe, batch.queue, self.name, [batch.ids[i] for i in stored],
-                                 [batch.execution_ids[i] for i in stored])
+            if len(stored) == len(tasks):
+                self._scripts.finish(pipe, batch.queue, self.name, batch.ids, batch.execution_ids)
+            else:
+                self._scripts.finish(pipe, batch.queue, self.name, [batch.ids[i] for i in stored],
+                                     [batch.execution_ids[i] for i in stored])
             for submission_id, done in stored_rows.items():
                 self.ingestor.records.mark_done(pipe, submission_id, done)
+            seconds = (now() - batch.started_at).total_seconds()
             if stored:  # what RQ's handle_job_success counts per job
                 pipe.hincrby(self.key, "successful_job_count", len(stored))
-                pipe.hincrbyfloat(self.key, "total_working_time",
-                                  len(stored) * (now() - batch.started_at).total_seconds())
-            batch_durations.record(pipe, batch.queue.name, (now() - batch.started_at).total_seconds())
+                pipe.hincrbyfloat(self.key, "total_working_time", len(stored) * seconds)
+            batch_durations.record(pipe, batch.queue.name, seconds)
             if retried:
                 pipe.hincrby(self.key, RETRIES, sum(fate is True for fate in retried))
                 pipe.hincrby(self.key, ROWS_FAILED, sum(fate is False for fate in retried))
-            pipe.execute()
+            if then_take is not None:
+                call = self._take_call(then_take, None)
+                call.send(pipe)
+            replies = run_pipeline(pipe)
+        log.info("%d rows stored, %d failed, in %.1f s", len(stored), len(outcomes) - len(stored), batch.seconds)
+        return None if call is None else self._started(then_take, call, replies[-1])
 
     def _fail(self, batch: _Batch, index: int, error: Exception) -> bool | None:
         """Retry a transient failure; record a final one (with its reason) on the submission.
@@ -387,7 +574,7 @@ class BatchWorker(SimpleWorker):
                 None, task.submission_id, task.row_number, task.row_id, reason, permanent=isinstance(error, RowError))):
             with self.connection.pipeline() as pipe:  # its submission was deleted meanwhile: keep nothing
                 self._scripts.finish(pipe, batch.queue, self.name, [batch.ids[index]], [execution.id])
-                pipe.execute()
+                run_pipeline(pipe)
             return None
         retried = job.should_retry
         self.handle_job_failure(job, batch.queue, exc_string=reason, execution=execution)

@@ -105,13 +105,13 @@ def rq_start(env, fake_embedder) -> tuple[BatchWorker, list]:
 
 
 def our_start(env, fake_embedder):
-    """The batching path: RQ's dequeue of the first job, one take script for the rest, one start script."""
+    """The batching path: RQ's dequeue of the first job, then one script call that takes more and starts them all."""
     queue = three_rows(env)
     worker = new_worker(env, fake_embedder)
     job, _queue = dequeue(queue)
-    ids, tasks = worker._take(queue, job)
-    assert ids == ["s1-1", "s1-2", "s1-3"]
-    return worker, worker._start(queue, ids, tasks)
+    taken, batch = worker._take_start(queue, job)
+    assert taken and batch.ids == ["s1-1", "s1-2", "s1-3"]
+    return worker, batch
 
 
 def test_a_started_batch_is_what_rqs_own_start_writes(env, fake_embedder, frozen):
@@ -156,7 +156,7 @@ def test_a_worker_killed_between_start_and_finish_leaves_its_rows_to_the_15s_req
     queue = Queue(result.queue, connection=env.connection, serializer=SERIALIZER, job_class=CsvembedJob)
     worker = new_worker(env, fake_embedder)
     job, _queue = dequeue(queue)
-    batch = worker._start(queue, *worker._take(queue, job))
+    _taken, batch = worker._take_start(queue, job)
     # The worker dies here: its rows are started, held by nobody, until their heartbeats lapse.
     registry = StartedJobRegistry(result.queue, connection=env.connection, job_class=CsvembedJob,
                                   serializer=SERIALIZER)

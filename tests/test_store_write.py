@@ -106,3 +106,32 @@ def test_rows_of_a_deleted_submission_are_left_out_of_a_batch(store):
     assert sorted(rows) == ["c"]
     np.testing.assert_allclose(rows["c"][3], vectors(3))
     assert store.counts() == (1, 1)
+
+
+def reference_content_hash(model: str, text: str, row_json: str, reading: str = "") -> str:
+    """content_hash as every release before issue #11 computed it: stored hashes decide skip-unchanged."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (model, text, row_json, *((reading,) if reading else ())):
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("values", [
+    ["1", "plain"], ["", ""], ["é", "日本の茶 \u2028 \U0001f600"], ['say "hi"\\', "tab\there\nnew line\x00nul\x1f"],
+    ["a" * 10_000, "\ud7ff\ue000\uffff"],
+])
+@pytest.mark.parametrize("reading", ["", "window/32", "truncate"])
+def test_row_json_and_content_hash_are_byte_identical_to_earlier_releases(values, reading):
+    import json
+
+    from csvembed.store import content_hash, row_json
+
+    for columns in (["id", "text"], ["text", "text"], ["ключ", "k\"ey"]):  # a repeated column keeps its last value
+        expected = json.dumps(dict(zip(columns, values)), ensure_ascii=False)
+        assert row_json(columns, values) == expected
+        for model in ("all-MiniLM-L6-v2", "ü-model"):
+            assert content_hash(model, values[1], expected, reading) == reference_content_hash(
+                model, values[1], expected, reading)

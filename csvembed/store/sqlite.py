@@ -75,6 +75,7 @@ _UPSERT_ROW = (
     f" WHERE {LATER_WINS.format(stored='rows')}"
     " RETURNING rowid, collection, id"
 )
+_INSERT_ROW = _UPSERT_ROW[:_UPSERT_ROW.index(" ON CONFLICT")] + " RETURNING rowid"
 _UPDATE_WINDOW = "UPDATE window_vectors SET embedding = ?, submission = ?, char_start = ?, char_end = ? WHERE rowid = ?"
 _INSERT_WINDOW = ("INSERT INTO window_vectors(rowid, embedding, collection, submission, char_start, char_end)"
                   " VALUES (?, ?, ?, ?, ?, ?)")
@@ -242,20 +243,21 @@ class SqliteStore:
             # A submission deleted while a worker held its rows: BEGIN IMMEDIATE orders this check
             # against the delete's transaction, so nothing of it is written after the delete.
             deleted = self._deleted({row.submission for row in rows})
-            live: list[tuple[StoredRow, np.ndarray]] = []
+            # (row, index of its first window's vector), for the rows still to write.
+            live: list[tuple[StoredRow, int]] = []
             first = 0
             for row in rows:
-                count = len(row.windows)
                 if row.submission not in deleted:
-                    live.append((row, vectors[first:first + count]))
-                first += count
+                    live.append((row, first))
+                first += len(row.spans) if row.spans is not None else 1
             if first != len(vectors):
                 raise ValueError(f"{len(vectors)} vectors for {first} windows")
+            blob = vectors.tobytes()  # one copy; each window's vector is a slice of it
             if len({(row.collection, row.id) for row, _ in live}) == len(live):
-                self._write_rows(live, now)
+                self._write_rows(live, blob, vectors.shape[1] * 4, now)
             else:  # an id twice in one batch: row by row, so that the later of them wins
-                for row, row_vectors in live:
-                    self._write_rows([(row, row_vectors)], now)
+                for row, at in live:
+                    self._write_rows([(row, at)], blob, vectors.shape[1] * 4, now)
 
     def rejected(self, error: Exception) -> str | None:
         """A value over SQLite's length limit (a billion bytes by default), or a constraint a row breaks;
@@ -264,33 +266,50 @@ class SqliteStore:
             return str(error).strip().split("\n")[0] or type(error).__name__
         return None
 
-    def _write_rows(self, rows: list[tuple[StoredRow, np.ndarray]], now: float) -> None:
+    def _write_rows(self, rows: list[tuple[StoredRow, int]], blob: bytes, size: int, now: float) -> None:
         """Upsert rows of distinct ids and replace the windows of those written: a few statements per batch
-        (the statements' own cost, mostly vec0's insert, is most of a fast model's worker CPU per row)."""
-        before = {(collection, row_id): (rowid, windows) for collection, row_id, rowid, windows in
-                  self.connection.executemany(_STORED_ROW, [(row.collection, row.id) for row, _ in rows])}
-        # The row of the later submission wins, and within one submission the later row of a duplicated
-        # id, whatever order the workers took them in: a row superseded so returns nothing.
-        written = {(collection, row_id): rowid for rowid, collection, row_id in self.connection.executemany(
-            _UPSERT_ROW, [(row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
-                           row.content_hash, row.model, now, row.submitted_at, len(row.windows)) for row, _ in rows])}
+        (the statements' own cost, mostly vec0's insert, is most of a fast model's worker CPU per row).
+
+        `rows`: (row, index of its first window's vector); window i's vector is blob[i * size:(i + 1) * size].
+        """
+        keys = [(row.collection, row.id) for row, _ in rows]
+        before = {(collection, row_id): windows for collection, row_id, _, windows in
+                  self.connection.executemany(_STORED_ROW, keys)}
+        values = [(row.collection, row.id, row.submission, row.row_number, row.text, row.row_json, row.content_hash,
+                   row.model, now, row.submitted_at, len(row.spans) if row.spans is not None else 1)
+                  for row, _ in rows]
+        if not before:  # all new (the write lock is held since the lookup): a plain INSERT, no conflict to resolve
+            written = dict(zip(keys, (rowid for (rowid,) in self.connection.executemany(_INSERT_ROW, values))))
+        else:
+            # The row of the later submission wins, and within one submission the later row of a duplicated
+            # id, whatever order the workers took them in: a row superseded so returns nothing.
+            written = {(collection, row_id): rowid for rowid, collection, row_id in
+                       self.connection.executemany(_UPSERT_ROW, values)}
         # A replaced row's windows are updated in place as far as both old and new go (vec0's UPDATE costs half
         # its DELETE and INSERT), its extra old ones deleted; a new row (a rowid without windows: a deleted row
         # took its windows along) and a row that grew get INSERTs.
         updates, deletes, inserts = [], [], []
-        for row, row_vectors in rows:
-            rowid = written.get((row.collection, row.id))
+        for (row, at), key in zip(rows, keys):
+            rowid = written.get(key)
             if rowid is None:
                 continue
-            kept = min(before.get((row.collection, row.id), (0, 0))[1], len(row.windows))
-            for index, (vector, (start, end)) in enumerate(zip(row_vectors, row.windows)):
-                window_id = (rowid << WINDOW_BITS) + index
-                if index < kept:
-                    updates.append((vector.tobytes(), row.submission, start, end, window_id))
+            base = rowid << WINDOW_BITS
+            old = before.get(key)
+            if old is None and row.spans is None:  # most rows: new, one window, all of the text
+                inserts.append((base, blob[at * size:(at + 1) * size], row.collection, row.submission, 0,
+                                len(row.text)))
+                continue
+            windows = row.windows
+            kept = min(old or 0, len(windows))
+            for index, (start, end) in enumerate(windows, start=at):
+                vector = blob[index * size:(index + 1) * size]
+                window_id = base + index - at
+                if index - at < kept:
+                    updates.append((vector, row.submission, start, end, window_id))
                 else:
-                    inserts.append((window_id, vector.tobytes(), row.collection, row.submission, start, end))
-            if (row.collection, row.id) in before:
-                deletes += _window_ids(rowid, before[row.collection, row.id][1])[len(row.windows):]
+                    inserts.append((window_id, vector, row.collection, row.submission, start, end))
+            if old is not None:
+                deletes += _window_ids(rowid, old)[len(windows):]
         if deletes:
             self.connection.executemany("DELETE FROM window_vectors WHERE rowid = ?", deletes)
         if updates:
