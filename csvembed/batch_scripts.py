@@ -1,4 +1,4 @@
-"""Take, start and finish a whole batch of row-jobs with one Lua call each.
+"""Take and start a whole batch of row-jobs with one Lua call, and finish it with another.
 
 RQ's own path issues ~20 commands per job, each built and parsed in Python; at a few hundred µs of
 worker CPU per row that caps one worker near 4k rows/s however fast the model is. These scripts
@@ -131,7 +131,8 @@ redis.call('EXPIRE', KEYS[4], beat_ttl)
 return {started, parked}
 """
 
-# Per job, what Execution.create, Job.heartbeat, Job.prepare_for_execution and the PERSIST and LREM
+# For jobs the take script parked and the worker then judged to be rows after all (the rare path): per
+# job, what Execution.create, Job.heartbeat, Job.prepare_for_execution and the PERSIST and LREM
 # of Worker.prepare_job_execution write. A job whose hash was deleted meanwhile (its submission
 # withdrawn) is only taken off the intermediate queue: writing its fields would re-create a
 # fragment of it. Returns the ids of those.

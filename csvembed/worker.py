@@ -3,9 +3,15 @@
 It is RQ's SimpleWorker (no fork, so the model is loaded once) with `execute_job` overridden:
 the job RQ dequeued plus up to batch_size - 1 more that are queued *now* are started together,
 embedded together and stored together, then each is finished or failed on its own. A batch is
-taken, started and finished with one Lua script call each (csvembed/batch_scripts.py), writing
-exactly what RQ's own path writes: RQ's per-job path costs 2-3 ms of CPU per job, and even a
+taken and started with one Lua script call, and finished with one more (csvembed/batch_scripts.py),
+writing exactly what RQ's own path writes: RQ's per-job path costs 2-3 ms of CPU per job, and even a
 pipelined one ~250 µs, which caps a worker far below a fast model or a GPU.
+
+Batch follows batch inside one `execute_job` while the queue has rows (RQ's own loop costs a dozen
+round trips per job it dequeues). Takes and finishes run on a thread of their own, in order: a batch's
+finish goes with the next batch's take in one round trip and, with a fast model, runs while the next
+batch (taken ahead) is embedded, so that Redis' work and the worker's overlap instead of adding up.
+A batch is finished only after its transaction committed, and every batch held is kept alive.
 
 This reaches into RQ 3.0 internals (executions, the intermediate queue), hence rq==3.0.0.
 """

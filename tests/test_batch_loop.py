@@ -232,3 +232,22 @@ def test_a_slow_model_takes_nothing_ahead(env, submit, fake_embedder, monkeypatc
 
     worker_for(env, HookedEmbedder(fake_embedder, 2, count_held)).work(burst=True, logging_level="WARNING")
     assert held == [8 if ahead else 4]
+
+
+def test_a_row_the_take_script_parks_is_started_when_rq_reads_it_as_a_row(env, submit, fake_embedder, monkeypatch):
+    # RQ's own enqueue writes a row without csvembed's failure callback: its raw fields are not exactly what
+    # csvembed enqueues, so the take script leaves it to the worker, which judges it as a Job.
+    path = write_csv(env.dir / "p.csv", "id,text\na,first row\n")
+    result = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
+    queue = Queue(FAKE_QUEUE, connection=env.connection, serializer=SERIALIZER)
+    plain = queue.enqueue(RowTask.FUNC, result.id, 2, "b", "second row", ["b", "second row"], result_ttl=0)
+    assert env.connection.hget(plain.key, "failure_callback_name") == b""
+    parked: list[list[str]] = []
+    start_parked = BatchWorker._start_parked
+    monkeypatch.setattr(BatchWorker, "_start_parked", lambda worker, queue, ids, *rest: (
+        parked.append(ids), start_parked(worker, queue, ids, *rest))[1])
+    worker_for(env, fake_embedder, batch_size=8).work(burst=True, logging_level="WARNING")
+    assert parked == [[plain.id]]
+    assert sorted(row_id for _, row_id, *_ in stored_rows(env)) == ["a", "b"]
+    assert (env.connection.keys("rq:job:*"), env.connection.keys("rq:execution*"), started(env)) == ([], [], {})
+    assert env.connection.llen(queue.intermediate_queue_key) == 0
