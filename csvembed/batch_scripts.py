@@ -56,6 +56,27 @@ local function in_chunks(command, key, items)
 end
 """
 
+# Per job, what Execution.create, Job.heartbeat, Job.prepare_for_execution and the PERSIST of
+# Worker.prepare_job_execution write; its started-registry entry is collected in `scored` and `composites`
+# for one ZADD and one SADD per batch. It reads the locals both start scripts declare before it (name,
+# stamp, utc, ttl, started_score, execution_score, job_prefix, execution_prefix, executions_prefix, status).
+_START_ONE = """
+local function start_one(id, eid, scored, composites)
+  local composite = id .. ':' .. eid
+  local execution_key = execution_prefix .. composite
+  redis.call('HSET', execution_key, 'id', eid, 'job_id', id, 'created_at', stamp, 'last_heartbeat', stamp,
+             'worker_name', name)
+  redis.call('EXPIRE', execution_key, ttl)
+  redis.call('ZADD', executions_prefix .. id, execution_score, eid)
+  redis.call('EXPIRE', executions_prefix .. id, ttl + 60)
+  scored[#scored + 1] = started_score
+  scored[#scored + 1] = composite
+  composites[#composites + 1] = composite
+  redis.call('HSET', job_prefix .. id, 'last_heartbeat', utc, 'status', status, 'started_at', utc, 'worker_name', name)
+  redis.call('PERSIST', job_prefix .. id)
+end
+"""
+
 # Takes a batch and starts it, in one call: the job RQ dequeued (ARGV[2], already on the intermediate
 # queue; '' for none) and up to ARGV[1] more from the queue (as RQ's dequeue, one LMOVE each, then its
 # prepare_job_execution would; the ids go straight from the queue to the started registry, so a crash at
@@ -75,7 +96,7 @@ local stamp, utc, ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local started_score, execution_score = ARGV[7], ARGV[8]
 local job_prefix, execution_prefix, executions_prefix, status = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local origin, row_failed, eids, beat_ttl = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
-if first == '' then
+""" + _START_ONE + r"""if first == '' then
   if redis.call('EXISTS', KEYS[6]) == 1 then return {{}, {}} end
   for i = 7, #KEYS do
     if redis.call('LLEN', KEYS[i]) > 0 then return {{}, {}} end
@@ -90,7 +111,6 @@ if limit > 0 then
 end
 if #ids == 0 then return {{}, {}} end
 local started, parked, scored, composites, queued = {}, {}, {}, {}, {}
-local first_parked = false
 for i, id in ipairs(ids) do
   local job_key = job_prefix .. id
   local f = redis.pcall('HMGET', job_key, 'data', 'origin', 'success_callback_name', 'failure_callback_name',
@@ -100,19 +120,7 @@ for i, id in ipairs(ids) do
   elseif f[1] and f[2] == origin and (not f[3] or f[3] == '') and (not f[5] or f[5] == '')
          and (not f[4] or f[4] == row_failed) then
     local n = #composites + 1
-    local eid = string.sub(eids, n * 32 - 31, n * 32)
-    local composite = id .. ':' .. eid
-    local execution_key = execution_prefix .. composite
-    redis.call('HSET', execution_key, 'id', eid, 'job_id', id, 'created_at', stamp, 'last_heartbeat', stamp,
-               'worker_name', name)
-    redis.call('EXPIRE', execution_key, ttl)
-    redis.call('ZADD', executions_prefix .. id, execution_score, eid)
-    redis.call('EXPIRE', executions_prefix .. id, ttl + 60)
-    scored[#scored + 1] = started_score
-    scored[#scored + 1] = composite
-    composites[n] = composite
-    redis.call('HSET', job_key, 'last_heartbeat', utc, 'status', status, 'started_at', utc, 'worker_name', name)
-    redis.call('PERSIST', job_key)
+    start_one(id, string.sub(eids, n * 32 - 31, n * 32), scored, composites)
     if i == 1 and first ~= '' then redis.call('LREM', KEYS[2], 1, id) end
     started[#started + 1] = id
     started[#started + 1] = f[1]
@@ -140,24 +148,12 @@ _START = """
 local name, stamp, utc, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local started_score, execution_score = ARGV[5], ARGV[6]
 local job_prefix, execution_prefix, executions_prefix, status = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local gone, scored, composites = {}, {}, {}
+""" + _START_ONE + """local gone, scored, composites = {}, {}, {}
 for i = 11, #ARGV, 2 do
   local id, eid = ARGV[i], ARGV[i + 1]
   local job_key = job_prefix .. id
   if redis.call('EXISTS', job_key) == 1 then
-    local composite = id .. ':' .. eid
-    local execution_key = execution_prefix .. composite
-    redis.call('HSET', execution_key, 'id', eid, 'job_id', id, 'created_at', stamp, 'last_heartbeat', stamp,
-               'worker_name', name)
-    redis.call('EXPIRE', execution_key, ttl)
-    redis.call('ZADD', executions_prefix .. id, execution_score, eid)
-    redis.call('EXPIRE', executions_prefix .. id, ttl + 60)
-    scored[#scored + 1] = started_score
-    scored[#scored + 1] = composite
-    composites[#composites + 1] = composite
-    redis.call('HSET', job_key, 'last_heartbeat', utc, 'status', status, 'started_at', utc,
-               'worker_name', name)
-    redis.call('PERSIST', job_key)
+    start_one(id, eid, scored, composites)
   else
     gone[#gone + 1] = id
   end

@@ -60,3 +60,23 @@ class OtherModelEmbedder(HashEmbedder):
 
     def vector(self, text: str) -> np.ndarray:
         return super().vector(f"other model: {text}")
+
+
+class HookedEmbedder:
+    """The HashEmbedder, but before its call number `at` it runs `hook(worker)`: another actor's move while a
+    worker holds a batch inside the model (`worker` is set by the test that builds the worker, else None)."""
+
+    def __init__(self, real, at: int, hook) -> None:
+        self.real, self.at, self.hook = real, at, hook
+        self.name, self.dimension, self.device = real.name, real.dimension, real.device
+        # How it splits long text into windows is the real one's.
+        self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
+        self.token_spans = real.token_spans
+        self.calls = 0
+        self.worker = None
+
+    def encode(self, texts):
+        self.calls += 1
+        if self.calls == self.at:
+            self.hook(self.worker)
+        return self.real.encode(texts)

@@ -25,24 +25,7 @@ from csvembed.store import open_store
 from csvembed.submissions import SubmissionRecords
 from csvembed.tasks import CsvembedJob
 from csvembed.worker import BatchWorker
-
-
-class HookedEmbedder:
-    """The HashEmbedder, but before its call number `at` it runs `hook` (with the worker running it)."""
-
-    def __init__(self, real, at: int, hook) -> None:
-        self.real, self.at, self.hook = real, at, hook
-        self.name, self.dimension, self.device = real.name, real.dimension, real.device
-        self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
-        self.token_spans = real.token_spans
-        self.calls = 0
-        self.worker: BatchWorker | None = None
-
-    def encode(self, texts):
-        self.calls += 1
-        if self.calls == self.at:
-            self.hook(self.worker)
-        return self.real.encode(texts)
+from doubles import HookedEmbedder
 
 
 def twelve_rows(env, submit, fake_embedder):

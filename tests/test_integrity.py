@@ -27,6 +27,7 @@ from csvembed.retry import retry_failed
 from csvembed.store import open_store
 from csvembed.submissions import SubmissionRecords, record_key
 from csvembed.windows import Shape
+from doubles import HookedEmbedder
 
 # PostgreSQL costs a server start: its variants belong to the slow tier.
 BOTH_STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)]
@@ -67,24 +68,6 @@ def queued_per_row_id(env, queue: str = FAKE_QUEUE) -> Counter:
     ids = [raw.decode() for raw in env.connection.lrange(Queue(queue, connection=env.connection).key, 0, -1)]
     jobs = Job.fetch_many(ids, connection=env.connection, serializer=SERIALIZER)
     return Counter(RowTask.from_job(job).row_id for job in jobs)
-
-
-class HookedEmbedder:
-    """Test double: the HashEmbedder, but before its call number `at` it runs `hook` (another actor's move)."""
-
-    def __init__(self, real, at: int, hook) -> None:
-        self.real, self.at, self.hook = real, at, hook
-        self.name, self.dimension, self.device = real.name, real.dimension, real.device
-        # How it splits long text into windows is the real one's.
-        self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
-        self.token_spans = real.token_spans
-        self.calls = 0
-
-    def encode(self, texts):
-        self.calls += 1
-        if self.calls == self.at:
-            self.hook()
-        return self.real.encode(texts)
 
 
 # --- 1. the later row of a file wins, across submissions too ---------------------------------------
@@ -162,7 +145,7 @@ def test_delete_while_a_worker_holds_rows_leaves_nothing(env, submit, drain, fak
     result = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
     deleted = []
 
-    def delete_now() -> None:  # the worker holds a batch, inside the model (after storing one batch at 2)
+    def delete_now(_worker) -> None:  # the worker holds a batch, inside the model (after storing one batch at 2)
         store = open_store(env.db)
         deleted.append(delete_submission(env.connection, store, result.id))
         store.close()
@@ -209,7 +192,7 @@ def test_a_submit_rejected_while_a_worker_runs_leaves_nothing(env, drain, fake_e
         time.sleep(0.05)
     (submission_id,) = SubmissionRecords(env.connection).recent(1)
 
-    def reject_now() -> None:  # one batch stored, the next held: now the ragged row arrives
+    def reject_now(_worker) -> None:  # one batch stored, the next held: now the ragged row arrives
         go.set()
         threads[1].join(30)
 
