@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -419,3 +420,22 @@ def test_a_client_cannot_lift_the_restriction(env, fake_embedder):
     assert response.status_code == 400
     assert response.json()["detail"].startswith("unknown option 'notify_public_only'")
     assert queued_keys(env) == []
+
+
+def test_a_public_only_webhook_never_goes_through_an_environment_proxy(hooks):
+    # The proxy (the test's receiver) would connect wherever the URL says, past the address check.
+    script = ("from csvembed.webhooks import NotPublic, post\n"
+              "try:\n"
+              "    print(post('http://8.8.8.8:9/p', b'{}', {}, 0.5, public_only=True) is None)\n"
+              "except NotPublic:\n"
+              "    print('refused')\n"
+              "print(post('http://8.8.8.8:9/p', b'{}', {}, 5))\n")
+    proxy = f"http://127.0.0.1:{hooks.server.server_address[1]}"
+    environ = {key: value for key, value in os.environ.items() if "proxy" not in key.lower()}
+    result = subprocess.run([sys.executable, "-c", script], env={**environ, "http_proxy": proxy},
+                            capture_output=True, text=True, timeout=60)
+
+    # Connected directly (this host may not reach 8.8.8.8: a failure, but not a refusal of the proxy's address).
+    # The unrestricted one went through the proxy, which answered 200.
+    assert result.stdout.splitlines() == ["False", "None"], result.stderr
+    assert [request["path"] for request in hooks.requests] == ["http://8.8.8.8:9/p"]
