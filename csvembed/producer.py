@@ -51,6 +51,8 @@ class SubmitOptions:
     window_overlap: int = DEFAULT_OVERLAP
     # Webhook: POST the final status JSON here once nothing is pending (csvembed/webhooks.py).
     notify: str | None = None
+    # Only to public addresses: set by the server for submissions made over HTTP, never by its clients.
+    notify_public_only: bool = False
 
 
 @dataclass
@@ -148,7 +150,7 @@ class Producer:
         if options.max_pending is not None and options.max_pending < 1:  # no queue is ever shorter: a wait forever
             raise InputError(f"--max-pending must be 1 or more, not {options.max_pending}")
         if options.notify:
-            check_url(options.notify)
+            check_url(options.notify, options.notify_public_only)
         csv_file = CsvFile(source, delimiter=options.delimiter, encoding=options.encoding)
         spec = TextSpec(csv_file.columns, options.text_columns, options.template)
         id_index = id_column_index(csv_file.columns, options.id_column)
@@ -178,6 +180,7 @@ class Producer:
             window_overlap=options.window_overlap,
             store=store_label(self.db),
             notify=options.notify,
+            notify_public_only=options.notify_public_only,
         )
         result = SubmitResult(submission_id, collection, queue.name, 0, 0, 0)
         # Ids this submission enqueued: a later row with one of them is never skipped, so the later

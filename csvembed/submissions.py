@@ -362,8 +362,11 @@ class SubmissionRecords:
         window_overlap: int = DEFAULT_OVERLAP,
         store: str = "",
         notify: str | None = None,
+        notify_public_only: bool = False,
     ) -> None:
         """A new record in state submitting, with a lease that the submit process must keep renewing.
+
+        notify_public_only (made over HTTP) limits the webhook to public addresses, for every deliverer.
 
         created_at comes from Redis' clock, the one clock every host shares: it orders submissions, and
         the store keeps a row from the later submission whatever order workers store them in.
@@ -390,6 +393,7 @@ class SubmissionRecords:
                     "skipped": 0,
                     "last_row": 0,
                     **({"notify": notify} if notify else {}),
+                    **({"notify_public_only": 1} if notify and notify_public_only else {}),
                 },
             )
             pipe.set(_key(submission_id, "lease"), 1, ex=defaults.SUBMIT_LEASE_TTL)

@@ -10,14 +10,24 @@ error and moves it ahead by the backoff, until NOTIFY_GIVE_UP seconds after the 
 
 Delivery is at least once: a deliverer that dies after the POST but before recording it leaves the
 entry to be sent again, with the same X-Csvembed-Delivery id, which receivers can deduplicate on.
+
+A submission made over HTTP (`csvembed serve`, unless --allow-private-webhooks) records notify_public_only:
+its webhook may reach public addresses only, or anyone holding the server's token could make every
+deliverer's host send requests into its private network (cloud metadata, loopback services) and read from
+notify_error which ports answer. Every deliverer enforces it as it connects: the host name is resolved,
+only its public addresses are connected to, and a host with none is refused before any packet is sent to
+it, given up at once with the same one line whatever listens there. Checking the address connected to,
+not the URL, is what stops a name that resolves to a public address at submit and a private one later.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import json
 import logging
 import os
@@ -47,7 +57,8 @@ SUBMISSION_HEADER = "X-Csvembed-Submission"
 DELIVERY_HEADER = "X-Csvembed-Delivery"
 
 # The first due entry (score <= ARGV[1]), leased for ARGV[2] seconds: {id, url, round, claimed at,
-# attempts}; {id} alone for an entry dropped because its claim is gone (deleted, or released by retry).
+# attempts, public only (1 or nil)}; {id} alone for an entry dropped because its claim is gone (deleted, or
+# released by retry).
 _TAKE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)[1]
 if not due then return false end
@@ -58,7 +69,8 @@ if redis.call('HEXISTS', record, 'notify_claimed') == 0 then
 end
 redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), due)
 redis.call('HINCRBY', record, 'notify_attempts', 1)
-return {due, unpack(redis.call('HMGET', record, 'notify', 'notify_round', 'notify_claimed', 'notify_attempts'))}
+return {due, unpack(redis.call('HMGET', record, 'notify', 'notify_round', 'notify_claimed', 'notify_attempts',
+                                                  'notify_public_only'))}
 """
 
 # An attempt's outcome, written only while its round is the record's and not yet delivered: a late
@@ -83,8 +95,46 @@ return 1
 """
 
 
-def check_url(url: str) -> str:
-    """The URL if a webhook may be sent to it (http or https, with a host); InputError otherwise."""
+# The one reason a refused delivery records: the same whether or not anything listens there, so that
+# notify_error tells nothing about the private network.
+NOT_PUBLIC = "refused: the webhook's host has no public address (submissions made over HTTP notify public ones only)"
+# IPv6 prefixes whose last 32 bits are an IPv4 address packets may be delivered to: NAT64 (RFC 6052) and
+# the deprecated IPv4-compatible form. (IPv4-mapped and 6to4 addresses have ipaddress properties.)
+_CARRIES_IPV4 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+# Kinds of address that are never public; is_global alone lets multicast, reserved and site-local through.
+_NOT_PUBLIC_KINDS = ("is_private", "is_loopback", "is_link_local", "is_multicast", "is_reserved", "is_unspecified",
+                     "is_site_local")
+
+
+class PrivateTarget(InputError):
+    """A submission that may notify public addresses only named a host that is not one (HTTP 422)."""
+
+
+class NotPublic(OSError):
+    """Raised instead of connecting to a host that has no public address: retrying will never help."""
+
+
+def is_public(address: str) -> bool:
+    """Whether a webhook limited to public addresses may connect to this IP address: a global unicast one.
+
+    An IPv6 address that stands for an IPv4 one (IPv4-mapped, 6to4, NAT64) is judged by that IPv4 address:
+    ::ffff:127.0.0.1 reaches loopback as surely as 127.0.0.1 does.
+    """
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped or ip.sixtofour:
+            ip = ip.ipv4_mapped or ip.sixtofour
+        elif any(ip in prefix for prefix in _CARRIES_IPV4):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.is_global and not any(getattr(ip, kind, False) for kind in _NOT_PUBLIC_KINDS)
+
+
+def check_url(url: str, public_only: bool = False) -> str:
+    """The URL if a webhook may be sent to it (http or https, with a host); InputError otherwise.
+
+    With public_only, a host that is plainly not public (an IP literal that is not, or localhost) is
+    refused now, as an early error; a host name is judged by its addresses at delivery, the real guard.
+    """
     try:
         parts = urllib.parse.urlsplit(url)
         usable = parts.scheme.lower() in SCHEMES and bool(parts.hostname)
@@ -92,7 +142,21 @@ def check_url(url: str) -> str:
         usable = False
     if not usable:
         raise InputError(f"--notify must be an http:// or https:// URL, not {mask_url(url)!r}")
+    if public_only and _plainly_private(parts.hostname):
+        raise PrivateTarget(f"notify: {parts.hostname} is not a public address, and submissions made over HTTP"
+                            " notify public addresses only")
     return url
+
+
+def _plainly_private(host: str) -> bool:
+    """Whether a URL's host (lowercased, brackets removed) is localhost or an IP literal that is not public."""
+    name = host.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):  # loopback by definition (RFC 6761)
+        return True
+    try:
+        return not is_public(name)
+    except ValueError:  # a host name: its addresses are checked as it is connected to
+        return False
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -145,44 +209,80 @@ class _Deadline:
                     pass
 
 
-def _watched_connection(address, *args, **kwargs) -> socket.socket:
-    sock = socket.create_connection(address, *args, **kwargs)
+def _public_connection(address: tuple[str, int], *args, **kwargs) -> socket.socket:
+    """socket.create_connection to the host's public addresses only, by number: the address checked is the
+    address connected to, so a name that resolves differently a moment later (DNS rebinding) gains nothing."""
+    host, port = address
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    public = [ip for ip in dict.fromkeys(info[4][0] for info in found) if is_public(ip)]
+    if not public:
+        raise NotPublic(NOT_PUBLIC)
+    errors: list[OSError] = []
+    for ip in public:  # the next address if one fails, as create_connection does
+        try:
+            return socket.create_connection((ip, port), *args, **kwargs)
+        except OSError as exc:
+            errors.append(exc)
+    raise errors[-1]
+
+
+def _watched_connection(address, *args, public_only: bool = False, **kwargs) -> socket.socket:
+    sock = (_public_connection if public_only else socket.create_connection)(address, *args, **kwargs)
     deadline = getattr(_Deadline.current, "deadline", None)
     if deadline is not None:
         deadline.watch(sock)
     return sock
 
 
-class _HTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args, **kwargs) -> None:
+class _Watched:
+    """Connects through _watched_connection (HTTPS wraps that socket in TLS for the URL's own host name)."""
+
+    def __init__(self, *args, public_only: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._create_connection = _watched_connection
+        self._create_connection = functools.partial(_watched_connection, public_only=public_only)
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = _watched_connection
+class _HTTPConnection(_Watched, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, public_only: bool) -> None:
+        super().__init__()
+        self.public_only = public_only
+
     def http_open(self, req):
-        return self.do_open(_HTTPConnection, req)
+        return self.do_open(_HTTPConnection, req, public_only=self.public_only)
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, public_only: bool) -> None:
+        super().__init__()
+        self.public_only = public_only
+
     def https_open(self, req):
-        return self.do_open(_HTTPSConnection, req, context=self._context)
+        return self.do_open(_HTTPSConnection, req, context=self._context, public_only=self.public_only)
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects, _HTTPHandler, _HTTPSHandler)
+# A webhook limited to public addresses never goes through a proxy from the environment: the address
+# checked must be the one connected to, and a proxy would connect wherever the URL says.
+_OPENERS = {
+    False: urllib.request.build_opener(_NoRedirects, _HTTPHandler(False), _HTTPSHandler(False)),
+    True: urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects, _HTTPHandler(True),
+                                      _HTTPSHandler(True)),
+}
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str | None:
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float, public_only: bool = False) -> str | None:
     """POST the body; None on a 2xx, otherwise why not in one line (the URL masked).
 
     A user and password in the URL are sent as Basic authentication, as browsers and curl do (urllib
-    would take them for part of the host name).
+    would take them for part of the host name). With public_only, NotPublic is raised, before anything is
+    sent, when the host has no public address.
     """
     parts = urllib.parse.urlsplit(url)
     target = url
@@ -193,11 +293,13 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str 
     request = urllib.request.Request(target, data=body, headers=headers, method="POST")
     deadline = _Deadline(timeout)
     try:
-        with deadline, _OPENER.open(request, timeout=timeout):
+        with deadline, _OPENERS[public_only].open(request, timeout=timeout):
             return None  # the status line said 2xx: the body, if any, is not waited for
     except urllib.error.HTTPError as exc:
         why = f"HTTP {exc.code}" + (" (redirects are not followed)" if 300 <= exc.code < 400 else "")
     except urllib.error.URLError as exc:
+        if isinstance(exc.reason, NotPublic):
+            raise exc.reason from None
         why = str(exc.reason)
     except Exception as exc:  # a timeout while reading, a broken response: any of them is a failed attempt
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -208,13 +310,15 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str 
 
 @dataclass
 class Delivery:
-    """A due notification a deliverer holds: where to, which round, and which attempt this is."""
+    """A due notification a deliverer holds: where to (and whether to public addresses only), which round,
+    and which attempt this is."""
 
     submission_id: str
     url: str
     round: str
     claimed_at: float
     attempts: int
+    public_only: bool = False
 
     @property
     def delivery_id(self) -> str:
@@ -274,8 +378,9 @@ class Deliverer:
         """The next due delivery, leased to us; None when none is due (entries whose claim is gone are dropped)."""
         while (taken := self._take_due(keys=[NOTIFY_DUE_KEY], args=[time.time(), self.lease, record_key("")])):
             if len(taken) > 1 and taken[1] is not None:
-                submission_id, url, round_, claimed_at, attempts = (value.decode() for value in taken)
-                return Delivery(submission_id, url, round_, float(claimed_at), int(attempts))
+                submission_id, url, round_, claimed_at, attempts = (value.decode() for value in taken[:5])
+                public_only = len(taken) > 5 and taken[5] == b"1"
+                return Delivery(submission_id, url, round_, float(claimed_at), int(attempts), public_only)
         return None
 
     def _deliver(self, delivery: Delivery) -> None:
@@ -287,13 +392,16 @@ class Deliverer:
                    SUBMISSION_HEADER: delivery.submission_id, DELIVERY_HEADER: delivery.delivery_id}
         if self.secret:
             headers[SIGNATURE_HEADER] = signature(self.secret, body)
-        error = post(delivery.url, body, headers, self.timeout)
+        try:
+            error, refused = post(delivery.url, body, headers, self.timeout, delivery.public_only), False
+        except NotPublic as exc:  # nothing was sent, and nothing ever will be: given up at once
+            error, refused = str(exc), True
         now = time.time()
         if error is None:
             self._write(delivery, "delivered", now)
             return
         next_at = now + min(self.backoff * 2 ** (delivery.attempts - 1), self.backoff_cap)
-        outcome = "given_up" if next_at > delivery.claimed_at + self.give_up else "retry"
+        outcome = "given_up" if refused or next_at > delivery.claimed_at + self.give_up else "retry"
         log.warning("webhook for %s to %s failed (attempt %d%s): %s", delivery.submission_id, mask_url(delivery.url),
                     delivery.attempts, ", given up" if outcome == "given_up" else "", error)
         self._write(delivery, outcome, now, error, next_at)

@@ -7,9 +7,12 @@ import gzip
 import io
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -304,19 +307,11 @@ def test_serve_refuses_another_host_without_a_token(env, monkeypatch):
         " CSVEMBED_TOKEN)"]
 
 
-@pytest.mark.slow
-def test_serve_and_a_real_worker_agree_with_the_cli(env, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import run_cli
-
-    rows = list(csv.reader(io.StringIO(SAMPLE.read_text())))[:41]
-    small = tmp_path / "products.csv"
-    with open(small, "w", newline="") as file:
-        csv.writer(file).writerows(rows)
+@contextmanager
+def serving(env, *args: str) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
+    """The real `csvembed serve ARGS` in a subprocess (token t0ken), and a client once it answers."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "csvembed", "serve", "--port", str(port), "--interval", "0.2"],
+    server = subprocess.Popen([sys.executable, "-m", "csvembed", "serve", "--port", str(port), *args],
                               env={**env.environ, "CSVEMBED_TOKEN": "t0ken"}, stderr=subprocess.PIPE)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer t0ken"},
@@ -329,27 +324,48 @@ def test_serve_and_a_real_worker_agree_with_the_cli(env, tmp_path):
                 except httpx.ConnectError:
                     assert time.monotonic() < deadline, "csvembed serve did not start"
                     time.sleep(0.1)
-            created = upload_multipart(client, small, **PRODUCT_OPTIONS).json()
-            worker = subprocess.Popen([sys.executable, "-m", "csvembed", "worker", "--burst"], env=env.environ)
-            with client.stream("GET", f"/submissions/{created['id']}/events") as response:
-                events = list(read_events(response))
-            assert worker.wait(300) == 0
-            assert events[-1][0] == "end"
-            final, served = events[-1][1], client.get(f"/submissions/{created['id']}").json()
-            cli = json.loads(run_cli(env, "status", created["id"], "--json").stdout)
-            # Readings of the moment: times, and the live workers (the burst worker is still registered
-            # when the last row's event goes out, and gone once it has exited).
-            momentary = {"rate", "elapsed", "eta", "workers"}
-            assert {k: v for k, v in final.items() if k not in momentary} == \
-                   {k: v for k, v in served.items() if k not in momentary} == \
-                   {k: v for k, v in cli.items() if k not in momentary}
-            assert served["workers"] == cli["workers"] == 0
-            assert final["state"] == "done" and final["done"] == 40
-            hits = client.get("/search", params={"q": rows[1][1], "k": 1}).json()
-            assert hits[0]["id"] == rows[1][0]
+            yield client, server
     finally:
         server.terminate()
         assert server.wait(10) in (0, -15)
+
+
+@pytest.mark.parametrize("flags, status", [((), 422), (("--allow-private-webhooks",), 201)])
+def test_serve_takes_private_webhooks_only_when_allowed(env, tmp_path, flags, status):
+    path = tmp_path / "rows.csv"
+    path.write_text("id,text\n1,a\n")
+    with serving(env, *flags) as (client, _):
+        response = upload_multipart(client, path, notify="http://127.0.0.1:9000/hook")
+    assert response.status_code == status, response.text
+
+
+@pytest.mark.slow
+def test_serve_and_a_real_worker_agree_with_the_cli(env, tmp_path):
+    from conftest import run_cli
+
+    rows = list(csv.reader(io.StringIO(SAMPLE.read_text())))[:41]
+    small = tmp_path / "products.csv"
+    with open(small, "w", newline="") as file:
+        csv.writer(file).writerows(rows)
+    with serving(env, "--interval", "0.2") as (client, server):
+        created = upload_multipart(client, small, **PRODUCT_OPTIONS).json()
+        worker = subprocess.Popen([sys.executable, "-m", "csvembed", "worker", "--burst"], env=env.environ)
+        with client.stream("GET", f"/submissions/{created['id']}/events") as response:
+            events = list(read_events(response))
+        assert worker.wait(300) == 0
+        assert events[-1][0] == "end"
+        final, served = events[-1][1], client.get(f"/submissions/{created['id']}").json()
+        cli = json.loads(run_cli(env, "status", created["id"], "--json").stdout)
+        # Readings of the moment: times, and the live workers (the burst worker is still registered
+        # when the last row's event goes out, and gone once it has exited).
+        momentary = {"rate", "elapsed", "eta", "workers"}
+        assert {k: v for k, v in final.items() if k not in momentary} == \
+               {k: v for k, v in served.items() if k not in momentary} == \
+               {k: v for k, v in cli.items() if k not in momentary}
+        assert served["workers"] == cli["workers"] == 0
+        assert final["state"] == "done" and final["done"] == 40
+        hits = client.get("/search", params={"q": rows[1][1], "k": 1}).json()
+        assert hits[0]["id"] == rows[1][0]
     assert b"t0ken" not in server.stderr.read()
 
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from test_web import Served, free_port, queued_keys, upload_multipart
 from typer.testing import CliRunner
 
 from conftest import FAKE_QUEUE, write_csv
@@ -25,8 +27,8 @@ from csvembed.cli.status_view import notify_line
 from csvembed.ingest import Ingestor
 from csvembed.redact import mask_url
 from csvembed.store import open_store
-from csvembed.submissions import NOTIFY_DUE_KEY, SubmissionRecords
-from csvembed.webhooks import ENV_SECRET, Deliverer, post
+from csvembed.submissions import NOTIFY_DUE_KEY, SubmissionRecords, record_key
+from csvembed.webhooks import ENV_SECRET, Deliverer, is_public, post
 from csvembed.worker import BatchWorker
 
 MODEL = "test-hash-embedder"
@@ -315,3 +317,125 @@ def test_a_dead_deliverers_claim_is_delivered_by_another_after_its_lease(env, su
     final = status_json(env, result.id)
     assert len(hooks.to("/hang")) == 2
     assert (final["notify_state"], final["notify_attempts"]) == ("delivered", 2)
+
+
+# --- SSRF: a submission made over HTTP notifies public addresses only ---------------------------------------
+
+REFUSED = "refused: the webhook's host has no public address (submissions made over HTTP notify public ones only)"
+
+
+def served(env, fake_embedder, **app_options) -> Served:
+    """`csvembed serve` over the test's deployment, under a real uvicorn on loopback."""
+    return Served(Csvembed(replace(env.settings, model=fake_embedder.name), connection=env.connection), **app_options)
+
+
+@pytest.mark.parametrize("address, public", [
+    ("10.0.0.1", False), ("172.16.0.1", False), ("192.168.1.1", False), ("127.0.0.1", False),
+    ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("255.255.255.255", False),
+    ("224.0.0.1", False), ("240.0.0.1", False), ("::1", False), ("::", False), ("fe80::1", False),
+    ("fe80::1%lo", False), ("fc00::1", False), ("fd12:3456::1", False), ("fec0::1", False), ("ff02::1", False),
+    ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.1", False), ("::7f00:1", False), ("64:ff9b::a9fe:a9fe", False),
+    ("2002:7f00:1::1", False), ("2001:db8::1", False),
+    ("8.8.8.8", True), ("2606:4700::1111", True), ("::ffff:8.8.8.8", True), ("64:ff9b::808:808", True),
+])
+def test_which_addresses_are_public(address, public):
+    assert is_public(address) is public
+
+
+@pytest.mark.parametrize("host", ["127.1", "2130706433"])  # names only the resolver turns into 127.0.0.1
+def test_over_http_a_host_that_resolves_to_loopback_is_never_notified(env, drain, fake_embedder, hooks, host):
+    closed = free_port()  # nothing listens there: the same reason, so notify_error cannot probe ports
+    with served(env, fake_embedder) as client:
+        made = [upload_multipart(client, rows_file(env, 3), collection=f"c{port}",
+                                 notify=f"http://{host}:{port}/ok").json()["id"]
+                for port in (hooks.server.server_address[1], closed)]
+        drain(model=fake_embedder)
+        assert deliverer(env).run_once() == 2  # a deliverer elsewhere: it reads the restriction from Redis
+        shown = [client.get(f"/submissions/{submission_id}").json() for submission_id in made]
+
+    assert hooks.requests == []
+    for submission_id, status in zip(made, shown):
+        assert env.connection.hget(record_key(submission_id), "notify_public_only") == b"1"
+        assert (status["notify_state"], status["notify_attempts"], status["notify_error"]) == ("given_up", 1, REFUSED)
+        line = notify_line(Csvembed(env.settings, env.connection).snapshot(submission_id), time.time())
+        assert line == f"{submission_id} notify failed 1 time, gave up: {REFUSED}"
+    assert env.connection.zcard(NOTIFY_DUE_KEY) == 0  # given up at once: it would never succeed
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1"])
+def test_over_http_with_the_opt_in_loopback_is_notified(env, drain, fake_embedder, hooks, host):
+    with served(env, fake_embedder, private_webhooks=True) as client:
+        response = upload_multipart(client, rows_file(env, 3), notify=f"http://{host}:{hooks.server.server_address[1]}/in")
+        assert response.status_code == 201, response.text
+        drain(model=fake_embedder)
+        deliverer(env).run_once()
+        status = client.get(response.headers["location"]).json()
+
+    assert len(hooks.to("/in")) == 1
+    assert (status["notify_state"], status["notify_error"]) == ("delivered", None)
+    assert env.connection.hget(record_key(status["id"]), "notify_public_only") is None
+
+
+def test_the_cli_still_notifies_loopback(env, drain, fake_embedder, hooks):
+    # A local user has a shell on the host already: nothing to protect from them.
+    result = CliRunner().invoke(app, ["--model", MODEL, "submit", str(rows_file(env, 3)), "--notify",
+                                      hooks.url("/cli")], prog_name="csvembed")
+    assert result.exit_code == 0, result.output
+    drain(model=fake_embedder)
+    deliverer(env).run_once()
+
+    [request] = hooks.requests
+    assert request["path"] == "/cli"
+    assert status_json(env, request["headers"]["X-Csvembed-Submission"])["notify_state"] == "delivered"
+
+
+@pytest.mark.parametrize("url, host", [
+    ("http://127.0.0.1:9000/x", "127.0.0.1"), ("http://localhost/x", "localhost"),
+    ("http://LocalHost./x", "localhost."), ("http://api.localhost/x", "api.localhost"),
+    ("https://10.0.0.1/x", "10.0.0.1"),
+    ("http://192.168.1.1/x", "192.168.1.1"), ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+    ("http://[::1]:8080/", "::1"), ("http://[fe80::1]/", "fe80::1"), ("http://[fd00::1]/", "fd00::1"),
+    ("http://[::ffff:127.0.0.1]/", "::ffff:127.0.0.1"), ("http://0.0.0.0/", "0.0.0.0"),
+    ("http://user:pa55word@172.16.0.1/", "172.16.0.1"),
+])
+def test_over_http_a_plainly_private_notify_is_422_and_enqueues_nothing(env, fake_embedder, url, host):
+    with served(env, fake_embedder) as client:
+        in_query = upload_multipart(client, rows_file(env, 2), notify=url)
+        with open(rows_file(env, 2), "rb") as file:
+            in_form = client.post("/submissions", files={"file": ("rows.csv", file, "text/csv")}, data={"notify": url})
+        raw = client.post("/submissions", content=b"id,text\n1,a\n", params={"notify": url},
+                          headers={"Content-Type": "text/csv"})
+
+    for response in (in_query, in_form, raw):
+        assert response.status_code == 422
+        assert response.json() == {"detail": f"notify: {host} is not a public address, and submissions made over"
+                                              " HTTP notify public addresses only"}
+    assert queued_keys(env) == []
+
+
+def test_a_client_cannot_lift_the_restriction(env, fake_embedder):
+    with served(env, fake_embedder) as client:
+        response = upload_multipart(client, rows_file(env, 2), notify="http://127.1/x", notify_public_only="false")
+
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("unknown option 'notify_public_only'")
+    assert queued_keys(env) == []
+
+
+def test_a_public_only_webhook_never_goes_through_an_environment_proxy(hooks):
+    # The proxy (the test's receiver) would connect wherever the URL says, past the address check.
+    script = ("from csvembed.webhooks import NotPublic, post\n"
+              "try:\n"
+              "    print(post('http://8.8.8.8:9/p', b'{}', {}, 0.5, public_only=True) is None)\n"
+              "except NotPublic:\n"
+              "    print('refused')\n"
+              "print(post('http://8.8.8.8:9/p', b'{}', {}, 5))\n")
+    proxy = f"http://127.0.0.1:{hooks.server.server_address[1]}"
+    environ = {key: value for key, value in os.environ.items() if "proxy" not in key.lower()}
+    result = subprocess.run([sys.executable, "-c", script], env={**environ, "http_proxy": proxy},
+                            capture_output=True, text=True, timeout=60)
+
+    # Connected directly (this host may not reach 8.8.8.8: a failure, but not a refusal of the proxy's address).
+    # The unrestricted one went through the proxy, which answered 200.
+    assert result.stdout.splitlines() == ["False", "None"], result.stderr
+    assert [request["path"] for request in hooks.requests] == ["http://8.8.8.8:9/p"]

@@ -48,11 +48,16 @@ def serve(
         metavar="SIZE", help="Largest upload accepted, e.g. 500M or 2G; larger ones get 413.")] = "2G",
     interval: Annotated[float, typer.Option(
         metavar="SECONDS", help="Seconds between server-sent events.", min=0.05)] = defaults.EVENTS_INTERVAL,
+    allow_private_webhooks: Annotated[bool, typer.Option(
+        "--allow-private-webhooks",
+        help="Let submissions made over HTTP notify private, loopback and link-local addresses (internal "
+        "receivers). Off by default: anyone with the token could make csvembed's hosts probe their network.")] = False,
 ) -> None:
     """Serve the HTTP API of this deployment (its Redis, store and model) until Ctrl-C.
 
     It binds 127.0.0.1 unless --host says otherwise; any other address refuses to start without a token.
-    The routes are listed at /docs and /openapi.json.
+    The routes are listed at /docs and /openapi.json. Webhooks (notify) of submissions made over HTTP reach
+    public addresses only, unless --allow-private-webhooks.
     """
     if not token and not is_loopback(host):
         raise InputError(f"--host {host} can be reached from other machines: set a token first"
@@ -70,7 +75,8 @@ def serve(
     deliverer = api.deliver_webhooks()
     try:
         # No access log: it would show ?token= query strings.
-        uvicorn.run(create_app(api, token=token, max_upload=limit, interval=interval), host=host, port=port,
+        uvicorn.run(create_app(api, token=token, max_upload=limit, interval=interval,
+                               private_webhooks=allow_private_webhooks), host=host, port=port,
                     access_log=False, log_level="warning", timeout_keep_alive=defaults.KEEP_ALIVE_TIMEOUT,
                     limit_concurrency=defaults.MAX_CONNECTIONS)
     finally:

@@ -15,12 +15,16 @@ from csvembed.redact import mask_secrets
 from csvembed.web import dashboard, deployment, events, exports, metrics, search, submissions, uploads
 from csvembed.web.auth import TokenGate
 from csvembed.web.deps import Limits
+from csvembed.webhooks import PrivateTarget
 
 
 def status_of(error: CsvembedError) -> int:
-    """404 for what is not there, 503 for Redis or the store, 400 for the rest of the user's input."""
+    """404 for what is not there, 503 for Redis or the store, 422 for a webhook this server may not send,
+    400 for the rest of the user's input."""
     if isinstance(error, (UnknownSubmission, NoStore)):
         return 404
+    if isinstance(error, PrivateTarget):
+        return 422
     if isinstance(error, ServiceUnavailable):
         return 503
     return 400
@@ -28,12 +32,13 @@ def status_of(error: CsvembedError) -> int:
 
 def create_app(api: Csvembed, token: str | None = None, max_upload: int = defaults.MAX_UPLOAD,
                interval: float = defaults.EVENTS_INTERVAL,
-               read_timeout: float = defaults.UPLOAD_READ_TIMEOUT) -> FastAPI:
-    """The app over one deployment; with a token, every route but /healthz asks for it."""
+               read_timeout: float = defaults.UPLOAD_READ_TIMEOUT, private_webhooks: bool = False) -> FastAPI:
+    """The app over one deployment; with a token, every route but /healthz asks for it. Its submissions'
+    webhooks reach public addresses only, unless private_webhooks."""
     app = FastAPI(title="csvembed", version=version("csvembed"),
                   summary="Submit CSV rows for embedding, follow them, search and export what is stored.")
     app.state.api = api
-    app.state.limits = Limits(max_upload, interval, read_timeout)
+    app.state.limits = Limits(max_upload, interval, read_timeout, private_webhooks)
     for module in (uploads, submissions, exports, events, search, deployment, metrics):
         app.include_router(module.router)
     app.include_router(dashboard.router)

@@ -17,6 +17,8 @@ class Limits:
     max_upload: int
     interval: float
     read_timeout: float
+    # --allow-private-webhooks: submissions made here may notify private addresses too.
+    private_webhooks: bool = False
 
 
 def api_of(request: Request) -> Csvembed:

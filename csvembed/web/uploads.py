@@ -5,7 +5,9 @@ at a time, counted against --max-upload, each chunk within the read timeout. Spo
 before the first row is read means a 413, a timeout or a dropped connection enqueues nothing. A compressed
 upload is decompressed once (and thrown away) before that, against the same limit: a few kilobytes of gzip
 can hold gigabytes of rows, and every row would become a job in Redis.
-Options are the fields of SubmitOptions, as query or form fields: an option added there is accepted here.
+Options are the fields of SubmitOptions, as query or form fields: an option added there is accepted here,
+but for those the server sets (SERVER_SET): its webhook reaches public addresses only, unless the server
+was started with --allow-private-webhooks (see csvembed/webhooks.py).
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ from csvembed.errors import InputError
 from csvembed.producer import SubmitOptions
 from csvembed.reader import Source, open_stream
 from csvembed.web.deps import Api, Limits, ServerLimits
+from csvembed.webhooks import check_url
 
+# SubmitOptions the server decides and a client never may: one could otherwise lift its own restriction.
+SERVER_SET = {"notify_public_only"}
 _HINTS = typing.get_type_hints(SubmitOptions)
-OPTION_TYPES = {field.name: _HINTS[field.name] for field in dataclasses.fields(SubmitOptions)}
+OPTION_TYPES = {field.name: _HINTS[field.name] for field in dataclasses.fields(SubmitOptions)
+                if field.name not in SERVER_SET}
 # Query parameters that are not submit options.
 NOT_OPTIONS = {"token"}
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
@@ -73,10 +79,10 @@ async def create(request: Request, api: Api, limits: ServerLimits) -> JSONRespon
             if not isinstance(upload, UploadFile):
                 raise InputError("the multipart upload has no `file` field holding the CSV")
             fields += [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
-            return await _submit(api, upload.file, _file_name(upload.filename), options_of(fields), limits)
+            return await _submit(api, upload.file, _file_name(upload.filename), _options(fields, limits), limits)
         finally:
             await form.close()
-    options = options_of(fields)  # all in the query: a mistake is told before the body is read
+    options = _options(fields, limits)  # all in the query: a mistake is told before the body is read
     with tempfile.TemporaryFile() as spool:
         async for chunk in _body(request, limits):
             spool.write(chunk)
@@ -130,6 +136,14 @@ def _file_name(sent: str | None) -> str | None:
     """The client's file name without any folder or control character: it names the collection, never a path."""
     name = re.sub(r"[\x00-\x1f\x7f]", "", PurePosixPath((sent or "").replace("\\", "/")).name)
     return name or None
+
+
+def _options(fields: list[tuple[str, str]], limits: Limits) -> SubmitOptions:
+    """The client's options with the server's webhook restriction; a webhook plainly not allowed is told now."""
+    options = dataclasses.replace(options_of(fields), notify_public_only=not limits.private_webhooks)
+    if options.notify:
+        check_url(options.notify, options.notify_public_only)
+    return options
 
 
 def options_of(fields: list[tuple[str, str]]) -> SubmitOptions:
