@@ -118,6 +118,13 @@ class SentenceTransformerEmbedder:
         self.text_cap = text_char_cap(self.max_seq_length)
         self.encode_batch_size = encode_batch_size(self.model, device)
 
+    def use_threads(self, threads: int) -> None:
+        """Run torch on `threads` cores; a static model on one: its lookups are too small to share, and a second
+        OpenMP thread only spun (worker CPU 129 -> 83 µs/row, rows/s +20%, on 50k titles with 2 cores)."""
+        import torch
+
+        set_torch_threads(torch, 1 if self.static is not None else threads)
+
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         if self.static is not None:
             return self.static.counts(texts)
@@ -314,12 +321,16 @@ def share_cpu(processes_on_host: int, embedder: Embedder | None = None) -> int:
     """
     global _threads
     _threads = max(1, (os.cpu_count() or 1) // max(processes_on_host, 1))
-    torch = sys.modules.get("torch")  # only a loaded torch has threads to set
-    if torch is not None and torch.get_num_threads() != _threads:
-        torch.set_num_threads(_threads)
     if hasattr(embedder, "use_threads"):
         embedder.use_threads(_threads)
+    elif (torch := sys.modules.get("torch")) is not None:  # only a loaded torch has threads to set
+        set_torch_threads(torch, _threads)
     return _threads
+
+
+def set_torch_threads(torch, threads: int) -> None:
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def bad_vector_reason(vector: np.ndarray) -> str | None:

@@ -5,6 +5,7 @@ seeded random table."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from test_windows import stored_windows
 
 from conftest import write_csv
-from csvembed.embedder import SentenceTransformerEmbedder
+from csvembed.embedder import SentenceTransformerEmbedder, share_cpu
 from csvembed.submissions import SubmissionRecords
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
@@ -80,3 +81,15 @@ def test_the_worker_stores_a_static_models_vectors_and_windows_its_long_rows(env
     assert max(len(static.token_spans(LONG[a:b])) for a, b in long_spans) == 128
     snapshot = SubmissionRecords(env.connection).snapshot(result.id)
     assert (snapshot.done, snapshot.failed, snapshot.rows_windowed, snapshot.windows) == (7, 1, 1, 3)
+
+
+def test_a_static_model_runs_torch_on_one_thread_and_a_transformer_on_its_share(static, embedder):
+    import torch
+
+    try:
+        assert share_cpu(1, static) == (os.cpu_count() or 1)
+        assert torch.get_num_threads() == 1
+        share_cpu(1, embedder)
+        assert torch.get_num_threads() == (os.cpu_count() or 1)
+    finally:
+        share_cpu(1, embedder)
