@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from csvembed.defaults import CHARS_PER_TOKEN
 from csvembed.embedder import Embedder, bad_vector_reason
 from csvembed.errors import RowError
 from csvembed.jobs import RowTask
@@ -50,23 +51,20 @@ class Ingestor:
             self._submissions[submission_id] = self.records.origin(submission_id)
         return self._submissions[submission_id]
 
-    def _stored_row(self, task: RowTask) -> tuple[StoredRow, bool] | None:
-        """The row to write with its windows and whether text was cut off, or None for a row of a deleted
-        submission: nothing of it may be kept.
+    def _stored_row(self, task: RowTask, origin: Origin, fits: bool) -> tuple[StoredRow, bool]:
+        """The row to write with its windows and whether text was cut off; `fits`: its text is one window.
 
-        Failing it instead would leave a failed job (and RQ's result stream) behind after `delete`.
+        A text that does not fit is split as its submission's --long-text policy says (csvembed.windows).
         """
-        origin = self._submissions.get(task.submission_id) or self._submission(task.submission_id)
-        if origin is None:
-            return None
         text = task.text
-        if not text.strip():
-            raise RowError("empty text: nothing to embed")
         policy = origin.long_text
-        found = split(text, self.embedder.token_spans, self.embedder.window_tokens, origin.window_overlap,
-                      MAX_WINDOWS if policy == "window" else 1)
-        spans, truncated = found.spans, found.truncated
-        long = truncated or len(spans) > 1
+        if fits:
+            spans, truncated, long = [(0, len(text))], False, False
+        else:
+            found = split(text, self.embedder.token_spans, self.embedder.window_tokens, origin.window_overlap,
+                          MAX_WINDOWS if policy == "window" else 1)
+            spans, truncated = found.spans, found.truncated
+            long = truncated or len(spans) > 1
         if long and policy == "fail":
             raise RowError(f"longer than the model's window ({self.embedder.max_seq_length} tokens)")
         # Positional: StoredRow(collection, id, submission, row_number, text, row_json, model, submitted_at, spans,
@@ -75,6 +73,17 @@ class Ingestor:
                         row_json(origin.columns, task.values), self.embedder.name, origin.created_at, spans,
                         reading(policy, origin.window_overlap) if long else "")
         return row, truncated
+
+    def _fitting(self, texts: list[str]) -> list[bool]:
+        """Whether each text is one window: one tokenizer call for the batch (a call per row cost a fast model
+        as much as its encode). A text longer than a window's tokens can span is not tokenized here."""
+        piece = self.embedder.window_tokens * CHARS_PER_TOKEN
+        short = [i for i, text in enumerate(texts) if len(text) <= piece]
+        fits = [False] * len(texts)
+        window = self.embedder.window_tokens
+        for i, count in zip(short, self.embedder.token_counts([texts[i] for i in short])):
+            fits[i] = count <= window
+        return fits
 
     def ingest(self, tasks: Sequence[RowTask]) -> list[Exception | Shape]:
         """Embed and store tasks; per task, its Shape if settled, else why it failed.
@@ -88,15 +97,24 @@ class Ingestor:
         positions: list[int] = []
         texts: list[str] = []
         owners: list[int] = []
+        # A row of a deleted submission is dropped: nothing of it may be kept (failing it instead would leave a
+        # failed job, and RQ's result stream, behind after `delete`).
+        held: list[tuple[int, RowTask, Origin]] = []
         for position, task in enumerate(tasks):
+            origin = self._submissions.get(task.submission_id) or self._submission(task.submission_id)
+            if origin is None:
+                continue
+            if not task.text.strip():
+                outcomes[position] = RowError("empty text: nothing to embed")
+                continue
+            held.append((position, task, origin))
+        fitting = self._fitting([task.text for _, task, _ in held])
+        for (position, task, origin), fits in zip(held, fitting):
             try:
-                found = self._stored_row(task)
+                row, truncated = self._stored_row(task, origin, fits)
             except RowError as exc:
                 outcomes[position] = exc
                 continue
-            if found is None:
-                continue
-            row, truncated = found
             rows.append(row)
             positions.append(position)
             spans = row.spans

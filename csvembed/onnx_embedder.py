@@ -330,6 +330,9 @@ class OnnxEmbedder:
         self.session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
         self.threads = threads
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return [len(encoding.ids) for encoding in self.span_tokenizer.encode_batch(texts, add_special_tokens=False)]
+
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         return self.span_tokenizer.encode(text, add_special_tokens=False).offsets
 

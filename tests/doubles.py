@@ -28,6 +28,7 @@ class HashEmbedder:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.tokenized: list[int] = []  # the length of every text handed to token_spans
+        self.counted: list[list[str]] = []  # every batch handed to token_counts
 
     def vector(self, text: str) -> np.ndarray:
         seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
@@ -37,6 +38,10 @@ class HashEmbedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         self.calls.append(list(texts))
         return np.stack([self.vector(text) for text in texts]) if texts else np.zeros((0, self.dimension), np.float32)
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        self.counted.append(list(texts))
+        return [len(re.findall(r"\S+", text)) for text in texts]
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         self.tokenized.append(len(text))
@@ -71,7 +76,7 @@ class HookedEmbedder:
         self.name, self.dimension, self.device = real.name, real.dimension, real.device
         # How it splits long text into windows is the real one's.
         self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
-        self.token_spans = real.token_spans
+        self.token_counts, self.token_spans = real.token_counts, real.token_spans
         self.calls = 0
         self.worker = None
 

@@ -89,6 +89,21 @@ def long_rows_csv(env):
     return write_csv(env.dir / "long.csv", f"id,text\nshort,a few words\nlong,{WORDS}\nempty,\n")
 
 
+def test_a_batch_is_counted_in_one_tokenizer_call_and_only_rows_that_do_not_fit_are_split(env, submit, drain,
+                                                                                          words):
+    huge = "x " * 600  # past what 8 tokens can span (8 * CHARS_PER_TOKEN characters): not even counted
+    path = write_csv(env.dir / "mixed.csv", f"id,text\nshort,a few words\nlong,{WORDS}\nhuge,{huge}\nfit,one two\n")
+    result = submit(path, model=words.name, id_column="id", text_columns=("text",), window_overlap=2)
+    drain(model=words)
+    assert [sorted(batch) for batch in words.counted] == [sorted(["a few words", WORDS, "one two"])]
+    assert min(words.tokenized) == len(WORDS)  # split tokenizes the two long rows (the huge one in pieces) only
+    stored = stored_windows(env, result.id)
+    assert {row_id: spans for row_id, (spans, _) in stored.items()} == {
+        "short": [(0, 11)], "fit": [(0, 7)], "long": WORD_SPANS,
+        "huge": split(huge, words.token_spans, 8, 2, MAX_WINDOWS).spans}
+    assert shape_counts(env, result.id)[:4] == (4, 0, 2, 2)
+
+
 @pytest.mark.parametrize("env", BOTH_STORES, indirect=True)
 def test_a_long_row_is_stored_as_windows_whose_vectors_are_the_models(env, submit, drain, words):
     result = submit(long_rows_csv(env), model=words.name, id_column="id", text_columns=("text",),

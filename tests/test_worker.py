@@ -23,7 +23,7 @@ class PoisonTextEmbedderDouble:
         self.name, self.dimension = real.name, real.dimension
         # How it splits long text into windows is the real one's.
         self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
-        self.token_spans = real.token_spans
+        self.token_counts, self.token_spans = real.token_counts, real.token_spans
         self.calls: list[int] = []
 
     def encode(self, texts):
@@ -41,7 +41,7 @@ class SlowEmbedderDouble:
         self.name, self.dimension = real.name, real.dimension
         # How it splits long text into windows is the real one's.
         self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
-        self.token_spans = real.token_spans
+        self.token_counts, self.token_spans = real.token_counts, real.token_spans
         self.texts_seen: list[str] = []
 
     def encode(self, texts):
