@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, get_args, get_origin
 
 import redis
@@ -30,8 +31,9 @@ EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 rows failed or submit interrupted; 2 bad
 
 PROG_NAME = "csvembed"
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+# emoji=False: a name such as "a:thumbs_up:.csv" is text to show as it is, not an emoji code.
+err = Console(stderr=True, soft_wrap=True, emoji=False)
+out = Console(soft_wrap=True, emoji=False)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -194,8 +196,6 @@ class CsvembedGroup(TyperGroup):
 
 def _show_version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
-
         out.print(f"csvembed {version('csvembed')}", highlight=False, markup=False)
         raise typer.Exit()
 
