@@ -24,17 +24,17 @@ import redis
 
 from csvembed import defaults
 from csvembed.errors import InputError, UnknownSubmission
-from csvembed.figures import Line, lines
-from csvembed.monitor import Monitor, QueueStats, Reading, WorkerInfo
 from csvembed.redact import mask_secrets
 from csvembed.settings import Settings
 from csvembed.submissions import Snapshot, SubmissionRecords
 
-if TYPE_CHECKING:  # these import pandas, numpy or the store: only when used
+if TYPE_CHECKING:  # these import pandas, numpy or the store, or only watching needs them: only when used
     from csvembed.batch_durations import Durations
     from csvembed.broker import LocalRedis
     from csvembed.delete import Deleted, DeletedCollection
     from csvembed.embedder import Embedder
+    from csvembed.figures import Line
+    from csvembed.monitor import Monitor, QueueStats, Reading, WorkerInfo
     from csvembed.producer import SubmitOptions, SubmitResult
     from csvembed.reader import Source
     from csvembed.retry import RetryResult
@@ -82,6 +82,8 @@ class Csvembed:
 
     @cached_property
     def monitor(self) -> Monitor:
+        from csvembed.monitor import Monitor
+
         return Monitor(self.connection)
 
     # --- getting rows in -------------------------------------------------------------------------
@@ -144,6 +146,8 @@ class Csvembed:
 
     def status(self, submission_id: str) -> Line:
         """One submission's figures: what `status --json` prints and GET /submissions/{id} returns."""
+        from csvembed.figures import lines
+
         found = lines(self.reading([submission_id]), time.time())
         if not found:
             raise UnknownSubmission(submission_id)
@@ -151,6 +155,8 @@ class Csvembed:
 
     def statuses(self, submission_ids: Sequence[str] | None = None) -> list[Line]:
         """The figures of these submissions (default: the recent ones), newest first."""
+        from csvembed.figures import lines
+
         ids = self.recent() if submission_ids is None else submission_ids
         return lines(self.reading(ids), time.time())
 

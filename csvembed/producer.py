@@ -30,7 +30,6 @@ from csvembed.routing import model_queue
 from csvembed.rowtext import TextSpec, id_column_index
 from csvembed.store import Store, content_hash, open_store, other_model, reading, row_json, store_label
 from csvembed.submissions import INTERRUPTED, RUNNING, SubmissionRecords, new_submission_id, record_key
-from csvembed.webhooks import check_url
 from csvembed.windows import DEFAULT_OVERLAP, DEFAULT_POLICY, POLICIES
 
 
@@ -150,6 +149,8 @@ class Producer:
         if options.max_pending is not None and options.max_pending < 1:  # no queue is ever shorter: a wait forever
             raise InputError(f"--max-pending must be 1 or more, not {options.max_pending}")
         if options.notify:
+            from csvembed.webhooks import check_url  # (http.client and urllib: only for --notify)
+
             check_url(options.notify, options.notify_public_only)
         csv_file = CsvFile(source, delimiter=options.delimiter, encoding=options.encoding)
         spec = TextSpec(csv_file.columns, options.text_columns, options.template)

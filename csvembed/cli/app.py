@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, get_args, get_origin
 
 import redis
 import typer
@@ -14,7 +15,8 @@ from rich.console import Console
 from typer._click import Context, HelpFormatter
 from typer._click.exceptions import ClickException, NoSuchOption
 from typer._click.formatting import join_options
-from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption, _TyperParameter
 
 from csvembed import defaults
 from csvembed.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, CsvembedError, InputError
@@ -29,8 +31,9 @@ EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 rows failed or submit interrupted; 2 bad
 
 PROG_NAME = "csvembed"
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+# emoji=False: a name such as "a:thumbs_up:.csv" is text to show as it is, not an emoji code.
+err = Console(stderr=True, soft_wrap=True, emoji=False)
+out = Console(soft_wrap=True, emoji=False)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -49,6 +52,45 @@ def on_interrupt(ctx: typer.Context, note: str) -> None:
     ctx.meta[INTERRUPT_NOTE] = note
 
 
+@dataclass(frozen=True)
+class PlainValue(RuntimeParam):
+    """typer checks every value, defaults included, through a pydantic TypeAdapter: importing pydantic and
+    building the adapters took a sixth of `submit`'s start-up, before any row is read. A value that is
+    already what the adapter would return (a str for a str option, a bool for a flag, a number within its
+    bounds) is taken as it is; any other goes to typer's own adapter, so what is accepted and every error
+    read the same."""
+
+    def _coerce_value(self, value: Any, param: _TyperParameter, ctx: Context) -> Any:
+        if get_origin(self.annotation) is list and isinstance(value, (list, tuple)):
+            if all(type(item) is str for item in value):
+                return list(value)
+        elif type(value) is self.annotation and self._within_bounds(value):
+            return value
+        return build_runtime_param(param.type_descriptor)._coerce_value(value, param=param, ctx=ctx)
+
+    def _within_bounds(self, value: Any) -> bool:
+        low, high = self.parameter_info.min, self.parameter_info.max
+        return isinstance(value, (str, bool)) or ((low is None or value >= low) and (high is None or value <= high))
+
+
+def _plain(descriptor: TypeDescriptor) -> bool:
+    """A str, bool, int or float parameter, or a list of str: no parser, choices, file or path for typer to apply."""
+    if descriptor.parameter_info.parser is not None or descriptor.is_file or descriptor.is_choice or descriptor.is_path:
+        return False
+    if descriptor.is_list:
+        return get_args(descriptor.annotation) == (str,)
+    return descriptor.annotation in (str, bool, int, float)
+
+
+def checked_plainly(params: list[Any]) -> list[Any]:
+    """The parameters (typer's own --help and completion options included), each plain one given a
+    PlainValue check in place of typer's pydantic one."""
+    for param in params:
+        if isinstance(param, _TyperParameter) and param._runtime_param is None and _plain(param.type_descriptor):
+            param._runtime_param = PlainValue(param.type_descriptor.parameter_info, param.type_descriptor.annotation)
+    return params
+
+
 def first_sentence(text: str) -> str:
     """A command's one-line summary for the command list: its first sentence, never cut short."""
     paragraph = " ".join(text.split("\n\n")[0].split())
@@ -65,6 +107,9 @@ class CsvembedCommand(TyperCommand):
         for param in self.params:
             if isinstance(param, TyperOption) and not param.is_flag and param.metavar is None:
                 param.metavar = "N" if param.type_descriptor.annotation in (int, float) else param.name.upper()
+
+    def get_params(self, ctx: Context) -> list[Any]:
+        return checked_plainly(super().get_params(ctx))
 
     def collect_usage_pieces(self, ctx: Context) -> list[str]:
         arguments = [param for param in self.get_params(ctx) if isinstance(param, TyperArgument)]
@@ -100,6 +145,9 @@ class CsvembedTyper(typer.Typer):
 class CsvembedGroup(TyperGroup):
     """The app's group. It turns errors into one line and an exit code inside the app, so the console
     script and typer's CliRunner behave alike."""
+
+    def get_params(self, ctx: Context) -> list[Any]:
+        return checked_plainly(super().get_params(ctx))
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:

@@ -6,11 +6,13 @@ A script (stderr not a terminal) sees no bar at all, only submit's one summary l
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:  # rich.progress only draws on a terminal: a script's submit never imports it
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
-from csvembed.reader import Source
+    from csvembed.reader import Source
 
 
 class ReadProgress:
@@ -29,6 +31,8 @@ class ReadProgress:
     def start(self) -> None:
         if not self._console.is_terminal:
             return
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
         self._progress = Progress(
             # A file name is text, not rich markup: "[/x].csv" must not be read as a closing tag.
             TextColumn("reading {task.description}", markup=False),

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from csvembed.api import Csvembed
 from csvembed.cli.app import JsonOption, api_of, app, err, out, print_json
-from csvembed.cli.status_view import notify_line, plain, queue_line, store_wait, wait_plain, watch
 from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, InputError, UnknownSubmission
-from csvembed.monitor import Reading
 from csvembed.submissions import INTERRUPTED, Snapshot
 from csvembed.wording import count
+
+if TYPE_CHECKING:  # the views (rich's live display and tables) and the monitor: when a command here runs
+    from csvembed.api import Csvembed
+    from csvembed.monitor import Reading
 
 
 def _exit_code(reading: Reading) -> int:
@@ -24,6 +25,8 @@ def _exit_code(reading: Reading) -> int:
 
 def follow(api: Csvembed, submission_id: str) -> int:
     """Live bars on a terminal, plain lines otherwise, until the submission is finished; its exit code."""
+    from csvembed.cli.status_view import wait_plain, watch
+
     api.require(submission_id)
 
     def read() -> Reading:
@@ -74,10 +77,14 @@ def status(
     if not err.is_terminal:
         _print_lines(api, ids)
         return
+    from csvembed.cli.status_view import watch
+
     watch(lambda: api.reading(ids), api.recent_failures, err, until_finished=not watch_view)
 
 
 def _print_lines(api: Csvembed, ids: list[str]) -> None:
+    from csvembed.cli.status_view import notify_line, plain, queue_line
+
     reading = api.reading(ids)
     at = time.time()
     for text in plain(reading, at):
@@ -127,6 +134,8 @@ def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
     lost worker about a minute later. Failed counts rows failed for good; retries, failed attempts that
     were tried again.
     """
+    from csvembed.cli.status_view import queue_line, store_wait
+
     api = api_of(ctx)
     found = api.workers()
     if as_json:
