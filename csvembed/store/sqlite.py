@@ -295,11 +295,11 @@ class SqliteStore:
                 continue
             base = rowid << WINDOW_BITS
             old = before.get(key)
-            if old is None and row.spans is None:  # most rows: new, one window, all of the text
-                inserts.append((base, blob[at * size:(at + 1) * size], row.collection, row.submission, 0,
-                                len(row.text)))
-                continue
             windows = row.windows
+            if old is None and len(windows) == 1:  # most rows: new, in one window
+                start, end = windows[0]
+                inserts.append((base, blob[at * size:(at + 1) * size], row.collection, row.submission, start, end))
+                continue
             kept = min(old or 0, len(windows))
             for index, (start, end) in enumerate(windows, start=at):
                 vector = blob[index * size:(index + 1) * size]
