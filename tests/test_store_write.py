@@ -135,3 +135,16 @@ def test_row_json_and_content_hash_are_byte_identical_to_earlier_releases(values
         for model in ("all-MiniLM-L6-v2", "ü-model"):
             assert content_hash(model, values[1], expected, reading) == reference_content_hash(
                 model, values[1], expected, reading)
+
+
+def test_a_new_store_keeps_its_vectors_in_chunks_of_256(store):
+    # A shorter chunk blob is cheaper to write into (SQLite walks its overflow pages up to the offset written).
+    store.write([row(str(n), "s1", n, f"row {n}", 1.0) for n in range(300)], vectors(*range(300)))
+
+    assert list(store.connection.execute("SELECT size FROM window_vectors_chunks ORDER BY chunk_id")) == [
+        (256,), (256,)]
+    rows = stored(store)
+    assert len(rows) == 300
+    np.testing.assert_allclose(np.concatenate([rows[str(n)][3] for n in range(300)]), vectors(*range(300)))
+    nearest = store.search(vectors(299)[0], 1)[0]
+    assert (nearest.id, round(nearest.distance, 5)) == ("299", 0)
