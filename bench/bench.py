@@ -30,7 +30,7 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import write_tickets, write_titles  # noqa: E402
+from datasets import scratch_dir, write_tickets, write_titles  # noqa: E402
 
 from csvembed.broker import connect, stop_local_redis  # noqa: E402
 from csvembed.embedder import SentenceTransformerEmbedder  # noqa: E402
@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--skip-submit", action="store_true")
     parser.add_argument("--only-submit", action="store_true", help="Only the Redis memory and submit figures.")
     options = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="csvembed-bench-"))
+    scratch = scratch_dir("csvembed-bench-")
     embedder = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
     datasets = {
         "tickets (multi-sentence)": (write_tickets, ("--text-column", "body", "--id-column", "ticket_id")),

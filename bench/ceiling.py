@@ -32,7 +32,7 @@ import numpy as np
 import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import write_titles  # noqa: E402
+from datasets import scratch_dir, write_titles  # noqa: E402
 from static_model import hand_rolled_loop, static_model  # noqa: E402
 
 from csvembed import defaults  # noqa: E402
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     parser.add_argument("--skip-static", action="store_true")
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="csvembed-ceiling-"))
+    scratch = scratch_dir("csvembed-ceiling-")
 
     titles = scratch / "titles.csv"
     write_titles(titles, args.rows)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 PRODUCTS = ["router", "laptop", "espresso machine", "hiking boot", "rain jacket", "e-reader", "headphones",
@@ -73,3 +76,10 @@ def write_titles(path: Path, rows: int, seed: int = 2) -> list[str]:
         for i, text in enumerate(texts, 1):
             writer.writerow([f"{i:07d}", text, f"{rng.randint(5, 300)}.99"])
     return texts
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A scratch folder, removed when the benchmark exits: a run writes up to gigabytes (Redis AOF, stores)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path

@@ -13,10 +13,11 @@ import argparse
 import csv
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from datasets import scratch_dir
+
 from bench import World
 from csvembed.embedder import load_embedder
 
@@ -36,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=50)
     options = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="csvembed-long-field-"))
+    scratch = scratch_dir("csvembed-long-field-")
     path = scratch / "long.csv"
     sentence = "The replacement you sent last month has exactly the same problem, and I would like a refund. "
     with path.open("w", newline="") as fh:

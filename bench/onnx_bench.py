@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import ticket, title, write_tickets, write_titles
+from datasets import scratch_dir, ticket, title, write_tickets, write_titles
 
 from bench import BIN, World, stop, timed_run, warm
 from csvembed.embedder import SentenceTransformerEmbedder, load_embedder
@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["speed", "quality", "start"], help="Run one part only.")
     parser.add_argument("--data", choices=["tickets", "titles"], help="Measure speed on one data set only.")
     options = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="csvembed-onnx-bench-"))
+    scratch = scratch_dir("csvembed-onnx-bench-")
     print(f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} cores usable")
     settings = Settings(home=scratch, db=str(scratch / "unused.db"), model="all-MiniLM-L6-v2")
     start = time.perf_counter()

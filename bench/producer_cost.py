@@ -19,13 +19,12 @@ import cProfile
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ceiling import World, cpu_seconds, show  # noqa: E402
-from datasets import write_titles  # noqa: E402
+from datasets import scratch_dir, write_titles  # noqa: E402
 
 
 def redis_memory(world: World) -> int:
@@ -84,7 +83,7 @@ def main() -> None:
     parser.add_argument("--cli-runs", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="write a cProfile of one more library run here")
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="csvembed-producer-"))
+    scratch = scratch_dir("csvembed-producer-")
     titles = scratch / "titles.csv"
     write_titles(titles, args.rows)
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from datasets import write_tickets
+from datasets import scratch_dir, write_tickets
 
 from bench import BIN, World, stop, timed_run, warm
 
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     options = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="csvembed-scaling-"))
+    scratch = scratch_dir("csvembed-scaling-")
     path = scratch / "tickets.csv"
     write_tickets(path, options.rows)
     with path.open(encoding="utf-8") as fh:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+from datasets import scratch_dir
 
 from csvembed.store import Store, StoredRow, open_store, row_json
 
@@ -56,7 +55,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=1, help="Windows (vectors) per row.")
     options = parser.parse_args()
     rng = np.random.default_rng(0)
-    store = open_store(str(Path(tempfile.mkdtemp(prefix="csvembed-search-")) / "store.db"))
+    store = open_store(str(scratch_dir("csvembed-search-") / "store.db"))
     start = time.perf_counter()
     fill(store, options.rows, 384, options.windows, rng)
     print(f"filled {options.rows:,} rows of {options.windows} windows in {time.perf_counter() - start:.1f} s")

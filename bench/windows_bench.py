@@ -16,14 +16,13 @@ import csv
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import write_tickets  # noqa: E402
+from datasets import scratch_dir, write_tickets  # noqa: E402
 
 from bench import BIN, World, stop, timed_run, warm, worker_rate  # noqa: E402
 from csvembed.embedder import load_embedder  # noqa: E402
@@ -65,7 +64,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--huge-mb", type=int, default=50)
     options = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="csvembed-windows-"))
+    scratch = scratch_dir("csvembed-windows-")
     path = scratch / "tickets.csv"
     texts = write_tickets(path, options.rows)
     (scratch / "home").mkdir()
