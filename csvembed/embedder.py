@@ -115,7 +115,9 @@ class SentenceTransformerEmbedder:
         else:
             self.max_seq_length = int(min(self.model.max_seq_length, defaults.STATIC_MAX_TOKENS))
             self.window_tokens = self.max_seq_length - self.model.tokenizer.num_special_tokens_to_add(False)
-        self.text_cap = text_char_cap(self.max_seq_length)
+        # A static model's tokenizer cuts off at its window itself; a window of few tokens may span many characters
+        # (a run of spaces), so its character cap stays STATIC_MAX_TOKENS' worth, not its window's.
+        self.text_cap = text_char_cap(defaults.STATIC_MAX_TOKENS if self.static is not None else self.max_seq_length)
         self.encode_batch_size = encode_batch_size(self.model, device)
 
     def use_threads(self, threads: int) -> None:

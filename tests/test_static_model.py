@@ -93,3 +93,16 @@ def test_a_static_model_runs_torch_on_one_thread_and_a_transformer_on_its_share(
         assert torch.get_num_threads() == (os.cpu_count() or 1)
     finally:
         share_cpu(1, embedder)
+
+
+def test_a_static_models_row_of_few_tokens_but_many_characters_is_read_whole(env, submit, drain, static):
+    # Two tokens (the model reads 128) across 20k characters: one window, all of it, as the model reads it. The
+    # encode's character cap must not cut it (a cap of 128 tokens' worth of characters kept only "alpha").
+    padded = "alpha" + " " * 20_000 + "beta"
+    path = write_csv(env.dir / "padded.csv", f"id,text\npadded,{padded}\n")
+    result = submit(path, model=static.name, id_column="id", text_columns=("text",))
+    drain(model=static)
+    spans, vectors = stored_windows(env, result.id)["padded"]
+    assert spans == [(0, len(padded))]
+    assert np.array_equal(vectors, reference(static, [padded]))
+    assert not np.array_equal(vectors, reference(static, ["alpha"]))
