@@ -13,6 +13,7 @@ import re
 from pathlib import PurePosixPath
 
 from csvembed import defaults
+from csvembed.errors import InputError
 
 # The readable part of a model's queue name; the hash makes it unique (two paths ending in the same name).
 SLUG_LENGTH = 40
@@ -20,7 +21,10 @@ SLUG_LENGTH = 40
 
 def model_queue(queue: str, model_id: str) -> str:
     """The queue that carries `queue`'s rows of `model_id`: `queue` itself for the default model, else
-    `queue@<model's last path part>-<8 hex digits of its hash>`."""
+    `queue@<model's last path part>-<8 hex digits of its hash>`. An empty name is refused: rows on it would be
+    listed, counted and served under a blank."""
+    if not queue.strip():
+        raise InputError("--queue must name a queue, not be empty")
     if model_id == defaults.MODEL_NAME:
         return queue
     slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", PurePosixPath(model_id).name or model_id)[:SLUG_LENGTH]

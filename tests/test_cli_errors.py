@@ -41,6 +41,8 @@ def assert_rejected(env, result, exit_code: int, message: str, stdout: bytes = b
          "bad --template '{title:.2f}': only plain {column} fields are allowed, without :format, !conversion,"
          " .attribute or [index] (embed a column whose name has . [ : or ! with --text-column)"),
         (GOOD, ("--text-column", "title", "--template", "{body}"), "use either --text-column or --template, not both"),
+        (GOOD, ("--queue", ""), "--queue must name a queue, not be empty"),
+        (GOOD, ("--queue", " "), "--queue must name a queue, not be empty"),
     ],
 )
 def test_submit_rejects_bad_input(env, tmp_path, content, args, message):
@@ -49,6 +51,11 @@ def test_submit_rejects_bad_input(env, tmp_path, content, args, message):
         path.write_bytes(content.encode() if isinstance(content, str) else content)
     result = run_cli(env, "submit", str(path), *args)
     assert_rejected(env, result, 2, message.replace("{path}", str(path)))
+
+
+def test_a_worker_refuses_an_empty_queue_name_before_loading_any_model(env):
+    assert_rejected(env, run_cli(env, "worker", "--burst", "--queue", "csvembed", "--queue", ""), 2,
+                    "--queue must name a queue, not be empty")
 
 
 def test_a_directory_is_not_a_csv(env, tmp_path):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from rq import Queue
 from typer.testing import CliRunner
 
 from conftest import FAKE_QUEUE, write_csv
 from csvembed.cli import app
 from csvembed.cli.status_view import plain
+from csvembed.errors import InputError
 from csvembed.figures import lines
 from csvembed.jobs import SERIALIZER
 from csvembed.monitor import Monitor
@@ -48,6 +50,14 @@ def test_the_default_model_keeps_the_plain_queue_and_others_get_their_own():
     assert model_queue("csvembed", HashEmbedder.name) == FAKE_QUEUE  # stable: the tests' literal
     assert model_queue("batch", "/models/a/e5") != model_queue("batch", "/models/b/e5")  # same last part
     assert model_queue("batch", "/models/a/e5").startswith("batch@e5-")
+
+
+@pytest.mark.parametrize("name", ["", " ", "\t"])
+@pytest.mark.parametrize("model", ["all-MiniLM-L6-v2", "/models/e5"])
+def test_an_empty_queue_name_is_refused(name, model):
+    with pytest.raises(InputError) as refused:
+        model_queue(name, model)
+    assert str(refused.value) == "--queue must name a queue, not be empty"
 
 
 def test_each_model_s_rows_are_embedded_by_a_worker_of_that_model(env, drain):
