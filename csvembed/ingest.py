@@ -19,13 +19,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from csvembed.defaults import CHARS_PER_TOKEN
 from csvembed.embedder import Embedder, bad_vector_reason
 from csvembed.errors import RowError
 from csvembed.jobs import RowTask
 from csvembed.store import Store, StoredRow, reading, row_json
 from csvembed.submissions import Origin, SubmissionRecords
-from csvembed.windows import MAX_WINDOWS, Shape, split
+from csvembed.windows import MAX_WINDOWS, Shape, piece_chars, split
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class Ingestor:
     def _fitting(self, texts: list[str]) -> list[bool]:
         """Whether each text is one window: one tokenizer call for the batch (a call per row cost a fast model
         as much as its encode). A text longer than a window's tokens can span is not tokenized here."""
-        piece = self.embedder.window_tokens * CHARS_PER_TOKEN
+        piece = piece_chars(self.embedder.window_tokens)
         short = [i for i, text in enumerate(texts) if len(text) <= piece]
         fits = [False] * len(texts)
         window = self.embedder.window_tokens

@@ -45,6 +45,12 @@ class Split:
     truncated: bool
 
 
+def piece_chars(window_tokens: int) -> int:
+    """Characters the tokenizer is handed at most at once; a text this short or shorter fits one window if its
+    tokens do (the worker counts those for a whole batch at once: csvembed.ingest)."""
+    return window_tokens * defaults.CHARS_PER_TOKEN
+
+
 def _tokens(text: str, tokenize: Tokenize, piece: int) -> Iterator[tuple[int, int]]:
     """The tokens of `text`, tokenizing at most `piece` characters at a time.
 
@@ -69,7 +75,7 @@ def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_w
     half, and start at a word within `overlap` tokens before the previous window's end, so no word
     is cut in two. A text that fits is one window: all of it.
     """
-    piece = window_tokens * defaults.CHARS_PER_TOKEN
+    piece = piece_chars(window_tokens)
     # Most rows fit: one tokenizer call and a count, instead of streaming their tokens one by one.
     if len(text) <= piece and len(tokenize(text)) <= window_tokens:
         return Split([(0, len(text))], truncated=False)
