@@ -37,7 +37,8 @@ from csvembed.embedder import SentenceTransformerEmbedder  # noqa: E402
 from csvembed.settings import Settings  # noqa: E402
 from csvembed.submissions import SubmissionRecords  # noqa: E402
 
-BIN = Path(sys.executable).parent
+# Where the csvembed command is: the running python's bin folder, unless a --target install put it elsewhere.
+BIN = Path(os.environ.get("CSVEMBED_BENCH_BIN") or Path(sys.executable).parent)
 
 
 class World:
