@@ -79,14 +79,13 @@ def main() -> None:
     warmup.write_text("sku,body,price\n1,warm up,1.99\n", encoding="utf-8")
     args = ("--text-column", "body")
     os.environ["CSVEMBED_MODEL"] = options.model  # submit and worker (World passes the environment on)
+    encode, expected = raw_encode(texts, options.model, options.device)
     import sentence_transformers
     import torch
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"sentence-transformers {sentence_transformers.__version__}")
-
-    encode, expected = raw_encode(texts, options.model, options.device)
     print(f"encode    {encode:12,.0f} rows/s  ({options.rows:,} short rows, 1024 per call)")
     for spec in options.workers.split(","):
         batch, _, count = spec.partition("x")
