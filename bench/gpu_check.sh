@@ -11,7 +11,7 @@
 # model load and warm-up under a minute, the runs about a minute.
 set -euo pipefail
 ROWS="${1:-200000}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode --format=csv,noheader
 
 if [[ -n "${PACK:-}" ]]; then
     site=/tmp/csvembed-gpu-site
