@@ -30,6 +30,7 @@ class Embedder(Protocol):
     dimension: int
     max_seq_length: int  # tokens the model reads, its special tokens included
     window_tokens: int  # tokens of text per model call: max_seq_length less the special tokens
+    text_cap: int  # characters of one text that encode reads (text_char_cap): windows end within it
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 

@@ -61,7 +61,7 @@ class Ingestor:
             spans, truncated, long = [(0, len(text))], False, False
         else:
             found = split(text, self.embedder.token_spans, self.embedder.window_tokens, origin.window_overlap,
-                          MAX_WINDOWS if policy == "window" else 1)
+                          MAX_WINDOWS if policy == "window" else 1, self.embedder.text_cap)
             spans, truncated = found.spans, found.truncated
             long = truncated or len(spans) > 1
         if long and policy == "fail":

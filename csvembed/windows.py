@@ -68,16 +68,20 @@ def _tokens(text: str, tokenize: Tokenize, piece: int) -> Iterator[tuple[int, in
         position = end
 
 
-def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_windows: int) -> Split:
+def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_windows: int,
+          char_cap: int | None = None) -> Split:
     """At most `max_windows` windows of at most `window_tokens` tokens, each overlapping the previous one.
 
     Windows end after a whole word (a token followed by a gap) when one ends in the window's second
     half, and start at a word within `overlap` tokens before the previous window's end, so no word
-    is cut in two. A text that fits is one window: all of it.
+    is cut in two. A text that fits is one window: all of it. `char_cap`: the characters of a text the
+    model call reads (Embedder.text_cap); a window's tokens end within that many characters of its start,
+    so that tokens spread over long runs of whitespace are never cut off by the model call unrecorded.
     """
     piece = piece_chars(window_tokens)
+    cap = len(text) if char_cap is None else char_cap
     # Most rows fit: one tokenizer call and a count, instead of streaming their tokens one by one.
-    if len(text) <= piece and len(tokenize(text)) <= window_tokens:
+    if len(text) <= min(piece, cap) and len(tokenize(text)) <= window_tokens:
         return Split([(0, len(text))], truncated=False)
     overlap = min(overlap, window_tokens // 2)
     tokens: list[tuple[int, int]] = []  # tokens from index `base` on; those before are dropped
@@ -89,19 +93,24 @@ def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_w
         # Read on until the window's tokens and the one after it are known, or the text ends.
         while len(tokens) + base <= first + window_tokens and (token := next(stream, None)) is not None:
             tokens.append(token)
-        if len(tokens) + base <= first + window_tokens:  # the rest fits: the last window
+        rest = len(tokens) + base <= first + window_tokens  # the text ends within this window's tokens
+        last = len(tokens) + base - 1 if rest else first + window_tokens - 1
+        # Tokens the model call would not read (past char_cap) start the next window instead. A token is
+        # shorter than a piece, and a piece than the cap, so the window keeps at least its first token.
+        while last > first and tokens[last - base][1] - start > cap:
+            last, rest = last - 1, False
+        if rest:  # the rest fits: the last window
             spans.append((start, len(text)))
             return Split(spans, truncated=False)
         if len(spans) == max_windows - 1:
-            spans.append((start, tokens[first + window_tokens - 1 - base][1]))
+            spans.append((start, tokens[last - base][1]))
             return Split(spans, truncated=True)
-        last = first + window_tokens - 1
-        word_end = next((i for i in range(last, first + window_tokens // 2 - 1, -1)
+        word_end = next((i for i in range(last, first + (last - first + 1) // 2 - 1, -1)
                          if tokens[i - base][1] < tokens[i + 1 - base][0]), last)
         spans.append((start, tokens[word_end - base][1]))
         after = word_end + 1
-        first = next((i for i in range(after - overlap, after) if tokens[i - base][0] > tokens[i - 1 - base][1]),
-                     after - overlap)
+        first = next((i for i in range(max(after - overlap, first + 1), after)
+                      if tokens[i - base][0] > tokens[i - 1 - base][1]), max(after - overlap, first + 1))
         start = tokens[first - base][0]
         del tokens[: first - base]
         base = first

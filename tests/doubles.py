@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from csvembed.embedder import text_char_cap
+
 
 class HashEmbedder:
     """A deterministic stand-in for a model: each text's vector comes from its hash, L2-normalised.
@@ -35,9 +37,16 @@ class HashEmbedder:
         vector = np.random.default_rng(seed).standard_normal(self.dimension).astype(np.float32)
         return vector / np.linalg.norm(vector)
 
+    @property
+    def text_cap(self) -> int:
+        """Like a real model's encode, it reads only this many characters of each text."""
+        return text_char_cap(self.max_seq_length)
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         self.calls.append(list(texts))
-        return np.stack([self.vector(text) for text in texts]) if texts else np.zeros((0, self.dimension), np.float32)
+        if not texts:
+            return np.zeros((0, self.dimension), np.float32)
+        return np.stack([self.vector(text[: self.text_cap]) for text in texts])
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         self.counted.append(list(texts))
@@ -75,7 +84,7 @@ class HookedEmbedder:
         self.real, self.at, self.hook = real, at, hook
         self.name, self.dimension, self.device = real.name, real.dimension, real.device
         # How it splits long text into windows is the real one's.
-        self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
+        self.max_seq_length, self.window_tokens, self.text_cap = real.max_seq_length, real.window_tokens, real.text_cap
         self.token_counts, self.token_spans = real.token_counts, real.token_spans
         self.calls = 0
         self.worker = None

@@ -18,7 +18,7 @@ from conftest import STORES, run_cli, store_counts, write_csv
 from csvembed.errors import InputError
 from csvembed.store import StoredRow, open_existing_store, open_store
 from csvembed.submissions import SubmissionRecords
-from csvembed.windows import MAX_WINDOWS, split
+from csvembed.windows import MAX_WINDOWS, Split, split
 from doubles import WordWindowEmbedder
 
 BOTH_STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)]
@@ -82,6 +82,22 @@ def test_the_tokenizer_never_sees_more_than_a_bounded_piece_and_a_huge_cell_cost
     assert sum(words.tokenized) <= 6 * 5 * MAX_WINDOWS + 2 * 8 * 128  # what the windows read, and a piece more
 
 
+# 6 words over 2,012 characters: fewer than a window's 8 tokens, more than the 1,280 characters that
+# WordWindowEmbedder's encode reads (its text_cap, as a real model's): "w3" ends at 1,208, "w4" at 1,610.
+SPREAD = (" " * 400).join(f"w{i}" for i in range(6))
+SPREAD_SPANS = [(0, 1208), (804, 2012)]
+
+
+def test_a_window_ends_where_the_model_stops_reading_when_its_words_are_spread_over_whitespace(words):
+    found = split(SPREAD, words.token_spans, 8, 2, MAX_WINDOWS, words.text_cap)
+    assert (found.spans, found.truncated) == (SPREAD_SPANS, False)
+    for start, end in found.spans:  # every word of every window is read by the model call
+        assert words.token_spans(SPREAD[start:end][: words.text_cap]) == words.token_spans(SPREAD[start:end])
+    # Counting tokens alone, all of it is one window (it was stored so, with its last two words never read).
+    assert split(SPREAD, words.token_spans, 8, 2, MAX_WINDOWS).spans == [(0, len(SPREAD))]
+    assert split(SPREAD, words.token_spans, 8, 2, 1, words.text_cap) == Split([(0, 1208)], truncated=True)
+
+
 # --- the pipeline -------------------------------------------------------------------------------
 
 
@@ -102,6 +118,17 @@ def test_a_batch_is_counted_in_one_tokenizer_call_and_only_rows_that_do_not_fit_
         "short": [(0, 11)], "fit": [(0, 7)], "long": WORD_SPANS,
         "huge": split(huge, words.token_spans, 8, 2, MAX_WINDOWS).spans}
     assert shape_counts(env, result.id)[:4] == (4, 0, 2, 2)
+
+
+def test_a_row_of_few_words_spread_past_what_the_model_reads_is_stored_in_windows_it_reads_whole(env, submit,
+                                                                                                drain, words):
+    path = write_csv(env.dir / "spread.csv", f'id,text\nspread,"{SPREAD}"\n')
+    result = submit(path, model=words.name, id_column="id", text_columns=("text",), window_overlap=2)
+    drain(model=words)
+    spans, vectors = stored_windows(env, result.id)["spread"]
+    assert spans == SPREAD_SPANS
+    np.testing.assert_array_equal(vectors, np.stack([words.vector(SPREAD[a:b]) for a, b in SPREAD_SPANS]))
+    assert shape_counts(env, result.id) == (1, 0, 0, 1, 2, 0)
 
 
 @pytest.mark.parametrize("env", BOTH_STORES, indirect=True)
@@ -391,6 +418,26 @@ def test_a_match_past_the_models_window_is_found_with_window_and_not_with_trunca
     assert (hit.id, hit.match) == ("long", {"start": 2117, "end": len(text)})
     assert hit.match["start"] < at < at + len(NEEDLE) <= hit.match["end"]
     assert [hit.id for hit in hits["truncate"]] == ["o0"]
+
+
+@pytest.mark.slow
+def test_the_real_model_reads_every_word_of_a_row_spread_over_whitespace(env, submit, drain, embedder):
+    # 150 one-token words 300 spaces apart: fewer tokens than MiniLM's window, over 45,000 characters, past the
+    # 32,768 that its encode reads; it was stored as one window whose last third the model never read.
+    text = (" " * 300).join(["alpha", "river", "stone", "cloud", "green"] * 30)
+    assert len(embedder.token_spans(text)) == 150 < embedder.window_tokens and len(text) > embedder.text_cap
+    result = submit(write_csv(env.dir / "spread.csv", f'id,text\nspread,"{text}"\n'), id_column="id",
+                    text_columns=("text",))
+    drain()
+    store = open_store(env.db)
+    try:
+        [(spans, vectors)] = [(s, v) for *_, s, v in store.windows_of_submission(result.id)]
+    finally:
+        store.close()
+    assert len(spans) == 2 and spans[0][0] == 0 and spans[-1][1] == len(text)
+    for start, end in spans:  # every token of each window within what the model reads
+        assert embedder.token_spans(text[start:end][: embedder.text_cap]) == embedder.token_spans(text[start:end])
+    np.testing.assert_allclose(vectors, embedder.encode([text[a:b] for a, b in spans]), atol=1e-6)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ class PoisonTextEmbedderDouble:
         self.real, self.poison = real, poison
         self.name, self.dimension = real.name, real.dimension
         # How it splits long text into windows is the real one's.
-        self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
+        self.max_seq_length, self.window_tokens, self.text_cap = real.max_seq_length, real.window_tokens, real.text_cap
         self.token_counts, self.token_spans = real.token_counts, real.token_spans
         self.calls: list[int] = []
 
@@ -40,7 +40,7 @@ class SlowEmbedderDouble:
         self.real, self.seconds = real, seconds
         self.name, self.dimension = real.name, real.dimension
         # How it splits long text into windows is the real one's.
-        self.max_seq_length, self.window_tokens = real.max_seq_length, real.window_tokens
+        self.max_seq_length, self.window_tokens, self.text_cap = real.max_seq_length, real.window_tokens, real.text_cap
         self.token_counts, self.token_spans = real.token_counts, real.token_spans
         self.texts_seen: list[str] = []
 
