@@ -5,10 +5,10 @@
 #   PACK=DIR bench/gpu_check.sh [rows]    (the same machine without network: DIR from bench/gpu_pack.sh)
 #
 # Online it installs the project into .venv-gpu (torch from PyPI: its CUDA build, a few GB). With PACK it
-# installs DIR's wheels next to the machine's own python3 and its PyTorch, and loads
-# DIR's model, and runs csvembed from this checkout. Then bench/gpu_check.py prints encode and csvembed rows/s, their ratio, and how far
-# csvembed's stored vectors are from the raw encode's. Budget: install 2-4 min online (30 s with PACK),
-# model load and warm-up under a minute, the runs about a minute.
+# installs DIR's wheels next to the machine's own python3 and its PyTorch, loads DIR's model and runs
+# csvembed from this checkout. Then bench/gpu_check.py prints encode and csvembed rows/s, their ratio, and
+# how far csvembed's stored vectors are from the raw encode's. Budget (an H200, PACK, 100,000 rows): about
+# 2 minutes in all; online, add 2-4 minutes of install.
 set -euo pipefail
 ROWS="${1:-200000}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode --format=csv,noheader
