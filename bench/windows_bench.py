@@ -34,7 +34,7 @@ POLICIES = ("truncate", "window")
 def token_stats(embedder, texts: list[str]) -> str:
     lengths = np.array([len(embedder.token_spans(text)) for text in texts])
     windows = sum(len(split(text, embedder.token_spans, embedder.window_tokens, DEFAULT_OVERLAP,
-                            MAX_WINDOWS).spans) for text in texts)
+                            MAX_WINDOWS, embedder.text_cap).spans) for text in texts)
     p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
     return (f"tokens p50 {p50:.0f}, p90 {p90:.0f}, p99 {p99:.0f}, max {lengths.max()}; rows over the window of"
             f" {embedder.window_tokens}: {(lengths > embedder.window_tokens).sum()} of {len(texts)};"

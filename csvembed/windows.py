@@ -68,8 +68,7 @@ def _tokens(text: str, tokenize: Tokenize, piece: int) -> Iterator[tuple[int, in
         position = end
 
 
-def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_windows: int,
-          char_cap: int | None = None) -> Split:
+def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_windows: int, char_cap: int) -> Split:
     """At most `max_windows` windows of at most `window_tokens` tokens, each overlapping the previous one.
 
     Windows end after a whole word (a token followed by a gap) when one ends in the window's second
@@ -79,9 +78,8 @@ def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_w
     so that tokens spread over long runs of whitespace are never cut off by the model call unrecorded.
     """
     piece = piece_chars(window_tokens)
-    cap = len(text) if char_cap is None else char_cap
     # Most rows fit: one tokenizer call and a count, instead of streaming their tokens one by one.
-    if len(text) <= min(piece, cap) and len(tokenize(text)) <= window_tokens:
+    if len(text) <= min(piece, char_cap) and len(tokenize(text)) <= window_tokens:
         return Split([(0, len(text))], truncated=False)
     overlap = min(overlap, window_tokens // 2)
     tokens: list[tuple[int, int]] = []  # tokens from index `base` on; those before are dropped
@@ -97,7 +95,7 @@ def split(text: str, tokenize: Tokenize, window_tokens: int, overlap: int, max_w
         last = len(tokens) + base - 1 if rest else first + window_tokens - 1
         # Tokens the model call would not read (past char_cap) start the next window instead. A token is
         # shorter than a piece, and a piece than the cap, so the window keeps at least its first token.
-        while last > first and tokens[last - base][1] - start > cap:
+        while last > first and tokens[last - base][1] - start > char_cap:
             last, rest = last - 1, False
         if rest:  # the rest fits: the last window
             spans.append((start, len(text)))

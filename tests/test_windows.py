@@ -50,17 +50,17 @@ def shape_counts(env, submission: str) -> tuple[int, int, int, int, int, int]:
 
 
 def test_a_long_text_is_split_into_overlapping_windows_of_whole_words(words):
-    found = split(WORDS, words.token_spans, 8, 2, MAX_WINDOWS)
+    found = split(WORDS, words.token_spans, 8, 2, MAX_WINDOWS, words.text_cap)
     assert (found.spans, found.truncated) == (WORD_SPANS, False)
     assert [WORDS[a:b] for a, b in found.spans] == ["w0 w1 w2 w3 w4 w5 w6 w7", "w6 w7 w8 w9 w10 w11 w12 w13",
                                                     "w12 w13 w14 w15 w16 w17 w18 w19"]
-    assert split(WORDS, words.token_spans, 8, 0, MAX_WINDOWS).spans == [(0, 23), (24, 53), (54, 69)]
+    assert split(WORDS, words.token_spans, 8, 0, MAX_WINDOWS, words.text_cap).spans == [(0, 23), (24, 53), (54, 69)]
     # An overlap of more than half a window is held to half of it.
-    assert split(WORDS, words.token_spans, 8, 7, MAX_WINDOWS).spans == split(WORDS, words.token_spans, 8, 4,
-                                                                             MAX_WINDOWS).spans
-    assert split("a few words", words.token_spans, 8, 2, MAX_WINDOWS).spans == [(0, 11)]
-    assert split(WORDS, words.token_spans, 8, 2, 1).spans == [(0, 23)]
-    assert split(WORDS, words.token_spans, 8, 2, 1).truncated
+    assert split(WORDS, words.token_spans, 8, 7, MAX_WINDOWS, words.text_cap).spans == split(
+        WORDS, words.token_spans, 8, 4, MAX_WINDOWS, words.text_cap).spans
+    assert split("a few words", words.token_spans, 8, 2, MAX_WINDOWS, words.text_cap).spans == [(0, 11)]
+    assert split(WORDS, words.token_spans, 8, 2, 1, words.text_cap).spans == [(0, 23)]
+    assert split(WORDS, words.token_spans, 8, 2, 1, words.text_cap).truncated
 
 
 def test_a_window_ends_after_a_whole_word_when_one_ends_in_its_second_half():
@@ -70,12 +70,12 @@ def test_a_window_ends_after_a_whole_word_when_one_ends_in_its_second_half():
                 if start + i < len(text)]
 
     text = "abcd efgh ijkl"
-    assert split(text, pieces, 3, 0, MAX_WINDOWS).spans == [(0, 4), (5, 9), (10, 14)]
+    assert split(text, pieces, 3, 0, MAX_WINDOWS, len(text)).spans == [(0, 4), (5, 9), (10, 14)]
 
 
 def test_the_tokenizer_never_sees_more_than_a_bounded_piece_and_a_huge_cell_costs_only_its_windows(words):
     huge = "word " * 2_000_000  # 10 MB
-    found = split(huge, words.token_spans, 8, 2, MAX_WINDOWS)
+    found = split(huge, words.token_spans, 8, 2, MAX_WINDOWS, words.text_cap)
     assert (len(found.spans), found.truncated) == (MAX_WINDOWS, True)
     assert found.spans[0] == (0, 39) and found.spans[-1][1] == 6 * 5 * 511 + 39
     assert max(words.tokenized) <= 8 * 128
@@ -93,8 +93,9 @@ def test_a_window_ends_where_the_model_stops_reading_when_its_words_are_spread_o
     assert (found.spans, found.truncated) == (SPREAD_SPANS, False)
     for start, end in found.spans:  # every word of every window is read by the model call
         assert words.token_spans(SPREAD[start:end][: words.text_cap]) == words.token_spans(SPREAD[start:end])
-    # Counting tokens alone, all of it is one window (it was stored so, with its last two words never read).
-    assert split(SPREAD, words.token_spans, 8, 2, MAX_WINDOWS).spans == [(0, len(SPREAD))]
+    # Counting tokens alone (a cap as long as the text), all of it is one window: it was stored so, with its last
+    # two words never read.
+    assert split(SPREAD, words.token_spans, 8, 2, MAX_WINDOWS, len(SPREAD)).spans == [(0, len(SPREAD))]
     assert split(SPREAD, words.token_spans, 8, 2, 1, words.text_cap) == Split([(0, 1208)], truncated=True)
 
 
@@ -116,7 +117,7 @@ def test_a_batch_is_counted_in_one_tokenizer_call_and_only_rows_that_do_not_fit_
     stored = stored_windows(env, result.id)
     assert {row_id: spans for row_id, (spans, _) in stored.items()} == {
         "short": [(0, 11)], "fit": [(0, 7)], "long": WORD_SPANS,
-        "huge": split(huge, words.token_spans, 8, 2, MAX_WINDOWS).spans}
+        "huge": split(huge, words.token_spans, 8, 2, MAX_WINDOWS, words.text_cap).spans}
     assert shape_counts(env, result.id)[:4] == (4, 0, 2, 2)
 
 
@@ -464,8 +465,8 @@ def test_windowed_rows_survive_a_worker_kill_exactly_once(env, submit, embedder)
     finally:
         survivor.send_signal(signal.SIGTERM)
         assert survivor.wait(60) == 0
-    expected = {row_id: split(text, embedder.token_spans, embedder.window_tokens, 32, MAX_WINDOWS).spans
-                for row_id, text in texts.items()}
+    expected = {row_id: split(text, embedder.token_spans, embedder.window_tokens, 32, MAX_WINDOWS,
+                              embedder.text_cap).spans for row_id, text in texts.items()}
     windows = sum(map(len, expected.values()))
     assert windows == 4 * count
     stored = stored_windows(env, result.id)
