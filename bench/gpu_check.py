@@ -1,6 +1,6 @@
 """MiniLM's raw encode on a GPU against csvembed end to end; run by bench/gpu_check.sh, which installs it.
 
-    python bench/gpu_check.py [--rows 200000] [--model all-MiniLM-L6-v2] [--device cuda] [--workers 1024,4096]
+    python bench/gpu_check.py [--rows 200000] [--model all-MiniLM-L6-v2] [--device cuda] [--workers 1024,1024x2,1024x4]
 
 Prints, on short titles:
   encode    rows/s of the model's encode over every text, 1024 per call (after a warm-up), in a process
@@ -107,7 +107,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--workers", default="1024,4096", help="batch sizes, BxN for N workers")
+    parser.add_argument("--workers", default="1024,1024x2,1024x4",
+                        help="batch sizes, BxN for N workers (a worker leaves the GPU idle while it tokenizes"
+                        " and stores)")
     parser.add_argument("--encode", nargs=2, type=Path, metavar=("TEXTS", "VECTORS"), help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.encode:

@@ -7,8 +7,10 @@
 # Online it installs the project into .venv-gpu (torch from PyPI: its CUDA build, a few GB). With PACK it
 # installs DIR's wheels next to the machine's own python3 and its PyTorch, loads DIR's model and runs
 # csvembed from this checkout. Then bench/gpu_check.py prints encode and csvembed rows/s, their ratio, and
-# how far csvembed's stored vectors are from the raw encode's. Budget (an H200, PACK, 100,000 rows): about
-# 2 minutes in all; online, add 2-4 minutes of install.
+# how far csvembed's stored vectors are from the raw encode's, for one, two and four workers (WORKERS, as
+# gpu_check.py --workers). Budget (an H200, PACK, 100,000 rows): about 2 minutes measured with one worker; each
+# further set-up adds under a minute (an estimate: it loads its models, then runs the rows); online, add 2-4
+# minutes of install.
 set -euo pipefail
 ROWS="${1:-200000}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode --format=csv,noheader
@@ -45,4 +47,5 @@ else
     model=all-MiniLM-L6-v2
 fi
 [[ "${DEVICE:-cuda}" != cuda ]] || "$python" -c 'import torch; assert torch.cuda.is_available(), "torch sees no GPU"; print("torch", torch.__version__, torch.cuda.get_device_name())'
-HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 "$python" bench/gpu_check.py --rows "$ROWS" --model "$model" --device "${DEVICE:-cuda}"
+HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 "$python" bench/gpu_check.py --rows "$ROWS" --model "$model" --device "${DEVICE:-cuda}" \
+    --workers "${WORKERS:-1024,1024x2,1024x4}"
