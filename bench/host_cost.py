@@ -13,10 +13,10 @@ raw        model.encode(titles, batch_size=1024): rows/s.
 embedder   token_counts + encode per 1024-row batch (the worker's two calls), µs/row: each row tokenized once
            (csvembed.embedder.TransformerTokens) against `before`, the same embedder with its tokens set to None
            (main's path: transformers' tokenizer for the count, SentenceTransformer.encode).
-csvembed   rows/s from `csvembed submit` start until every row is done, one warm worker (this process), as
-           bench/ceiling.py runs its static model; the worker's embedder as above, once, before.
+csvembed   rows/s from `csvembed submit` start until every row is done, one warm worker (this process) with
+           the `before` or the `after` embedder, as bench/ceiling.py runs its static model.
 MiniLM     the real model on the CPU (encode_batch_size 32), token_counts + encode per 1024 titles, µs/row.
-Runs alternate before and after; prints medians.
+Runs alternate before and after; prints medians. The vectors of both are checked equal first.
 """
 
 from __future__ import annotations
@@ -143,6 +143,8 @@ def main() -> None:
     minilm_before = SentenceTransformerEmbedder(defaults.MODEL_NAME)
     minilm_before.tokens = None
     titles = texts[:args.minilm_rows]
+    minilm_after.token_counts(titles[:BATCH])
+    assert np.array_equal(minilm_after.encode(titles[:BATCH]), minilm_before.encode(titles[:BATCH]))
     show(f"MiniLM on the CPU (encode_batch_size {minilm_after.encode_batch_size}), {len(titles):,} titles", "µs/row",
          *alternate(args.runs, lambda: fit_and_encode(minilm_before, titles),
                     lambda: fit_and_encode(minilm_after, titles)))
