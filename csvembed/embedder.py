@@ -343,11 +343,15 @@ class TransformerTokens(KnownTokens):
                  and type(tokenizer).__call__ is PreTrainedTokenizerBase.__call__
                  and type(tokenizer)._encode_plus is TokenizersBackend._encode_plus
                  and type(tokenizer).set_truncation_and_padding is TokenizersBackend.set_truncation_and_padding
+                 and not hasattr(tokenizer, "_switch_to_input_mode")  # (translation tokenizers set a language here)
                  and tokenizer.pad_token is not None and tokenizer.pad_token_id is not None
                  and tokenizer.pad_token_id >= 0 and tokenizer.model_max_length <= LARGE_INTEGER)
         if not plain:
             return None
-        tokens = cls(model, tokenizer)
+        try:
+            tokens = cls(model, tokenizer)
+        except Exception:  # noqa: BLE001 (a tokenizer that cannot be copied: a custom Python pre-tokenizer)
+            return None
         probe = tokens.reader.encode("a b", add_special_tokens=True)
         return tokens if tokenizer.pad_token_type_id == 0 and not any(probe.type_ids) else None
 

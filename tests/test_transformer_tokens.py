@@ -125,6 +125,20 @@ def test_a_transformer_with_a_dense_layer_goes_through_its_own_encode(tiny_path)
     assert TransformerTokens.of(dense.model) is None
 
 
+def test_a_tokenizer_that_cannot_be_copied_goes_through_its_own_encode(tiny_path):
+    from tokenizers.pre_tokenizers import PreTokenizer
+
+    class Whole:
+        """A custom Python pre-tokenizer (as some Chinese models have): the backend cannot serialize it."""
+
+        def pre_tokenize(self, pretokenized) -> None:
+            pretokenized.split(lambda _, piece: [piece])
+
+    custom = SentenceTransformerEmbedder(str(tiny_path))
+    custom.model.tokenizer.backend_tokenizer.pre_tokenizer = PreTokenizer.custom(Whole())
+    assert TransformerTokens.of(custom.model) is None
+
+
 @pytest.mark.slow  # the real model
 @pytest.mark.parametrize("batch_size", [CPU, GPU])
 def test_minilms_vectors_are_its_own_encodes_bit_for_bit(embedder, batch_size):
