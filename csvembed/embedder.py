@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
@@ -16,6 +17,8 @@ from csvembed import defaults
 from csvembed.errors import InputError, ServiceUnavailable
 
 if TYPE_CHECKING:
+    from tokenizers import Encoding
+
     from csvembed.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,8 @@ class SentenceTransformerEmbedder:
         self.device = device
         self.dimension = int(self.model.get_embedding_dimension())
         self.static = StaticTokens.of(self.model)
+        # The model's tokens when csvembed can feed it exactly as its encode does: each row tokenized once.
+        self.tokens: StaticTokens | TransformerTokens | None = self.static or TransformerTokens.of(self.model)
         if self.static is not None:
             self.max_seq_length = self.window_tokens = self.static.reads
         else:
@@ -129,8 +134,8 @@ class SentenceTransformerEmbedder:
         set_torch_threads(torch, 1 if self.static is not None else threads)
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        if self.static is not None:
-            return self.static.counts(texts)
+        if self.tokens is not None:
+            return self.tokens.counts(texts)
         if not texts:  # (transformers' tokenizer call raises on an empty list)
             return []
         encoded = self.model.tokenizer(list(texts), add_special_tokens=False, truncation=False,
@@ -138,16 +143,17 @@ class SentenceTransformerEmbedder:
         return [len(ids) for ids in encoded["input_ids"]]
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        if self.static is not None:
-            return self.static.spans(text)
+        if self.tokens is not None:
+            return self.tokens.spans(text)
         encoded = self.model.tokenizer(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True)
         return encoded["offset_mapping"]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        if self.static is not None and self.static.exact:
-            return self.static.encode([text[: self.text_cap] for text in texts])
+        texts = [text[: self.text_cap] for text in texts]
+        if self.tokens is not None and self.tokens.exact:
+            return self.tokens.encode(texts, self.encode_batch_size)
         return self.model.encode(
-            [text[: self.text_cap] for text in texts],
+            texts,
             batch_size=self.encode_batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
@@ -155,37 +161,113 @@ class SentenceTransformerEmbedder:
         ).astype(np.float32, copy=False)
 
 
-class StaticTokens:
-    """A static model's tokens (sentence-transformers' StaticEmbedding: one learned vector per token, averaged),
-    each text tokenized once.
+class KnownTokens(ABC):
+    """Each text tokenized once on the worker's path, for the models whose tokenizing csvembed can do exactly as
+    SentenceTransformer.encode does.
 
     SentenceTransformer.encode tokenizes inside the model; the fit check (token_counts) had tokenized every row
-    already, which cost as much again as the rest of the model. So `counts` keeps the ids of the texts that fit,
-    and `encode` runs the model's modules on them (tokenizing only the texts it was not asked about: windows),
-    in the order and single batch that encode would run them in: the vectors are bit-identical to
-    `model.encode(texts, normalize_embeddings=True)`.
-
-    This relies on StaticEmbedding's `tokenizer` attribute and its forward's inputs (`input_ids`, `offsets`)
-    as sentence-transformers 6.2.0 has them; it is pinned to that version in pyproject.toml.
+    already. So `counts` keeps the encodings of the texts the model reads whole, and `encode` (the subclass's)
+    runs the model's modules on them, tokenizing only the texts it was not asked about (windows), in the order
+    and batches encode would run them in (the whole call in one batch on a GPU or for a static model): the vectors
+    are bit-identical to `model.encode(texts, normalize_embeddings=True, batch_size=...)`. This relies on
+    sentence-transformers' internals as 6.2.0 has them (see each subclass); it is pinned to that version in
+    pyproject.toml.
     """
 
-    def __init__(self, model, module) -> None:
+    exact = True
+    special = False  # whether the model reads the tokenizer's special tokens (its post-processor's)
+
+    def __init__(self, model, reader, reads: int) -> None:
+        """`reader`: the backend tokenizer the model's own encode uses, cutting off where it does; `reads`: the most
+        tokens (special tokens included) a text may have to be read whole."""
         from tokenizers import Tokenizer
 
         self.model = model
-        self.tokenizer = module.tokenizer  # the model's own: it may cut a text off (tokenizer.json's truncation)
-        # The model reads the tokens its tokenizer keeps, with no special tokens; a tokenizer without truncation
-        # (infinite max_seq_length) is windowed as for STATIC_MAX_TOKENS tokens, bounding the tokenizer's memory.
-        truncation = self.tokenizer.truncation
-        self.reads = min(truncation["max_length"] if truncation else defaults.STATIC_MAX_TOKENS,
-                         defaults.STATIC_MAX_TOKENS)
+        self.reader = reader
+        self.reads = reads
         # Counts and offsets for windows need every token: a copy that never cuts off (pieces are bounded by the
         # caller, csvembed.windows).
-        self.counter = Tokenizer.from_str(self.tokenizer.to_str())
+        self.counter = Tokenizer.from_str(reader.to_str())
         self.counter.no_truncation()
+        self.counter.no_padding()
+        self.counter.encode_special_tokens = reader.encode_special_tokens
+        processor = self.counter.post_processor
+        self.added = processor.num_special_tokens_to_add(False) if self.special and processor else 0
+        self._known: dict[str, Encoding] = {}  # the Encodings of the texts of the last count that the model reads whole
+
+    def counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text, special tokens left out (len(Encoding) costs no list of ids)."""
+        encodings = self.counter.encode_batch(texts, add_special_tokens=self.special)
+        # A text that fits is read whole by the model: this is its encoding as the model's own tokenizer gives it.
+        self._known = {text: found for text, found in zip(texts, encodings) if len(found) <= self.reads}
+        return [len(found) - self.added for found in encodings]
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        return self.counter.encode(text, add_special_tokens=False).offsets
+
+    def ordered_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(order, lengths, flat ids): the texts in SentenceTransformer.encode's order (np.argsort of minus each
+        text's length in characters: longest first, ties as that sort leaves them), so that every batch holds the
+        very texts it would there; their token counts and their ids end to end, in that order."""
+        known, self._known = self._known, {}
+        encodings = [known.get(text) for text in texts]
+        unknown = [i for i, found in enumerate(encodings) if found is None]
+        if unknown:
+            for i, found in zip(unknown, self.reader.encode_batch([texts[i] for i in unknown],
+                                                                  add_special_tokens=self.special)):
+                encodings[i] = found
+        order = np.argsort([-len(text) for text in texts])
+        ids = [encodings[i].ids for i in order]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        return order, lengths, flat
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        """Vectors of the texts, run as SentenceTransformer.encode runs them: sorted, `batch_size` texts per call on
+        the model's device, each call's vectors normalized there, then brought back in the texts' order."""
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.model.get_embedding_dimension()), dtype=np.float32)
+        order, lengths, flat = self.ordered_ids(texts)
+        ends = np.cumsum(lengths)
+        device = self.model.device
+        self.model.eval()
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                stop = min(start + batch_size, len(texts))
+                features = self.features(lengths[start:stop], flat[int(ends[start] - lengths[start]):ends[stop - 1]])
+                features = {name: torch.from_numpy(value).to(device) if isinstance(value, np.ndarray) else value
+                            for name, value in features.items()}
+                embeddings = self.model(features)["sentence_embedding"]
+                parts.append(torch.nn.functional.normalize(embeddings, p=2, dim=1).cpu())
+        embeddings = torch.cat(parts).float().numpy()
+        vectors = np.empty_like(embeddings)
+        vectors[order] = embeddings
+        return vectors
+
+    @abstractmethod
+    def features(self, lengths: np.ndarray, flat: np.ndarray) -> dict[str, np.ndarray | str]:
+        """One batch's inputs to the model, from its texts' token counts and their ids end to end."""
+
+
+class StaticTokens(KnownTokens):
+    """A static model's tokens (sentence-transformers' StaticEmbedding: one learned vector per token, averaged).
+    The model reads its tokenizer's ids, no special tokens, as one bag (`offsets`) per text.
+
+    This relies on StaticEmbedding's `tokenizer` attribute and its forward's inputs (`input_ids`, `offsets`).
+    """
+
+    def __init__(self, model, module) -> None:
+        tokenizer = module.tokenizer  # the model's own: it may cut a text off (tokenizer.json's truncation)
+        # A tokenizer without truncation (infinite max_seq_length) is windowed as for STATIC_MAX_TOKENS tokens,
+        # bounding the tokenizer's memory.
+        truncation = tokenizer.truncation
+        super().__init__(model, tokenizer, min(truncation["max_length"] if truncation else defaults.STATIC_MAX_TOKENS,
+                                               defaults.STATIC_MAX_TOKENS))
         # Prompts and a truncated dimension are SentenceTransformer.encode's own: such a model goes through it.
         self.exact = model.default_prompt_name is None and model.truncate_dim is None
-        self._known: dict[str, list[int]] = {}  # ids of the texts of the last count that the model reads whole
 
     @classmethod
     def of(cls, model) -> StaticTokens | None:
@@ -194,43 +276,98 @@ class StaticTokens:
 
         return cls(model, model[0]) if isinstance(model[0], StaticEmbedding) else None
 
-    def counts(self, texts: Sequence[str]) -> list[int]:
-        ids = [encoding.ids for encoding in self.counter.encode_batch(texts, add_special_tokens=False)]
-        # A text that fits is read whole by the model: these are its ids as the model's own tokenizer gives them.
-        self._known = {text: found for text, found in zip(texts, ids) if len(found) <= self.reads}
-        return [len(found) for found in ids]
-
-    def spans(self, text: str) -> list[tuple[int, int]]:
-        return self.counter.encode(text, add_special_tokens=False).offsets
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        if not texts:
-            return np.zeros((0, self.model.get_embedding_dimension()), dtype=np.float32)
-        known, self._known = self._known, {}
-        ids = [known.get(text) for text in texts]
-        unknown = [i for i, found in enumerate(ids) if found is None]
-        if unknown:
-            encodings = self.tokenizer.encode_batch([texts[i] for i in unknown], add_special_tokens=False)
-            for i, encoding in zip(unknown, encodings):
-                ids[i] = encoding.ids
-        # SentenceTransformer.encode's order (longest text first), so that modules after the lookup (a Dense
-        # layer) see the very batch they would there.
-        order = np.argsort([-len(text) for text in texts])
-        ordered = [ids[i] for i in order]
-        lengths = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
-        offsets = np.zeros(len(ordered), dtype=np.int64)
+    def features(self, lengths: np.ndarray, flat: np.ndarray) -> dict[str, np.ndarray | str]:
+        """The ids end to end, with where each text's begin (StaticEmbedding's EmbeddingBag `offsets`)."""
+        offsets = np.zeros(len(lengths), dtype=np.int64)
         np.cumsum(lengths[:-1], out=offsets[1:])
-        flat = np.fromiter(chain.from_iterable(ordered), dtype=np.int64, count=int(lengths.sum()))
-        device = self.model.device
-        features = {"input_ids": torch.from_numpy(flat).to(device), "offsets": torch.from_numpy(offsets).to(device)}
-        with torch.inference_mode():
-            embeddings = self.model(features)["sentence_embedding"]
-            embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1).float().cpu().numpy()
-        vectors = np.empty_like(embeddings)
-        vectors[order] = embeddings
-        return vectors
+        return {"input_ids": flat, "offsets": offsets}
+
+
+class TransformerTokens(KnownTokens):
+    """A transformer's tokens (sentence-transformers' Transformer module over a fast tokenizer), padded here.
+
+    Its encode tokenizes each batch again through transformers' tokenizer call, padding into tensors: on a GPU
+    that host work, with the fit check's, was most of the worker's time. Here a batch's tensors are built with
+    numpy from the encodings the fit check kept, exactly as Transformer.preprocess builds them.
+
+    This relies on, as sentence-transformers 6.2.0 and transformers 5 have them: SentenceTransformer._inference
+    (texts sorted by np.argsort of minus their length, sliced by batch_size, each batch preprocessed, moved to the
+    model's device, run through the modules, its sentence_embedding normalized on the device, then moved to the
+    CPU); Transformer.preprocess for plain text with no prompt, task or processing_kwargs (the tokenizer called
+    with padding=True, truncation="longest_first", return_tensors="pt", and "modality": "text" added); and the
+    fast tokenizer's call (the backend tokenizer's encode_batch with special tokens, cut off at model_max_length
+    from its truncation_side, padded with pad_token_id on its padding_side, token_type_ids when its
+    model_input_names has them). Any model where one of these could differ is left to SentenceTransformer.encode
+    (`of` returns None).
+    """
+
+    special = True
+
+    def __init__(self, model, tokenizer) -> None:
+        from tokenizers import Tokenizer
+
+        reader = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        reader.no_padding()  # each batch is padded here, to its own longest text
+        reader.enable_truncation(max_length=tokenizer.model_max_length, stride=0, strategy="longest_first",
+                                 direction=tokenizer.truncation_side)
+        reader.encode_special_tokens = tokenizer.split_special_tokens
+        super().__init__(model, reader, tokenizer.model_max_length)
+        self.pad_id = tokenizer.pad_token_id
+        self.pad_left = tokenizer.padding_side == "left"
+        self.type_ids = "token_type_ids" in tokenizer.model_input_names
+
+    @classmethod
+    def of(cls, model) -> TransformerTokens | None:
+        """The tokens of a loaded SentenceTransformer that csvembed can pad exactly as its encode does, else None:
+        a Transformer on PyTorch over a fast tokenizer that nothing overrides, then Pooling (and Normalize), no
+        prompt, no truncated dimension; single-sequence type ids all 0, as padding's."""
+        from sentence_transformers.base.modules import Normalize, Transformer
+        from sentence_transformers.sentence_transformer.modules import Pooling
+        from transformers import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_base import LARGE_INTEGER
+
+        try:
+            from transformers.tokenization_utils_tokenizers import TokenizersBackend
+        except ImportError:  # transformers 4, whose fast tokenizers csvembed does not follow
+            return None
+        layout = [type(module) for module in model]
+        if layout not in ([Transformer, Pooling], [Transformer, Pooling, Normalize]):
+            return None
+        module = model[0]
+        tokenizer = module.processor
+        plain = (module.backend == "torch" and module.transformer_task == "feature-extraction"
+                 and list(module.modality_config) == ["text"] and module.modality_config["text"]["method"] == "forward"
+                 and not module.processing_kwargs and not module.can_flatten_inputs and module.query_expansion is None
+                 and model.default_prompt_name is None and model.truncate_dim is None
+                 and isinstance(tokenizer, TokenizersBackend)
+                 and type(tokenizer).__call__ is PreTrainedTokenizerBase.__call__
+                 and type(tokenizer)._encode_plus is TokenizersBackend._encode_plus
+                 and type(tokenizer).set_truncation_and_padding is TokenizersBackend.set_truncation_and_padding
+                 and not hasattr(tokenizer, "_switch_to_input_mode")  # (translation tokenizers set a language here)
+                 and tokenizer.pad_token is not None and tokenizer.pad_token_id is not None
+                 and tokenizer.pad_token_id >= 0 and tokenizer.model_max_length <= LARGE_INTEGER)
+        if not plain:
+            return None
+        try:
+            tokens = cls(model, tokenizer)
+        except Exception:  # noqa: BLE001 (a tokenizer that cannot be copied: a custom Python pre-tokenizer)
+            return None
+        probe = tokens.reader.encode("a b", add_special_tokens=True)
+        return tokens if tokenizer.pad_token_type_id == 0 and not any(probe.type_ids) else None
+
+    def features(self, lengths: np.ndarray, flat: np.ndarray) -> dict[str, np.ndarray | str]:
+        """One batch's input tensors as the tokenizer pads them: to the batch's longest text, on its side."""
+        width = int(lengths.max())
+        columns = np.arange(width)
+        real = columns >= (width - lengths)[:, None] if self.pad_left else columns < lengths[:, None]
+        input_ids = np.full(real.shape, self.pad_id, dtype=np.int64)
+        input_ids[real] = flat  # row by row, in order: each text's ids fill its real positions
+        features: dict[str, np.ndarray | str] = {"input_ids": input_ids}
+        if self.type_ids:
+            features["token_type_ids"] = np.zeros(real.shape, dtype=np.int64)
+        features["attention_mask"] = real.astype(np.int64)
+        features["modality"] = "text"
+        return features
 
 
 def encode_batch_size(model, device: str) -> int:
