@@ -70,10 +70,10 @@ def host_of(name: str) -> str:
     return name.rsplit(".", 2)[0]
 
 
-# Take the next batch while this one is embedded when the last one took less than this (seconds): the
-# Redis scripts then run beside the model instead of between its calls. A slower model gains little
-# (a take costs milliseconds), and a batch taken ahead waits, held from other workers, for as long.
-PREFETCH_BELOW = 0.1
+# Take the next batch while this one is embedded when the last one took less than this per row (seconds):
+# the Redis scripts then run beside the model instead of between its calls. A slower model gains little (a
+# take costs some 30 µs a row), and a batch taken ahead waits, held from other workers, for as long.
+PREFETCH_BELOW = 0.1 / 256
 
 
 class _SerialThread:
@@ -322,7 +322,7 @@ class BatchWorker(SimpleWorker):
             log.warning("storing a batch of %d rows failed: %s", len(batch.tasks), mask_secrets(str(exc)))
             outcomes = [exc] * len(batch.tasks)
         batch.seconds = time.perf_counter() - started
-        self._prefetch = batch.seconds < PREFETCH_BELOW
+        self._prefetch = batch.seconds < PREFETCH_BELOW * len(batch.tasks)
         return outcomes
 
     def _drop(self, takes: deque[Future]) -> None:
