@@ -1,6 +1,7 @@
 """The queue's own ceiling: what one worker process costs per row when the model is (nearly) free.
 
     .venv/bin/python bench/ceiling.py [--rows 20000] [--runs 5] [--static-rows 50000] [--skip-static]
+                                      [--accelerator-us 100 [--accelerator-batch 1024]]
 
 model-free  A BatchWorker (burst, in this process) over rows already queued, with an embedder that
             returns one constant vector: worker CPU per row (this process, store write included),
@@ -12,6 +13,9 @@ static      A static-embedding model (bench/static_model.py: a token lookup tabl
             upsert them into sqlite-vec, one transaction per batch, no queue), and csvembed from
             `csvembed submit` start until every row is done, one warm worker (this process); ratio
             csvembed / loop, same run.
+accelerator (with --accelerator-us) The model-free worker, but each model call waits N µs per text with this
+            process idle, as a host waits on a GPU's kernels: rows/s and its ratio to 1e6 / N, the rate of the
+            emulated device alone. It shows how much of the queue's work overlaps the device's; no GPU at hand.
 Each world has its own embedded Redis (AOF on, as csvembed starts it). Prints medians over --runs.
 """
 
@@ -73,6 +77,19 @@ class ConstantEmbedder:
         return np.broadcast_to(self._vector, (len(texts), self.dimension))
 
 
+class AcceleratorEmbedder(ConstantEmbedder):
+    """The constant model on an emulated accelerator: a model call waits `seconds_per_text` per text while
+    this process is idle (time.sleep releases the GIL, as torch does while it waits on CUDA)."""
+
+    def __init__(self, seconds_per_text: float) -> None:
+        super().__init__()
+        self.seconds_per_text = seconds_per_text
+
+    def encode(self, texts) -> np.ndarray:
+        time.sleep(self.seconds_per_text * len(texts))
+        return super().encode(texts)
+
+
 class World:
     """A private csvembed home: embedded Redis and a SQLite store."""
 
@@ -114,11 +131,11 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def model_free(path: Path, rows: int, batch_size: int, scratch: Path) -> dict:
+def model_free(path: Path, rows: int, batch_size: int, scratch: Path, embedder: ConstantEmbedder | None = None) -> dict:
     """One run: submit (not measured), then one burst worker over every row."""
     world = World(scratch, "constant")
     submission_id = world.submit(path)
-    worker = world.worker(ConstantEmbedder(), batch_size)
+    worker = world.worker(embedder or ConstantEmbedder(), batch_size)
     cpu, redis_cpu, calls, start = cpu_seconds(), world.redis_cpu(), world.redis_calls(), time.perf_counter()
     worker.work(burst=True, logging_level="WARNING")
     wall = time.perf_counter() - start
@@ -164,11 +181,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     parser.add_argument("--skip-static", action="store_true")
+    parser.add_argument("--accelerator-us", type=float, help="also run an emulated accelerator: µs per text")
+    parser.add_argument("--accelerator-batch", type=int, default=1024)
     args = parser.parse_args()
     scratch = scratch_dir("csvembed-ceiling-")
 
     titles = scratch / "titles.csv"
     write_titles(titles, args.rows)
+    if args.accelerator_us:
+        device_rate = 1e6 / args.accelerator_us
+        runs = [model_free(titles, args.rows, args.accelerator_batch, scratch,
+                           AcceleratorEmbedder(args.accelerator_us / 1e6)) for _ in range(args.runs)]
+        for run in runs:
+            run["÷ device alone"] = run["rows/s"] / device_rate
+        show(f"accelerator, {args.accelerator_us:g} µs a text ({device_rate:,.0f} rows/s alone), {args.rows:,} short"
+             f" rows, batch {args.accelerator_batch}:", runs)
     show(f"model-free, {args.rows:,} short rows, batch {args.batch_size}:",
          [model_free(titles, args.rows, args.batch_size, scratch) for _ in range(args.runs)])
     if args.skip_static:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 # of a deleted submission, dropped.
 _WHOLE = Shape(1, False)
 _DROPPED = Shape(0, False)
+
+
+class Embedded(NamedTuple):
+    """A batch embedded and not yet stored: each task's outcome so far, the (row, task position) pairs to
+    write, and their windows' vectors stacked in row order."""
+
+    outcomes: list[Exception | Shape]
+    rows: list[tuple[StoredRow, int]]
+    vectors: np.ndarray | None
 
 
 class Ingestor:
@@ -91,6 +101,11 @@ class Ingestor:
         A row whose data the store refuses fails alone (see `_write`). Any other failure of the store (for
         instance a lock held past the busy timeout) raises: every row of the batch should then be retried.
         """
+        return self.save(self.embed(tasks))
+
+    def embed(self, tasks: Sequence[RowTask]) -> Embedded:
+        """The model's half of `ingest`: a worker stores one batch (`save`, on a thread of its own) while it
+        embeds the next, so that a GPU's model calls need not wait for the store's writes."""
         outcomes: list[Exception | Shape] = [_DROPPED] * len(tasks)
         rows: list[StoredRow] = []
         positions: list[int] = []
@@ -127,13 +142,18 @@ class Ingestor:
                 texts.extend(row.text[start:end] for start, end in spans)
                 owners.extend([position] * len(spans))
         if not rows:
-            return outcomes
+            return Embedded(outcomes, [], None)
         vectors = self._encode(texts, outcomes, owners)
         kept = [(row, position) for row, position in zip(rows, positions) if isinstance(outcomes[position], Shape)]
         if len(kept) < len(rows):  # the model failed some rows: their windows' vectors are left out
             vectors = vectors[np.array([isinstance(outcomes[owner], Shape) for owner in owners], dtype=bool)]
-        if kept:
-            self._write(kept, vectors, outcomes)
+        return Embedded(outcomes, kept, vectors)
+
+    def save(self, embedded: Embedded) -> list[Exception | Shape]:
+        """The store's half of `ingest`: write an embedded batch in one transaction; per task, its outcome."""
+        outcomes = embedded.outcomes
+        if embedded.rows:
+            self._write(embedded.rows, embedded.vectors, outcomes)
         cut = sum(isinstance(outcome, Shape) and outcome.truncated for outcome in outcomes)
         if cut:
             log.info("%d rows longer than the model's window were cut off (--long-text truncate, or past %d windows)",

@@ -136,6 +136,14 @@ def run_cli(env: Env, *args: str, input: bytes | None = None, timeout: float = 3
     )
 
 
+def wait_until(condition, what: str, timeout: float = 5) -> None:
+    """Poll `condition` until it holds; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
 def store_counts(env: Env) -> tuple[int, int]:
     """(rows, vectors) in the test's store: equal in a healthy one."""
     from csvembed.store import open_store

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from rq import Queue
 
-from conftest import FAKE_QUEUE, run_cli, store_counts, write_csv
+from conftest import FAKE_QUEUE, run_cli, store_counts, wait_until, write_csv
 from csvembed.delete import delete_submission
 from csvembed.enqueue import RowEnqueuer
 from csvembed.errors import InputError, UnknownSubmission
@@ -146,6 +146,8 @@ def test_delete_while_a_worker_holds_rows_leaves_nothing(env, submit, drain, fak
     deleted = []
 
     def delete_now(_worker) -> None:  # the worker holds a batch, inside the model (after storing one batch at 2)
+        if at == 2:  # the first batch is stored on the store's thread while this one is embedded
+            wait_until(lambda: SubmissionRecords(env.connection).snapshot(result.id).done == 63, "batch 1 stored")
         store = open_store(env.db)
         deleted.append(delete_submission(env.connection, store, result.id))
         store.close()
