@@ -110,6 +110,8 @@ RECENT_SUBMISSIONS = 10
 RECENT_FAILURES = 3
 
 SEARCH_K = 5
+# Redis indexes are signed 64-bit integers: a larger count (list --limit) is the user's mistake, not an outage.
+REDIS_MAX_INT = 2**63 - 1
 # pgvector HNSW candidates per query (at least 2k). Over 1M clustered rows (bench/pgvector_bench.py):
 # 40 -> recall@10 0.70 in 3.7 ms, 100 -> 0.75 in 4.0 ms, 200 -> 0.88 in 4.8 ms (medians).
 HNSW_EF_SEARCH = 200
