@@ -23,6 +23,9 @@ SHOWN_ID_CHARS = 80
 ENQUEUE_CHUNK = 1_000
 # Rows a worker takes from the queue at once; they are embedded in one model call.
 BATCH_SIZE = 256
+# The largest --batch-size: a batch is taken in one Lua call and held whole (16x the largest measured, 4096);
+# a larger one only exhausts memory (the take's execution ids alone are 16 bytes a row).
+MAX_BATCH_SIZE = 65_536
 # The batch size passed to SentenceTransformer.encode for a transformer on the CPU (longer batches
 # were slower on 2 cores).
 ENCODE_BATCH_SIZE = 32
