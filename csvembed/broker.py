@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ COMPACT_HASH_VALUE = 8192
 HASH_VALUE_SETTING = "hash-max-ziplist-value"
 # The embedded server rewrites its AOF once it is this big and twice its size after the last rewrite.
 AOF_REWRITE_MIN_SIZE = "4mb"
+# The longest unix socket path the kernel takes (sun_path less its NUL): a longer one is cut short, so the
+# server would listen somewhere no client looks.
+MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 
 
 class PatientRetry(Retry):
@@ -150,12 +154,22 @@ def ensure_local_redis(data_dir: Path) -> redis.Redis:
     private, and data_dir (csvembed's own) is made private even if an older version left it open:
     the AOF, RDB and log hold every queued row.
     """
-    private_dir(data_dir.parent)
-    data_dir.mkdir(mode=0o700, exist_ok=True)
-    data_dir.chmod(0o700)
     socket_path = local_socket(data_dir)
+    if (length := len(os.fsencode(socket_path))) > MAX_SOCKET_PATH:
+        raise ServiceUnavailable(f"the embedded Redis cannot listen at {socket_path}: a unix socket path is at most"
+                                 f" {MAX_SOCKET_PATH} bytes, this one is {length}; set a shorter CSVEMBED_HOME,"
+                                 " or pass --redis-url")
+    try:
+        private_dir(data_dir.parent)
+        data_dir.mkdir(mode=0o700, exist_ok=True)
+        data_dir.chmod(0o700)
+        lock_fd = os.open(data_dir / "start.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError as exc:
+        reason = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        raise ServiceUnavailable(f"cannot keep the embedded Redis in {data_dir}: {reason}"
+                                 " (check CSVEMBED_HOME, or pass --redis-url)") from None
     url = f"unix://{socket_path}"
-    with open(os.open(data_dir / "start.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
+    with open(lock_fd, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         connection = _from_url(url)
         try:
@@ -173,7 +187,9 @@ def ensure_local_redis(data_dir: Path) -> redis.Redis:
                 return connection
             except redis.RedisError as exc:
                 if time.monotonic() > deadline:
-                    log = (data_dir / "redis.log").read_text(errors="replace")[-500:]
+                    # The log's last lines, joined: the error is one line.
+                    log = " | ".join(line.strip() for line in (data_dir / "redis.log").read_text(
+                        errors="replace")[-500:].splitlines() if line.strip())
                     raise ServiceUnavailable(f"the embedded redis-server did not start ({exc}): {log}") from None
                 time.sleep(0.05)
 

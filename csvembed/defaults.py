@@ -23,6 +23,9 @@ SHOWN_ID_CHARS = 80
 ENQUEUE_CHUNK = 1_000
 # Rows a worker takes from the queue at once; they are embedded in one model call.
 BATCH_SIZE = 256
+# The largest --batch-size: a batch is taken in one Lua call and held whole (16x the largest measured, 4096);
+# a larger one only exhausts memory (the take's execution ids alone are 16 bytes a row).
+MAX_BATCH_SIZE = 65_536
 # The batch size passed to SentenceTransformer.encode for a transformer on the CPU (longer batches
 # were slower on 2 cores).
 ENCODE_BATCH_SIZE = 32
@@ -110,6 +113,8 @@ RECENT_SUBMISSIONS = 10
 RECENT_FAILURES = 3
 
 SEARCH_K = 5
+# Redis indexes are signed 64-bit integers: a larger count (list --limit) is the user's mistake, not an outage.
+REDIS_MAX_INT = 2**63 - 1
 # pgvector HNSW candidates per query (at least 2k). Over 1M clustered rows (bench/pgvector_bench.py):
 # 40 -> recall@10 0.70 in 3.7 ms, 100 -> 0.75 in 4.0 ms, 200 -> 0.88 in 4.8 ms (medians).
 HNSW_EF_SEARCH = 200

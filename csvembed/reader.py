@@ -394,7 +394,7 @@ class CsvFile:
         """Refuse what would fail later with a traceback; return the codec's canonical name."""
         try:
             info = codecs.lookup(self.encoding)
-        except LookupError:
+        except (LookupError, ValueError):  # ValueError: a name with a NUL in it (it can come over HTTP)
             raise InputError(f"unknown encoding {self.encoding!r}") from None
         # rot13, base64, zlib, hex and the like are codecs, but from bytes to bytes, not to text.
         if not info._is_text_encoding:  # type: ignore[attr-defined]

@@ -10,9 +10,11 @@ import re
 
 MASK = "***"
 
-# scheme://user:password@host or scheme://:password@host. The password runs to the *last* @ before
-# the host, so an unescaped @ inside it is masked too.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^\s]*)@(?=[^@\s]*(?:\s|$))")
+# scheme://user:password@host or scheme://:password@host. The password runs to the first @ that is
+# followed by a host (no further @ before a space or the end), so an unescaped @ inside it is masked too,
+# and so is a space or tab: redis-py takes `redis://:pa ss@host` as the password "pa ss".
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^\n]*?)@"
+                       r"(?=[^@\s]*(?:\s|$))")
 # ?password=... or &password=... in a query string, libpq's key=value form (password=...) and PGPASSWORD=....
 # A value already masked stays as it is: masking twice must not eat what follows it.
 _PARAM = re.compile(r"(?P<key>(?:[?&]|\b)(?:password|pass|pwd|passwd|sslpassword|pgpassword)=)"

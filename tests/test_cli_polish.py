@@ -19,6 +19,7 @@ import redis
 from typer.testing import CliRunner
 
 from conftest import FAKE_QUEUE, start_redis, write_csv
+from csvembed import defaults
 from csvembed.broker import ensure_local_redis, local_socket
 from csvembed.cli import app
 from csvembed.settings import Settings
@@ -373,6 +374,37 @@ def test_redis_status_and_stop_find_the_embedded_server(embedded):
         "appendonly.aof", "redis.log", "start.lock"]  # no RDB snapshot, and the old one is gone
     again = cli("redis", "stop")
     assert (again.exit_code, again.stderr) == (0, "the embedded Redis is not running\n")
+
+
+def test_a_home_that_cannot_hold_the_embedded_redis_is_one_line(embedded):
+    embedded.write_text("a file, not a folder")
+    result = cli("status")
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "", (
+        f"csvembed: error: cannot keep the embedded Redis in {embedded / 'redis'}: {embedded / 'redis'}: Not a"
+        " directory (check CSVEMBED_HOME, or pass --redis-url)\n"))
+
+
+def test_a_home_too_deep_for_a_unix_socket_is_refused_before_any_server_starts(embedded, monkeypatch):
+    deep = embedded / ("d" * 60) / ("e" * 60)
+    monkeypatch.setenv("CSVEMBED_HOME", str(deep))
+    socket_path = deep / "redis" / "redis.sock"
+    result = cli("status")
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "", (
+        f"csvembed: error: the embedded Redis cannot listen at {socket_path}: a unix socket path is at most 107"
+        f" bytes, this one is {len(str(socket_path))}; set a shorter CSVEMBED_HOME, or pass --redis-url\n"))
+    assert not embedded.exists()  # no server was started, listening at a path cut short
+
+
+def test_an_embedded_redis_that_will_not_start_is_one_line_with_its_log(embedded, monkeypatch):
+    (embedded / "redis").mkdir(parents=True)
+    (embedded / "redis" / "appendonly.aof").write_bytes(b"*3\r\n$3\r\nSET\r\ncut short\n")  # a corrupt AOF
+    monkeypatch.setattr(defaults, "LOCAL_REDIS_START_TIMEOUT", 1.0)
+    result = cli("status")
+    assert (result.exit_code, result.stdout) == (3, "")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("csvembed: error: the embedded redis-server did not start (")
+    assert result.stderr.endswith("Bad file format reading the append only file: make a backup of your AOF file,"
+                                  " then use ./redis-check-aof --fix <filename>\n")
 
 
 def test_redis_stop_leaves_a_users_own_redis_alone(env):

@@ -59,6 +59,20 @@ def test_usage_errors_exit_2_with_the_usage_and_one_error_line(args, expected):
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", expected)
 
 
+def test_a_list_limit_past_what_redis_counts_is_a_usage_error_not_an_outage(env):
+    result = cli("list", "--limit", str(2**63))
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", usage_error(
+        "csvembed list [OPTIONS]", "Invalid value for '--limit': Input should be less than or equal to"
+        " 9223372036854775807", "list"))
+
+
+def test_a_batch_size_past_the_cap_is_a_usage_error_not_a_worker_traceback(env):
+    result = cli("worker", "--burst", "--batch-size", "65537")
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", usage_error(
+        "csvembed worker [OPTIONS]", "Invalid value for '--batch-size': Input should be less than or equal to"
+        " 65536", "worker"))
+
+
 @pytest.mark.parametrize("command", [[], ["submit"], ["search"], ["export"], ["status"], ["worker"]])
 def test_dash_h_is_help(command):
     long, short = cli(*command, "--help"), cli(*command, "-h")

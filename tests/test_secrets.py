@@ -37,3 +37,14 @@ def test_every_form_of_password_is_masked():
     assert mask_secrets(f"PGPASSWORD={SECRET} psql") == "PGPASSWORD=*** psql"
     assert mask_secrets(f"password='{SECRET} x' host=h") == "password=*** host=h"
     assert mask_secrets(f"postgresql://u:a@b@{SECRET}@h/db") == "postgresql://u:***@h/db"
+    assert mask_secrets(f"at redis://:pa {SECRET}@h:1/0: refused") == "at redis://:***@h:1/0: refused"
+    assert mask_secrets(f"redis://u:a@h1 and redis://u:{SECRET}\t@h2 x") == "redis://u:***@h1 and redis://u:***@h2 x"
+
+
+@pytest.mark.parametrize("url", [f"redis://:pa {SECRET}@127.0.0.1:1/0", f"redis://u:pa\t{SECRET}@127.0.0.1:1/0"])
+def test_a_redis_password_with_a_space_never_shows(url):
+    # redis-py reads the password as written, space and all; the error must not show it.
+    result = CliRunner().invoke(app, ["--redis-url", url, "status"], prog_name="csvembed")
+    assert (result.exit_code, result.stdout) == (EXIT_UNAVAILABLE, "")
+    assert SECRET not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("csvembed: error: cannot reach Redis at redis://")

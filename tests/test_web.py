@@ -164,6 +164,7 @@ def test_raw_gzip_body_with_form_style_query_options(client, env, tmp_path):
     ({"colour": "red"}, "unknown option 'colour'"),
     ({"force": "maybe"}, "option 'force' takes true or false, not 'maybe'"),
     ({"max_pending": "many"}, "option 'max_pending' takes a number, not 'many'"),
+    ({"encoding": "utf-8\x00"}, "unknown encoding 'utf-8\\x00'"),  # no codec name holds a NUL: not a 500
 ])
 def test_bad_options_are_400_and_enqueue_nothing(client, env, params, message):
     response = upload_multipart(client, SAMPLE, **params)

@@ -102,7 +102,8 @@ def worker(
         "--queue", metavar="NAME", help="Queue to take rows from (repeatable; earlier queues have priority). It "
         "takes only rows submitted for its own --model: NAME@model-hash for a model other than the default.")] = None,
     batch_size: Annotated[int, typer.Option(
-        help="Rows taken at once and embedded in one model call.", min=1)] = defaults.BATCH_SIZE,
+        help="Rows taken at once and embedded in one model call.", min=1,
+        max=defaults.MAX_BATCH_SIZE)] = defaults.BATCH_SIZE,
     device: Annotated[str, typer.Option(
         metavar="auto|cpu|cuda", envvar="CSVEMBED_DEVICE",
         help="auto (a GPU when one is present), cpu or cuda.")] = "auto",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from csvembed import defaults
 from csvembed.cli.app import JsonOption, api_of, app, err, out, print_json
 from csvembed.errors import EXIT_OK, EXIT_ROWS_FAILED, InputError, UnknownSubmission
 from csvembed.submissions import INTERRUPTED, Snapshot
@@ -100,7 +101,8 @@ def _print_lines(api: Csvembed, ids: list[str]) -> None:
 def list_submissions(
     ctx: typer.Context,
     as_json: JsonOption = False,
-    limit: Annotated[int, typer.Option(help="How many of the most recent submissions.", min=1)] = 50,
+    limit: Annotated[int, typer.Option(help="How many of the most recent submissions.", min=1,
+                                       max=defaults.REDIS_MAX_INT)] = 50,
 ) -> None:
     """The submissions, newest first: id, file, created, total, done, failed and state."""
     api = api_of(ctx)

@@ -6,10 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from csvembed.defaults import REDIS_MAX_INT
 from csvembed.web.deps import Api
-
-# Redis indexes are signed 64-bit integers: a larger limit is the client's mistake, not a Redis outage.
-REDIS_MAX_INT = 2**63 - 1
 
 router = APIRouter(prefix="/submissions", tags=["submissions"])
 
