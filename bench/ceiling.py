@@ -81,6 +81,8 @@ class AcceleratorEmbedder(ConstantEmbedder):
     """The constant model on an emulated accelerator: a model call waits `seconds_per_text` per text while
     this process is idle (time.sleep releases the GIL, as torch does while it waits on CUDA)."""
 
+    device = "accelerator"  # not the CPU: the worker stores a batch while the next is embedded
+
     def __init__(self, seconds_per_text: float) -> None:
         super().__init__()
         self.seconds_per_text = seconds_per_text

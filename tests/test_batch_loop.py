@@ -127,6 +127,7 @@ def test_a_batch_is_stored_while_the_next_is_embedded(env, submit, fake_embedder
     result = twelve_rows(env, submit, fake_embedder)
     store = WaitsForTheNextModelCall(open_store(env.db))
     model = HookedEmbedder(fake_embedder, 2, lambda worker: store.next_call.set())
+    model.device = "cuda"  # a model on a device (on the CPU, where the model uses every core, batches alternate)
     worker_for(env, model, store=store).work(burst=True, logging_level="WARNING")
     assert store.overlapped == [True]
     assert SubmissionRecords(env.connection).snapshot(result.id).done == 12
