@@ -203,7 +203,12 @@ def test_a_failed_export_leaves_no_half_written_file(stored, env, monkeypatch):
     result = cli("export", stored, "-o", str(target))
     expected = f"csvembed: error: cannot write {target}: no space left on device\n"
     assert (result.exit_code, result.stderr) == (2, expected)
-    assert not target.exists()
+    assert list(env.dir.glob("*out.jsonl*")) == []  # nor its temporary
+    target.write_text("an earlier export\n")
+    result = cli("export", stored, "-o", str(target))
+    assert (result.exit_code, result.stderr) == (2, expected)
+    assert target.read_text() == "an earlier export\n"  # an existing file is left as it was
+    assert list(env.dir.glob("*out.jsonl*")) == [target]
 
 
 def test_export_writes_the_file(stored, env):
@@ -211,6 +216,7 @@ def test_export_writes_the_file(stored, env):
     result = cli("export", stored, "-o", str(target))
     assert (result.exit_code, result.stdout, result.stderr) == (0, "", f"exported 3 rows to {target}\n")
     assert [json.loads(line)["id"] for line in target.read_text().splitlines()] == ["001", "002", "003"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # an export holds what the user stored
 
 
 def test_the_store_files_are_private(env, drain, submit, fake_embedder):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional
@@ -98,23 +100,31 @@ def export(
 
 
 def _write(path: Path | None, write: Callable[[BinaryIO], Exported]) -> Exported:
-    """Run `write` on the file (stdout for None). A failed write is one line naming the file and the
-    OS reason, and a file this export created is removed so no half-written export is left."""
-    created = False
+    """Run `write` on the file (stdout for None). A file is written beside itself under a temporary name
+    (0600: an export holds what the user stored) and renamed into place once whole, so a failed export leaves
+    no half-written file and an existing file as it was; a device such as /dev/null is written directly. A
+    failed write is one line naming the file and the OS reason."""
+    temporary: Path | None = None
     try:
         if path is None:
             with open(sys.stdout.fileno(), "wb", closefd=False) as target:
                 return write(target)
-        try:
-            target = path.open("xb")
-            created = True
-        except FileExistsError:  # overwrite it, or write to a device such as /dev/null
-            target = path.open("wb")
-        with target:
-            return write(target)
+        if path.exists() and not path.resolve().is_file():  # a device or a pipe: nothing to rename onto
+            with path.open("wb") as target:
+                return write(target)
+        final = path.resolve() if path.is_symlink() else path  # the file a link names is replaced, not the link
+        if final.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        descriptor, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+        temporary = Path(name)
+        with open(descriptor, "wb") as target:
+            exported = write(target)
+        os.replace(temporary, final)
+        temporary = None
+        return exported
     except BaseException as exc:
-        if created:
-            path.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno != errno.EPIPE:
             reason = exc.strerror or str(exc)
             raise InputError(f"cannot write {path or 'standard output'}: {reason[:1].lower()}{reason[1:]}") from None
