@@ -150,12 +150,13 @@ def model_free(path: Path, rows: int, batch_size: int, scratch: Path, embedder: 
     return figures
 
 
-def static_csvembed(path: Path, rows: int, model_path: Path, batch_size: int, scratch: Path) -> float:
-    """Rows/s from `csvembed submit` start until every row is done, with this process as the warm worker."""
+def static_csvembed(path: Path, rows: int, model_path: Path, batch_size: int, scratch: Path, embedder=None) -> float:
+    """Rows/s from `csvembed submit` start until every row is done, with this process as the warm worker (the
+    model at `model_path`, or `embedder` loaded from it)."""
     from csvembed.embedder import SentenceTransformerEmbedder
 
     world = World(scratch, str(model_path))
-    worker = world.worker(SentenceTransformerEmbedder(str(model_path)), batch_size)
+    worker = world.worker(embedder or SentenceTransformerEmbedder(str(model_path)), batch_size)
     start = time.time()
     submit = subprocess.Popen([BIN / "csvembed", "submit", str(path), "--text-column", "body"], env=world.env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)

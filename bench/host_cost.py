@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ceiling import BIN, World  # noqa: E402
+from ceiling import static_csvembed  # noqa: E402
 from datasets import scratch_dir, write_titles  # noqa: E402
 
 from csvembed import defaults  # noqa: E402
@@ -71,25 +71,6 @@ def fit_and_encode(embedder, texts: list[str]) -> float:
         embedder.token_counts(batch)
         embedder.encode(batch)
     return (time.perf_counter() - start) / len(texts) * 1e6
-
-
-def csvembed_rows_per_s(path: Path, rows: int, model_path: Path, embedder, scratch: Path) -> float:
-    """Rows/s from `csvembed submit` start until every row is done, with this process as the warm worker."""
-    import subprocess
-
-    world = World(scratch, str(model_path))
-    worker = world.worker(embedder, defaults.BATCH_SIZE)
-    start = time.time()
-    submit = subprocess.Popen([BIN / "csvembed", "submit", str(path), "--text-column", "body"], env=world.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    while not world.connection.llen(f"rq:queue:{world.queue}"):  # the CLI's start-up (a warm worker waits)
-        time.sleep(0.01)
-    worker.work(burst=False, max_idle_time=5, logging_level="WARNING")
-    submission_id = submit.communicate(timeout=60)[0].decode().strip()
-    snapshot = world.records.snapshot(submission_id)
-    assert (snapshot.done, snapshot.failed) == (rows, 0), snapshot
-    world.close()
-    return rows / (snapshot.updated_at - start)
 
 
 def alternate(runs: int, before: Callable[[], float], after: Callable[[], float]) -> tuple[list[float], list[float]]:
@@ -135,9 +116,11 @@ def main() -> None:
     show(f"tiny BERT, token_counts + encode per {BATCH} rows", "µs/row",
          *alternate(args.runs, lambda: fit_and_encode(before, texts), lambda: fit_and_encode(after, texts)))
     if not args.skip_e2e:
+        def end_to_end(embedder) -> float:
+            return static_csvembed(path, args.rows, model_path, defaults.BATCH_SIZE, scratch, embedder)
+
         show(f"tiny BERT, csvembed end to end, {args.rows:,} titles, one warm worker", "rows/s",
-             *alternate(args.runs, lambda: csvembed_rows_per_s(path, args.rows, model_path, before, scratch),
-                        lambda: csvembed_rows_per_s(path, args.rows, model_path, after, scratch)))
+             *alternate(args.runs, lambda: end_to_end(before), lambda: end_to_end(after)))
 
     minilm_after = SentenceTransformerEmbedder(defaults.MODEL_NAME)
     minilm_before = SentenceTransformerEmbedder(defaults.MODEL_NAME)
