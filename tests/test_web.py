@@ -190,6 +190,28 @@ def test_a_bad_csv_gets_the_cli_message_and_enqueues_nothing(client, env, tmp_pa
     assert cli.stderr.strip() == f"csvembed: error: {response.json()['detail']}"
 
 
+@pytest.mark.parametrize("option, value", [("collection", "a\x00b"), ("queue", "q\x00")])
+def test_a_nul_in_a_name_is_refused_alike_over_http_and_the_cli(client, env, option, value):
+    # PostgreSQL text cannot hold a NUL; a shell cannot pass one, but a query or form field can.
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    message = f"--{option} {value!r} holds a NUL character, which a name cannot"
+    in_query = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS, **{option: value})
+    with open(SAMPLE, "rb") as file:
+        in_form = client.post("/submissions", params=PRODUCT_OPTIONS, data={option: value},
+                              files={"file": ("products.csv", file, "text/csv")})
+    for response in (in_query, in_form):
+        assert response.status_code == 400
+        assert response.json() == {"detail": message}
+    cli = CliRunner().invoke(app, ["submit", str(SAMPLE), "--id-column", "sku", "--text-column", "title",
+                                   f"--{option}", value])
+    assert cli.exit_code == 2
+    assert cli.stderr.strip() == f"csvembed: error: {message}"
+    assert queued_keys(env) == []
+
+
 def test_an_upload_over_the_limit_is_413_and_enqueues_nothing(api, env):
     with Served(api, max_upload=1000) as client:
         response = upload_multipart(client, SAMPLE)
