@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import io
@@ -401,6 +402,38 @@ def test_a_stalled_upload_is_cut_off(api, env):
     with Served(api, read_timeout=0.3) as client:
         response = client.post("/submissions", content=stalling(), headers={"Content-Type": "text/csv"})
     assert response.status_code == 408
+    assert queued_keys(env) == []
+
+
+@pytest.mark.parametrize("content_type, head", [
+    ("text/csv", b"sku,title\n1,a\n"),
+    ("multipart/form-data; boundary=XyZ", b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.csv"'
+                                          b"\r\nContent-Type: text/csv\r\n\r\nsku,title\n1,a\n"),
+])
+def test_a_client_gone_mid_upload_ends_the_request_quietly(api, env, content_type, head):
+    """Driven in-process: uvicorn logs "Exception in ASGI application" and a traceback for whatever the app
+    raises, so the app must answer (to no one: the server drops what is sent after a disconnect), not raise."""
+    from csvembed.web.app import create_app
+
+    arriving = iter([{"type": "http.request", "body": head, "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(arriving)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/submissions", "raw_path": b"/submissions",
+             "query_string": b"id_column=sku&text_columns=title", "root_path": "",
+             "headers": [(b"host", b"test"), (b"content-type", content_type.encode()), (b"content-length", b"1000")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(create_app(api)(scope, receive, send))
+
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"]) == {"detail": "the client closed the connection before the upload ended:"
+                                                     " nothing was queued"}
     assert queued_keys(env) == []
 
 
