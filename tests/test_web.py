@@ -213,6 +213,27 @@ def test_a_nul_in_a_name_is_refused_alike_over_http_and_the_cli(client, env, opt
     assert queued_keys(env) == []
 
 
+@pytest.mark.parametrize("env", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)], indirect=True)
+def test_a_nul_in_a_search_filter_is_400_on_either_store(env, client, drain, fake_embedder):
+    # PostgreSQL refuses a NUL in any text parameter: the query failed as a 500 and a traceback.
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    assert upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS).status_code == 201
+    drain(model=fake_embedder)
+    for params, shown in [({"where": "title=a\x00b"}, "--where 'title=a\\x00b'"),
+                          ({"where": "ti\x00tle=a"}, "--where 'ti\\x00tle=a'"),
+                          ({"submission": "a\x00b"}, "--submission 'a\\x00b'")]:
+        response = client.get("/search", params={"q": "boot", **params})
+        assert (response.status_code, response.json()) == (
+            400, {"detail": f"{shown} holds a NUL character, which nothing stored can"})
+        option, value = next(iter(params.items()))
+        cli = CliRunner().invoke(app, ["search", "boot", f"--{option}", value])
+        assert cli.exit_code == 2
+        assert cli.stderr.strip() == f"csvembed: error: {response.json()['detail']}"
+
+
 def test_an_upload_over_the_limit_is_413_and_enqueues_nothing(api, env):
     with Served(api, max_upload=1000) as client:
         response = upload_multipart(client, SAMPLE)
