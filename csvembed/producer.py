@@ -148,6 +148,9 @@ class Producer:
             raise InputError(f"--window-overlap must be 0 or more, not {options.window_overlap}")
         if options.max_pending is not None and options.max_pending < 1:  # no queue is ever shorter: a wait forever
             raise InputError(f"--max-pending must be 1 or more, not {options.max_pending}")
+        for option, name in (("--collection", options.collection), ("--queue", options.queue)):
+            if name and "\x00" in name:  # PostgreSQL text cannot hold one; a shell cannot pass one, HTTP can
+                raise InputError(f"{option} {name!r} holds a NUL character, which a name cannot")
         if options.notify:
             from csvembed.webhooks import check_url  # (http.client and urllib: only for --notify)
 

@@ -26,6 +26,7 @@ def search(
     mistaken for "no rows match". `embedder` gives the query's embedder when a long-lived caller
     keeps one loaded; by default the model is loaded for this one query.
     """
+    _check_no_nul(submission, where or {})
     with reading_store(settings.db) as store:
         check_filters(store, collection, where or {})
         # A submission's rows are all in its collection: only that collection's model matters.
@@ -40,6 +41,15 @@ def query_embedder(settings: Settings) -> Embedder:
     """The workers' backend and precision: ONNX Runtime when they left an export here (no torch
     import, seconds faster), else PyTorch; the vectors are the same either way."""
     return load_embedder(settings, may_export=False)
+
+
+def _check_no_nul(submission: str | None, where: dict[str, str]) -> None:
+    """Raise InputError for a NUL in a filter (it can come over HTTP): nothing stored holds one, and
+    PostgreSQL refuses even to be asked (a 500 otherwise)."""
+    given = [("--submission", submission or ""), *(("--where", f"{column}={value}") for column, value in where.items())]
+    for option, text in given:
+        if "\x00" in text:
+            raise InputError(f"{option} {text!r} holds a NUL character, which nothing stored can")
 
 
 def check_filters(store: Store, collection: str | None, where: dict[str, str]) -> None:

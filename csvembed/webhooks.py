@@ -142,6 +142,12 @@ def check_url(url: str, public_only: bool = False) -> str:
         usable = False
     if not usable:
         raise InputError(f"--notify must be an http:// or https:// URL, not {mask_url(url)!r}")
+    try:
+        port = parts.port
+    except ValueError:  # past 65535, or not a number: otherwise found only at delivery, retried for an hour
+        port = 0
+    if port == 0:
+        raise InputError(f"--notify must name a port from 1 to 65535, not {mask_url(url)!r}")
     if public_only and _plainly_private(parts.hostname):
         raise PrivateTarget(f"notify: {parts.hostname} is not a public address, and submissions made over HTTP"
                             " notify public addresses only")

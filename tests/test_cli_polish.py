@@ -152,6 +152,12 @@ def test_value_options_are_named_for_what_they_take():
         assert line in worker
 
 
+def test_export_help_says_parquet_goes_anywhere_but_a_terminal():
+    # Only a terminal is refused (test_parquet_is_refused_on_a_terminal_without_output); not "to a file: -o".
+    shown = " ".join(cli("export", "-h").stdout.split())
+    assert "list column (anywhere but a terminal: -o, a redirect or a pipe)." in shown
+
+
 # --- Ctrl-C -------------------------------------------------------------------------------------
 
 GOOD = "sku,title\n001,Boot\n002,Hat\n003,Tent\n"

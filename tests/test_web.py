@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import io
@@ -188,6 +189,49 @@ def test_a_bad_csv_gets_the_cli_message_and_enqueues_nothing(client, env, tmp_pa
         cli = CliRunner().invoke(app, ["submit", "ragged.csv"])
     assert cli.exit_code == 2
     assert cli.stderr.strip() == f"csvembed: error: {response.json()['detail']}"
+
+
+@pytest.mark.parametrize("option, value", [("collection", "a\x00b"), ("queue", "q\x00")])
+def test_a_nul_in_a_name_is_refused_alike_over_http_and_the_cli(client, env, option, value):
+    # PostgreSQL text cannot hold a NUL; a shell cannot pass one, but a query or form field can.
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    message = f"--{option} {value!r} holds a NUL character, which a name cannot"
+    in_query = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS, **{option: value})
+    with open(SAMPLE, "rb") as file:
+        in_form = client.post("/submissions", params=PRODUCT_OPTIONS, data={option: value},
+                              files={"file": ("products.csv", file, "text/csv")})
+    for response in (in_query, in_form):
+        assert response.status_code == 400
+        assert response.json() == {"detail": message}
+    cli = CliRunner().invoke(app, ["submit", str(SAMPLE), "--id-column", "sku", "--text-column", "title",
+                                   f"--{option}", value])
+    assert cli.exit_code == 2
+    assert cli.stderr.strip() == f"csvembed: error: {message}"
+    assert queued_keys(env) == []
+
+
+@pytest.mark.parametrize("env", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)], indirect=True)
+def test_a_nul_in_a_search_filter_is_400_on_either_store(env, client, drain, fake_embedder):
+    # PostgreSQL refuses a NUL in any text parameter: the query failed as a 500 and a traceback.
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    assert upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS).status_code == 201
+    drain(model=fake_embedder)
+    for params, shown in [({"where": "title=a\x00b"}, "--where 'title=a\\x00b'"),
+                          ({"where": "ti\x00tle=a"}, "--where 'ti\\x00tle=a'"),
+                          ({"submission": "a\x00b"}, "--submission 'a\\x00b'")]:
+        response = client.get("/search", params={"q": "boot", **params})
+        assert (response.status_code, response.json()) == (
+            400, {"detail": f"{shown} holds a NUL character, which nothing stored can"})
+        option, value = next(iter(params.items()))
+        cli = CliRunner().invoke(app, ["search", "boot", f"--{option}", value])
+        assert cli.exit_code == 2
+        assert cli.stderr.strip() == f"csvembed: error: {response.json()['detail']}"
 
 
 def test_an_upload_over_the_limit_is_413_and_enqueues_nothing(api, env):
@@ -379,6 +423,38 @@ def test_a_stalled_upload_is_cut_off(api, env):
     with Served(api, read_timeout=0.3) as client:
         response = client.post("/submissions", content=stalling(), headers={"Content-Type": "text/csv"})
     assert response.status_code == 408
+    assert queued_keys(env) == []
+
+
+@pytest.mark.parametrize("content_type, head", [
+    ("text/csv", b"sku,title\n1,a\n"),
+    ("multipart/form-data; boundary=XyZ", b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.csv"'
+                                          b"\r\nContent-Type: text/csv\r\n\r\nsku,title\n1,a\n"),
+])
+def test_a_client_gone_mid_upload_ends_the_request_quietly(api, env, content_type, head):
+    """Driven in-process: uvicorn logs "Exception in ASGI application" and a traceback for whatever the app
+    raises, so the app must answer (to no one: the server drops what is sent after a disconnect), not raise."""
+    from csvembed.web.app import create_app
+
+    arriving = iter([{"type": "http.request", "body": head, "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(arriving)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/submissions", "raw_path": b"/submissions",
+             "query_string": b"id_column=sku&text_columns=title", "root_path": "",
+             "headers": [(b"host", b"test"), (b"content-type", content_type.encode()), (b"content-length", b"1000")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(create_app(api)(scope, receive, send))
+
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"]) == {"detail": "the client closed the connection before the upload ended:"
+                                                     " nothing was queued"}
     assert queued_keys(env) == []
 
 

@@ -262,6 +262,22 @@ def test_a_malformed_notify_url_is_one_line_not_a_traceback(env, url):
     assert SubmissionRecords(env.connection).ids() == []
 
 
+@pytest.mark.parametrize("url", ["http://x:99999/", "http://x:0/", "https://x:http/", "http://hook:pa55word@x:70000/"])
+def test_a_notify_port_out_of_range_is_refused_at_submit_not_retried_at_delivery(env, fake_embedder, url):
+    message = f"--notify must name a port from 1 to 65535, not {mask_url(url)!r}"
+    path = rows_file(env, 2)
+    result = CliRunner().invoke(app, ["submit", str(path), "--notify", url], prog_name="csvembed")
+    with served(env, fake_embedder) as client:
+        response = upload_multipart(client, path, notify=url)
+
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"csvembed: error: {message}"]
+    assert response.status_code == 400
+    assert response.json() == {"detail": message}
+    assert "pa55word" not in result.output + response.text
+    assert SubmissionRecords(env.connection).ids() == [] and queued_keys(env) == []
+
+
 def test_a_target_that_drips_its_answer_is_cut_off_at_the_timeout():
     # A read timeout restarts at every byte: one byte a tenth of a second would hold the deliverer for ever.
     listener = socket.create_server(("127.0.0.1", 0))

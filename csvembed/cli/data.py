@@ -86,9 +86,10 @@ def export(
 
     jsonl: one {collection, submission, row_number, id, text, row, vector} per line. csv: the
     original columns, then embedding_0 ... embedding_N. parquet: the original columns and an
-    `embedding` list column (to a file: -o). A row embedded in windows gets the normalised mean of
-    its windows (--windows: every window). The rows a submission skipped as unchanged stay stored
-    under the earlier submission that wrote them: the closing line names it.
+    `embedding` list column (anywhere but a terminal: -o, a redirect or a pipe). A row embedded in
+    windows gets the normalised mean of its windows (--windows: every window). The rows a submission
+    skipped as unchanged stay stored under the earlier submission that wrote them: the closing line
+    names it.
     """
     if fmt == "parquet" and output is None and sys.stdout.isatty():
         raise InputError("parquet is binary: write it to a file with -o FILE, or pipe it")

@@ -28,6 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from csvembed.errors import InputError
 from csvembed.producer import SubmitOptions
@@ -101,7 +102,8 @@ async def _submit(api: Api, spool: BinaryIO, name: str | None, options: SubmitOp
 
 
 async def _body(request: Request, limits: Limits) -> AsyncIterator[bytes]:
-    """The request body, chunk by chunk: 408 for a chunk that does not come in time, 413 past the limit."""
+    """The request body, chunk by chunk: 408 for a chunk that does not come in time, 413 past the limit,
+    400 for a client gone before its end (an answer no one reads, where a raise would log a traceback)."""
     chunks = request.stream().__aiter__()
     received = 0
     while True:
@@ -111,6 +113,9 @@ async def _body(request: Request, limits: Limits) -> AsyncIterator[bytes]:
             return
         except TimeoutError:
             raise HTTPException(408, f"no byte of the upload came for {limits.read_timeout:g} s") from None
+        except ClientDisconnect:
+            raise HTTPException(400, "the client closed the connection before the upload ended:"
+                                     " nothing was queued") from None
         received += len(chunk)
         if received > limits.max_upload:
             raise _too_large(limits)
