@@ -162,7 +162,7 @@ DEVICES = ["cpu", "cuda"]
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_stop_while_waiting_gives_back_every_batch_held_in_their_order(env, submit, fake_embedder, quick_backoff,
-                                                                          device):
+                                                                          device, caplog):
     # On a device, the batch whose write waits, the next one (embedded meanwhile) and the one taken ahead all go
     # back; on the CPU, the batch whose write waits. Each to the front of the queue, the later ones first.
     result = rows(env, submit, 40)
@@ -182,9 +182,13 @@ def test_a_stop_while_waiting_gives_back_every_batch_held_in_their_order(env, su
 
     store.write = stop_once_waiting
     started = time.monotonic()
-    worker.work(burst=True, logging_level="WARNING")
+    with caplog.at_level(logging.INFO, logger="csvembed"):
+        worker.work(burst=True, logging_level="WARNING")
     assert time.monotonic() - started < 3
     assert len(fake_embedder.calls) == embedded
+    said = [r.getMessage() for r in caplog.records if "queued again" in r.getMessage()]
+    assert said == (["stopping: 10 rows taken ahead queued again"] if device != "cpu" else []) + [
+        f"stopped while the store was unreachable: {embedded * 10} rows queued again"]  # each embedded batch
     snapshot = SubmissionRecords(env.connection).snapshot(result.id)
     assert (snapshot.done, snapshot.failed, snapshot.pending) == (0, 0, 40)
     assert env.connection.lrange(f"rq:queue:{FAKE_QUEUE}", 0, -1) == queued  # all back, in their order
