@@ -326,9 +326,7 @@ class BatchWorker(SimpleWorker):
                 saving[1].result()
         except StopWaiting:  # a stop was asked for while the store was unreachable: the rows go back
             self._drop(takes)  # (the later rows first: each batch goes back to the front of the queue)
-            if unsaved is not None:
-                self._give_back(unsaved)
-            self._release(saving[0])
+            self._release([held for held in (unsaved, saving[0]) if held is not None])
 
     def _embed(self, batch: _Batch) -> Embedded:
         """The model's work on a started batch (Ingestor.embed); a failure of anything but a row retries them all."""
@@ -417,10 +415,12 @@ class BatchWorker(SimpleWorker):
         self._let_go(batch)
         self._scripts.release(batch.queue, self.name, batch.ids, batch.execution_ids)
 
-    def _release(self, batch: _Batch) -> None:
-        """Give back the batch held while the store was unreachable, on a stop."""
-        self._give_back(batch)
-        log.warning("stopped while the store was unreachable: %d rows queued again", len(batch.ids))
+    def _release(self, batches: list[_Batch]) -> None:
+        """Give back the batches held while the store was unreachable, on a stop, the later ones first: the one
+        whose write waited and, on a device, the next one embedded meanwhile."""
+        for batch in batches:
+            self._give_back(batch)
+        log.warning("stopped while the store was unreachable: %d rows queued again", sum(len(b.ids) for b in batches))
         self._store_down_since = None
         self._show_waiting(None)
         self.set_state(WorkerStatus.IDLE)

@@ -164,6 +164,39 @@ def test_delete_while_a_worker_holds_rows_leaves_nothing(env, submit, drain, fak
         delete_submission(env.connection, None, result.id)
 
 
+class DeletesBeforeItsFirstWrite:
+    """The real store; its first write deletes the submission first: a delete while a batch's write is under way
+    (on the worker's store thread, while the next batch is embedded when the model runs on a device)."""
+
+    def __init__(self, env, store, submission_id: str) -> None:
+        self.env, self.store, self.submission_id = env, store, submission_id
+        self.deleted: list = []
+
+    def write(self, rows, vectors) -> None:
+        if not self.deleted:
+            other = open_store(self.env.db)
+            self.deleted.append(delete_submission(self.env.connection, other, self.submission_id))
+            other.close()
+        self.store.write(rows, vectors)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("env", BOTH_STORES, indirect=True)
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_delete_while_a_batch_is_written_leaves_nothing(env, submit, drain, fake_embedder, device):
+    path = write_csv(env.dir / "held.csv", "id,text\n" + "".join(f"{i},text {i}\n" for i in range(1, 201)))
+    result = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
+    fake_embedder.device = device  # on a device, batch 2 is taken and embedded while batch 1 is written
+    store = DeletesBeforeItsFirstWrite(env, open_store(env.db), result.id)
+    drain(batch_size=64, model=fake_embedder, store=store)
+    assert (store.deleted[0].rows, store.deleted[0].jobs) == (0, 200)  # nothing stored yet; every job purged
+    assert store_counts(env) == (0, 0)
+    assert traces(env, result.id) == []
+    assert SubmissionRecords(env.connection).exists(result.id) is False
+
+
 @pytest.mark.parametrize("env", BOTH_STORES, indirect=True)
 def test_a_submit_rejected_while_a_worker_runs_leaves_nothing(env, drain, fake_embedder):
     read_end, write_end = os.pipe()

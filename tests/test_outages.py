@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from rq.registry import StartedJobRegistry
 
 from conftest import fresh_postgres_database, run_cli, start_redis, store_counts, wait_for, write_csv
 from csvembed.monitor import Monitor
@@ -33,8 +34,10 @@ def own_postgres(tmp_path):
     server.cleanup()
 
 
-def start_hash_worker(env, log: Path, *args: str, encode_seconds: float = 0.0) -> subprocess.Popen:
-    environ = {**env.environ, "CSVEMBED_TEST_ENCODE_SECONDS": str(encode_seconds)}
+def start_hash_worker(env, log: Path, *args: str, encode_seconds: float = 0.0, write_seconds: float = 0.0,
+                      device: str = "cpu") -> subprocess.Popen:
+    environ = {**env.environ, "CSVEMBED_TEST_ENCODE_SECONDS": str(encode_seconds),
+               "CSVEMBED_TEST_WRITE_SECONDS": str(write_seconds), "CSVEMBED_TEST_DEVICE": device}
     return subprocess.Popen([sys.executable, str(HASH_WORKER), *args], stdout=subprocess.DEVNULL,
                             stderr=log.open("wb"), env=environ)
 
@@ -164,3 +167,57 @@ def test_a_killed_worker_reads_lost(env, submit, tmp_path):
     assert status_json(env, result.id)["workers"] == 0
     print(f"a killed worker read lost after {lost_after:.1f} s")
     assert lost_after < 21
+
+
+# On a device the worker stores a batch while it embeds the next (BatchWorker._overlap_store): a kill or a stop then
+# finds a write under way beside a batch embedded, and maybe one taken ahead.
+DEVICES = ["cpu", "cuda"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_worker_killed_with_a_write_under_way_loses_nothing(env, submit, tmp_path, device):
+    result = submit_rows(env, submit, 300)
+    records = SubmissionRecords(env.connection)
+    started = StartedJobRegistry(result.queue, connection=env.connection)
+    slow = {"encode_seconds": 0.1, "write_seconds": 0.2, "device": device}
+    victim = start_hash_worker(env, tmp_path / "victim.log", "--batch-size", "10", **slow)
+    wait_for(lambda: records.snapshot(result.id).done >= 50 and started.count > 0, 60, "a batch in flight")
+    victim.kill()
+    victim.wait()
+    killed_at = time.monotonic()
+    held = started.count
+    assert 0 < held <= (30 if device != "cpu" else 20) and records.snapshot(result.id).done < 300
+    survivor = start_hash_worker(env, tmp_path / "survivor.log", "--batch-size", "10", device=device)
+    try:
+        snapshot = wait_for(lambda: (s := records.snapshot(result.id)).state == "done" and s, 60, "every row")
+        recovered_in = time.monotonic() - killed_at
+        stop_within(survivor, 5)
+    finally:
+        survivor.kill()
+        survivor.wait()
+    assert recovered_in < 15 + 5 + 5, recovered_in  # the heartbeat lapses, the next maintenance requeues
+    assert (snapshot.done, snapshot.failed, snapshot.total) == (300, 0, 300)
+    assert store_counts(env) == (300, 300)
+    assert started.count == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sigterm_with_a_write_under_way_finishes_what_it_embedded_and_exits_0(env, submit, tmp_path, device):
+    result = submit_rows(env, submit, 300)
+    records = SubmissionRecords(env.connection)
+    started = StartedJobRegistry(result.queue, connection=env.connection)
+    worker = start_hash_worker(env, tmp_path / "worker.log", "--batch-size", "10", encode_seconds=0.1,
+                               write_seconds=0.2, device=device)
+    try:
+        wait_for(lambda: records.snapshot(result.id).done >= 50 and started.count > 0, 60, "a batch in flight")
+        stop_within(worker, 5)
+    finally:
+        worker.kill()
+        worker.wait()
+    snapshot = records.snapshot(result.id)
+    assert snapshot.done % 10 == 0 and 50 <= snapshot.done < 300  # whole batches: each one embedded is stored
+    assert (snapshot.failed, snapshot.pending) == (0, 300 - snapshot.done)
+    assert started.count == 0
+    assert env.connection.llen(f"rq:queue:{result.queue}") == 300 - snapshot.done
+    assert env.connection.llen(f"rq:queue:{result.queue}:intermediate") == 0
+    assert store_counts(env) == (snapshot.done, snapshot.done)

@@ -10,12 +10,13 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 
 import apsw
 import pytest
 from rq.registry import StartedJobRegistry
 
-from conftest import FAKE_QUEUE, store_counts, write_csv
+from conftest import FAKE_QUEUE, store_counts, wait_until, write_csv
 from csvembed import defaults
 from csvembed.errors import ServiceUnavailable
 from csvembed.ingest import Ingestor
@@ -152,3 +153,64 @@ def test_a_failed_write_is_logged_with_its_secrets_masked(env, submit, drain, fa
     assert SubmissionRecords(env.connection).snapshot(result.id).done == 3
     assert "hunter2" not in caplog.text
     assert "storing a batch of 3 rows failed: cannot reach postgresql://worker:***@db.internal/emb" in caplog.text
+
+
+# A model on the CPU stores each batch before embedding the next; one on a device (`device` set on the double)
+# stores a batch while the next is embedded (BatchWorker._overlap_store). Both must keep every promise.
+DEVICES = ["cpu", "cuda"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_stop_while_waiting_gives_back_every_batch_held_in_their_order(env, submit, fake_embedder, quick_backoff,
+                                                                          device, caplog):
+    # On a device, the batch whose write waits, the next one (embedded meanwhile) and the one taken ahead all go
+    # back; on the CPU, the batch whose write waits. Each to the front of the queue, the later ones first.
+    result = rows(env, submit, 40)
+    fake_embedder.device = device
+    queued = env.connection.lrange(f"rq:queue:{FAKE_QUEUE}", 0, -1)
+    store = FailingWritesDouble(open_store(env.db), 10**6, lambda: apsw.BusyError("database is locked"))
+    worker = BatchWorker([FAKE_QUEUE], ingestor=Ingestor(fake_embedder, store, SubmissionRecords(env.connection)),
+                         batch_size=10)
+    held, embedded = (30, 2) if device != "cpu" else (10, 1)
+
+    def stop_once_waiting(rows, vectors) -> None:
+        if store.calls == 1:  # the second try of the first write
+            registry = StartedJobRegistry(FAKE_QUEUE, connection=env.connection)
+            wait_until(lambda: registry.count == held, f"{held} rows held")
+            os.kill(os.getpid(), signal.SIGTERM)
+        FailingWritesDouble.write(store, rows, vectors)
+
+    store.write = stop_once_waiting
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="csvembed"):
+        worker.work(burst=True, logging_level="WARNING")
+    assert time.monotonic() - started < 3
+    assert len(fake_embedder.calls) == embedded
+    said = [r.getMessage() for r in caplog.records if "queued again" in r.getMessage()]
+    assert said == (["stopping: 10 rows taken ahead queued again"] if device != "cpu" else []) + [
+        f"stopped while the store was unreachable: {embedded * 10} rows queued again"]  # each embedded batch
+    snapshot = SubmissionRecords(env.connection).snapshot(result.id)
+    assert (snapshot.done, snapshot.failed, snapshot.pending) == (0, 0, 40)
+    assert env.connection.lrange(f"rq:queue:{FAKE_QUEUE}", 0, -1) == queued  # all back, in their order
+    assert {env.connection.hget(f"rq:job:{result.id}-{i}", "retries_left") for i in range(1, 41)} == {
+        str(defaults.MAX_RETRIES).encode()}
+    assert StartedJobRegistry(FAKE_QUEUE, connection=env.connection).count == 0
+    assert env.connection.keys("rq:execution:*") == []
+    assert env.connection.hmget(worker.key, "waiting_for", "retries", "rows_failed") == [None, None, None]
+    assert store_counts(env) == (0, 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_failed_write_retries_its_batch_alone(env, submit, drain, fake_embedder, device):
+    # On a device the first batch's write fails while the second is embedded: the failure is the first batch's.
+    result = rows(env, submit, 30)
+    fake_embedder.device = device
+    store = FailingWritesDouble(open_store(env.db), 1, lambda: RuntimeError("a transient fault"))
+    worker = drain(batch_size=10, model=fake_embedder, store=store)
+    snapshot = SubmissionRecords(env.connection).snapshot(result.id)
+    assert (snapshot.done, snapshot.failed, snapshot.pending) == (30, 0, 0)
+    assert env.connection.hmget(worker.key, "failed_job_count", "rows_failed", "retries", "successful_job_count") == [
+        b"10", b"0", b"10", b"30"]
+    embedded = Counter(text for call in fake_embedder.calls for text in call)
+    assert embedded == {f"row number {i}": 2 if i < 10 else 1 for i in range(30)}  # the failed batch, twice
+    assert store_counts(env) == (30, 30)
