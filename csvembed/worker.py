@@ -117,7 +117,7 @@ class _Batch:
         self.execution_ids = execution_ids
         self.tasks = tasks
         self.started_at = started_at
-        self.seconds = 0.0  # how long embedding it took, with the wait for the previous batch's write
+        self.seconds = 0.0  # from its model call's start to its write's commit (set by the store's thread)
 
     def execution(self, index: int, connection: Redis, worker_name: str) -> Execution:
         """RQ's Execution object for one row, built only where RQ's own code needs one."""
@@ -314,13 +314,13 @@ class BatchWorker(SimpleWorker):
                     self._drop(takes)
                 if saving is not None:
                     saving[1].result()  # one write at a time; StopWaiting if the store was unreachable
-                saving, unsaved = (batch, self._store_calls.submit(self._save, batch, embedded)), None
+                saving, unsaved = (batch, self._store_calls.submit(self._save, batch, embedded, started)), None
                 if not self._overlap_store:
                     saving[1].result()
                 if more and not takes and not self._stop_requested:
                     takes.append(self._redis_calls.submit(self._take_start, queue, None))
-                batch.seconds = time.perf_counter() - started
-                self._prefetch = batch.seconds < PREFETCH_BELOW * max(1.0, len(batch.tasks) / defaults.BATCH_SIZE)
+                elapsed = time.perf_counter() - started
+                self._prefetch = elapsed < PREFETCH_BELOW * max(1.0, len(batch.tasks) / defaults.BATCH_SIZE)
                 self._raise_finish_failures(wait=False)
             if saving is not None:
                 saving[1].result()
@@ -336,14 +336,16 @@ class BatchWorker(SimpleWorker):
             log.warning("embedding a batch of %d rows failed: %s", len(batch.tasks), mask_secrets(str(exc)))
             return Embedded([exc] * len(batch.tasks), [], None)
 
-    def _save(self, batch: _Batch, embedded: Embedded) -> None:
-        """On the store's thread: store an embedded batch (Ingestor.save), then hand its finish to the Redis
-        thread. StopWaiting (a stop asked for while the store was unreachable) goes to whoever waits for it."""
+    def _save(self, batch: _Batch, embedded: Embedded, started: float) -> None:
+        """On the store's thread: store an embedded batch (Ingestor.save) whose model call began at `started`
+        (time.perf_counter), then hand its finish to the Redis thread. StopWaiting (a stop asked for while the
+        store was unreachable) goes to whoever waits for it."""
         try:
             outcomes = self.ingestor.save(embedded)
         except Exception as exc:  # the store failed: nothing was stored, retry them all
             log.warning("storing a batch of %d rows failed: %s", len(batch.tasks), mask_secrets(str(exc)))
             outcomes = [exc] * len(batch.tasks)
+        batch.seconds = time.perf_counter() - started
         self._finishing.append(self._redis_calls.submit(self._finish, batch, outcomes))
 
     def _drop(self, takes: deque[Future]) -> None:

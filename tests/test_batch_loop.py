@@ -134,6 +134,32 @@ def test_a_batch_is_stored_while_the_next_is_embedded(env, submit, fake_embedder
     assert store_counts(env) == (12, 12)
 
 
+class SlowWrites:
+    """The real store, each write 0.2 s slower."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def write(self, rows, vectors) -> None:
+        time.sleep(0.2)
+        self.store.write(rows, vectors)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_batchs_log_line_counts_its_write(env, submit, fake_embedder, caplog, device):
+    # The line a finish logs is written on the Redis thread, after the store's thread committed the batch.
+    twelve_rows(env, submit, fake_embedder)
+    model = HookedEmbedder(fake_embedder, 0, None)
+    model.device = device
+    with caplog.at_level(logging.INFO, logger="csvembed.worker"):
+        worker_for(env, model, store=SlowWrites(open_store(env.db))).work(burst=True, logging_level="WARNING")
+    seconds = [float(line.split(" in ")[1].removesuffix(" s")) for line in caplog.messages if "rows stored" in line]
+    assert len(seconds) == 3 and min(seconds) >= 0.2, seconds
+
+
 def test_a_row_is_marked_done_only_after_its_transaction_committed(env, submit, fake_embedder):
     path = write_csv(env.dir / "many.csv", "id,text\n" + "".join(f"{i},row {i}\n" for i in range(1, 201)))
     result = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
