@@ -30,6 +30,7 @@ class Embedder(Protocol):
     that does not fit into windows (csvembed.windows)."""
 
     name: str
+    device: str  # "cpu", or a device (a GPU) whose model calls leave the host's cores free
     dimension: int
     max_seq_length: int  # tokens the model reads, its special tokens included
     window_tokens: int  # tokens of text per model call: max_seq_length less the special tokens

@@ -167,7 +167,7 @@ class BatchWorker(SimpleWorker):
         # Whether a batch is stored while the next is embedded: when the model runs on a device. A model on the
         # CPU already uses every core, and a write beside it only competed (static model on 2 cores: 0.58 -> 0.53
         # of the hand-rolled loop), so there each batch is stored before the next is embedded.
-        self._overlap_store = getattr(ingestor.embedder, "device", "cpu") != "cpu"
+        self._overlap_store = ingestor.embedder.device != "cpu"
         # Submissions whose start this worker recorded (mark_started sets a field once): not written again.
         self._marked_started: set[str] = set()
         self._cores_checked_at = float("-inf")
@@ -433,14 +433,11 @@ class BatchWorker(SimpleWorker):
         """Take `first` (the job RQ dequeued, if any) and up to a batch of queued jobs, and start them in one
         script call: (whether any job was taken, the started batch or None if none of them is to run).
         """
-        call = self._take_call(queue, first)
-        return self._started(queue, call, call.send(self.connection))
-
-    def _take_call(self, queue: Queue, first: Job | None) -> TakeStart:
         queues_first = [] if first is not None else self._ordered_queues[:self._ordered_queues.index(queue)]
-        return TakeStart(self._scripts, queue, self.name, defaults.HEARTBEAT_TTL, defaults.WORKER_TTL + 60,
+        call = TakeStart(self._scripts, queue, self.name, defaults.HEARTBEAT_TTL, defaults.WORKER_TTL + 60,
                          first.id if first is not None else None, self.batch_size - (first is not None), now(),
                          queues_first)
+        return self._started(queue, call, call.send(self.connection))
 
     def _started(self, queue: Queue, call: TakeStart, reply: list) -> tuple[bool, _Batch | None]:
         """What a take-and-start call took and started, as `_take_start` returns it.
