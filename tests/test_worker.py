@@ -20,7 +20,7 @@ class PoisonTextEmbedderDouble:
 
     def __init__(self, real, poison: str) -> None:
         self.real, self.poison = real, poison
-        self.name, self.dimension = real.name, real.dimension
+        self.name, self.dimension, self.device = real.name, real.dimension, real.device
         # How it splits long text into windows is the real one's.
         self.max_seq_length, self.window_tokens, self.text_cap = real.max_seq_length, real.window_tokens, real.text_cap
         self.token_counts, self.token_spans = real.token_counts, real.token_spans
@@ -38,7 +38,7 @@ class SlowEmbedderDouble:
 
     def __init__(self, real, seconds: float) -> None:
         self.real, self.seconds = real, seconds
-        self.name, self.dimension = real.name, real.dimension
+        self.name, self.dimension, self.device = real.name, real.dimension, real.device
         # How it splits long text into windows is the real one's.
         self.max_seq_length, self.window_tokens, self.text_cap = real.max_seq_length, real.window_tokens, real.text_cap
         self.token_counts, self.token_spans = real.token_counts, real.token_spans
