@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import replace
 
 import pytest
@@ -106,3 +107,22 @@ def test_settings_resolve_reads_the_same_variables_as_the_cli(monkeypatch, tmp_p
         monkeypatch.delenv(name)
     assert Settings.resolve() == Settings(home=tmp_path, db=str(tmp_path / "csvembed.db"),
                                           model="all-MiniLM-L6-v2", redis_url=None, precision="fp32")
+
+
+def test_a_submission_finished_at_submit_keeps_its_elapsed_time(api, env, drain, fake_embedder):
+    """A re-run whose every row is skipped is done once submit returns: its elapsed time must stop there,
+    not grow with each later `status` (no worker ever marks it, so no worker sets its end)."""
+    from csvembed.figures import lines
+
+    path = write_csv(env.dir / "gear.csv", ROWS.replace("A3,\n", ""))
+    options = SubmitOptions(text_columns=("title",), id_column="sku")
+    api.submit(open_source(str(path)), options)
+    drain(model=fake_embedder)
+    rerun = api.submit(open_source(str(path)), options)
+    assert (rerun.total, rerun.skipped) == (3, 3)
+    reading = api.reading([rerun.id])
+    now = time.time()
+    [line_now] = lines(reading, now)
+    [line_later] = lines(reading, now + 3600)
+    assert line_now.snapshot.state == "done"
+    assert line_later.elapsed == line_now.elapsed < 60
