@@ -60,11 +60,13 @@ class Settings:
     @classmethod
     def resolve(cls, redis_url: str | None = None, db: str | None = None, model: str | None = None,
                 precision: str | None = None) -> Settings:
+        """Each value as given, else its CSVEMBED_* variable, else the default: what the CLI's flags resolve
+        to, so that a program (or a plain RQ worker's row job) finds the same deployment."""
         home = default_home()
         return cls(
             home=home,
-            db=db or str(home / "csvembed.db"),
-            model=model or defaults.MODEL_NAME,
-            redis_url=redis_url or None,
-            precision=precision or "fp32",
+            db=db or os.environ.get(ENV_DB) or str(home / "csvembed.db"),
+            model=model or os.environ.get(ENV_MODEL) or defaults.MODEL_NAME,
+            redis_url=redis_url or os.environ.get(ENV_REDIS_URL) or None,
+            precision=precision or os.environ.get(ENV_PRECISION) or "fp32",
         )

@@ -46,6 +46,12 @@ redis.call('LTRIM', {samples_key}, 0, {defaults.RATE_SAMPLES - 1})
 """
 
 
+# A record's pending rows (KEYS[1] the record, KEYS[2] and KEYS[3] its done and failed bitmaps), as a Lua expression.
+_PENDING = """(tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+  - tonumber(redis.call('HGET', KEYS[1], 'skipped') or '0')
+  - redis.call('BITCOUNT', KEYS[2]) - redis.call('BITCOUNT', KEYS[3]))"""
+
+
 # Webhooks (issue #13): the script that writes the last outcome of a running submission with a --notify
 # URL claims its one notification, atomically, so however many workers (or the failure callback) finish
 # rows at once, exactly one of them puts it in the due set. Each claim is a new round (its delivery id);
@@ -55,10 +61,7 @@ def _claim_notification(at: str) -> str:
     return f"""
 if redis.call('HEXISTS', KEYS[1], 'notify') == 1 and redis.call('HEXISTS', KEYS[1], 'notify_claimed') == 0
    and redis.call('HGET', KEYS[1], 'state') == 'running' then
-  local f = redis.call('HMGET', KEYS[1], 'total', 'skipped')
-  local pending = tonumber(f[1] or '0') - tonumber(f[2] or '0') - redis.call('BITCOUNT', KEYS[2])
-                  - redis.call('BITCOUNT', KEYS[3])
-  if pending <= 0 then
+  if {_PENDING} <= 0 then
     redis.call('HSET', KEYS[1], 'notify_claimed', {at}, 'notify_attempts', 0)
     redis.call('HINCRBY', KEYS[1], 'notify_round', 1)
     redis.call('HDEL', KEYS[1], 'notified_at', 'notify_error', 'notify_given_up', 'notify_next_at')
@@ -167,6 +170,8 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'submitting' then return 0 end
 if ARGV[2] == 'unleased' and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
 redis.call('DEL', KEYS[4])
+-- Finished as it was submitted (every row skipped or failed at once): no worker will mark its end.
+if """ + _PENDING + """ <= 0 then redis.call('HSETNX', KEYS[1], 'updated_at', ARGV[3]) end
 """ + _claim_notification("ARGV[3]") + """
 return 1
 """

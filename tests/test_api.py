@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import replace
 
 import pytest
@@ -13,6 +14,7 @@ from csvembed.api import Csvembed
 from csvembed.errors import InputError, NoStore, UnknownSubmission
 from csvembed.producer import SubmitOptions
 from csvembed.reader import open_source
+from csvembed.settings import Settings
 
 ROWS = "sku,title\nA1,red boot\nA2,blue hat\nA3,\nA4,green scarf\n"
 
@@ -87,3 +89,40 @@ def test_the_embedded_redis_commands_refuse_a_configured_url(api):
     with pytest.raises(InputError) as raised:
         api.local_redis()
     assert "names your own Redis" in str(raised.value) and "csvembed shows only its embedded one" in str(raised.value)
+
+
+def test_settings_resolve_reads_the_same_variables_as_the_cli(monkeypatch, tmp_path):
+    """A program's `Csvembed(Settings.resolve())` (and a plain RQ worker's row job) must find the
+    deployment that `CSVEMBED_*` names, as the CLI does; a value passed in still wins."""
+    monkeypatch.setenv("CSVEMBED_HOME", str(tmp_path))
+    monkeypatch.setenv("CSVEMBED_DB", str(tmp_path / "elsewhere.db"))
+    monkeypatch.setenv("CSVEMBED_REDIS_URL", "redis://127.0.0.1:6390/2")
+    monkeypatch.setenv("CSVEMBED_MODEL", "some-model")
+    monkeypatch.setenv("CSVEMBED_PRECISION", "int8")
+    assert Settings.resolve() == Settings(home=tmp_path, db=str(tmp_path / "elsewhere.db"), model="some-model",
+                                          redis_url="redis://127.0.0.1:6390/2", precision="int8")
+    assert Settings.resolve(redis_url="redis://h/0", db="x.db", model="m", precision="fp32") == Settings(
+        home=tmp_path, db="x.db", model="m", redis_url="redis://h/0", precision="fp32")
+    for name in ("CSVEMBED_DB", "CSVEMBED_REDIS_URL", "CSVEMBED_MODEL", "CSVEMBED_PRECISION"):
+        monkeypatch.delenv(name)
+    assert Settings.resolve() == Settings(home=tmp_path, db=str(tmp_path / "csvembed.db"),
+                                          model="all-MiniLM-L6-v2", redis_url=None, precision="fp32")
+
+
+def test_a_submission_finished_at_submit_keeps_its_elapsed_time(api, env, drain, fake_embedder):
+    """A re-run whose every row is skipped is done once submit returns: its elapsed time must stop there,
+    not grow with each later `status` (no worker ever marks it, so no worker sets its end)."""
+    from csvembed.figures import lines
+
+    path = write_csv(env.dir / "gear.csv", ROWS.replace("A3,\n", ""))
+    options = SubmitOptions(text_columns=("title",), id_column="sku")
+    api.submit(open_source(str(path)), options)
+    drain(model=fake_embedder)
+    rerun = api.submit(open_source(str(path)), options)
+    assert (rerun.total, rerun.skipped) == (3, 3)
+    reading = api.reading([rerun.id])
+    now = time.time()
+    [line_now] = lines(reading, now)
+    [line_later] = lines(reading, now + 3600)
+    assert line_now.snapshot.state == "done"
+    assert line_later.elapsed == line_now.elapsed < 60
