@@ -622,10 +622,10 @@ def run_worker(settings: Settings, queues: Sequence[str], burst: bool, batch_siz
         # A script's unchanged re-run ends here: loading the model would take most of its time.
         log.info("nothing queued on %s", ", ".join(queues))
         return False
-    embedder = load_embedder(settings, device=device, backend=backend)
     # A burst run (a script's) fails at once, exit 3, while its store is unreachable: it holds no rows
-    # yet, and its caller should know now. A long-lived worker is a service: it waits.
+    # yet, and its caller should know now, not after the model's load. A long-lived worker is a service: it waits.
     store = open_store(settings.db) if burst else open_when_reachable(lambda: open_store(settings.db))
+    embedder = load_embedder(settings, device=device, backend=backend)
     ingestor = Ingestor(embedder, store, SubmissionRecords(connection))
     worker = BatchWorker(queues, ingestor=ingestor, batch_size=batch_size)
     log.info("worker %s: model %s loaded on %s (%s); listening on %s", worker.name, settings.model_id,

@@ -6,6 +6,7 @@ unreachable store fails. The outages of a real PostgreSQL are in test_outages.py
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -17,14 +18,14 @@ import pytest
 from rq.registry import StartedJobRegistry
 
 from conftest import FAKE_QUEUE, store_counts, wait_until, write_csv
-from csvembed import defaults
+from csvembed import defaults, embedder
 from csvembed.errors import ServiceUnavailable
 from csvembed.ingest import Ingestor
 from csvembed.monitor import Monitor
 from csvembed.outage import unreachable_reason
 from csvembed.store import open_store
 from csvembed.submissions import SubmissionRecords
-from csvembed.worker import BatchWorker
+from csvembed.worker import BatchWorker, run_worker
 
 
 class FailingWritesDouble:
@@ -214,3 +215,18 @@ def test_a_failed_write_retries_its_batch_alone(env, submit, drain, fake_embedde
     embedded = Counter(text for call in fake_embedder.calls for text in call)
     assert embedded == {f"row number {i}": 2 if i < 10 else 1 for i in range(30)}  # the failed batch, twice
     assert store_counts(env) == (30, 30)
+
+
+def test_a_burst_worker_refuses_an_unusable_store_before_loading_its_model(env, submit, monkeypatch, tmp_path):
+    """A script's `worker --burst` learns at once that its store cannot be used (exit 3), not after the model's
+    load (11 s against a closed PostgreSQL port, README Guarantees)."""
+    rows(env, submit, 2)
+    loaded = []
+    monkeypatch.setattr(embedder, "load_embedder", lambda *args, **kwargs: loaded.append(args))
+    text_file = write_csv(tmp_path / "notes.txt", "not a database\n" * 200)
+    settings = dataclasses.replace(env.settings, db=str(text_file), model="test-hash-embedder")
+    with pytest.raises(ServiceUnavailable) as raised:
+        run_worker(settings, ["csvembed"], burst=True, batch_size=8)
+    assert str(raised.value) == f"cannot use the store {text_file}: file is not a database"
+    assert loaded == []
+    assert env.connection.llen(f"rq:queue:{FAKE_QUEUE}") == 2
