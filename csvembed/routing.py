@@ -19,12 +19,20 @@ from csvembed.errors import InputError
 SLUG_LENGTH = 40
 
 
+def check_name(option: str, name: str | None) -> None:
+    """Refuse a collection or queue name with a NUL: PostgreSQL text cannot hold one. A shell cannot pass
+    one, but HTTP and the library can; submit and the worker both refuse it here."""
+    if name and "\x00" in name:
+        raise InputError(f"{option} {name!r} holds a NUL character, which a name cannot")
+
+
 def model_queue(queue: str, model_id: str) -> str:
     """The queue that carries `queue`'s rows of `model_id`: `queue` itself for the default model, else
     `queue@<model's last path part>-<8 hex digits of its hash>`. An empty name is refused: rows on it would be
-    listed, counted and served under a blank."""
+    listed, counted and served under a blank; so is a name with a NUL (check_name)."""
     if not queue.strip():
         raise InputError("--queue must name a queue, not be empty")
+    check_name("--queue", queue)
     if model_id == defaults.MODEL_NAME:
         return queue
     slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", PurePosixPath(model_id).name or model_id)[:SLUG_LENGTH]

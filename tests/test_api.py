@@ -87,3 +87,11 @@ def test_the_embedded_redis_commands_refuse_a_configured_url(api):
     with pytest.raises(InputError) as raised:
         api.local_redis()
     assert "names your own Redis" in str(raised.value) and "csvembed shows only its embedded one" in str(raised.value)
+
+
+def test_the_worker_refuses_a_nul_in_a_queue_name_as_submit_does(api, env):
+    # submit and the HTTP face refused one; the library's worker listened on it (the CLI cannot pass one).
+    with pytest.raises(InputError) as refused:
+        api.work(["q\x00"], burst=True)
+    assert str(refused.value) == "--queue 'q\\x00' holds a NUL character, which a name cannot"
+    assert env.connection.keys("rq:*") == []
