@@ -23,8 +23,10 @@ _PARAM = re.compile(r"(?P<key>(?:[?&]|\b)(?:password|pass|pwd|passwd|sslpassword
 
 def mask_secrets(text: str) -> str:
     """The text with every password in a URL or connection string replaced by ***."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    return _PARAM.sub(lambda m: f"{m['key']}{MASK}", text)
+    # Query passwords first: in `redis://h:1/0?password=a@b` the host's colon and the password's @ would
+    # otherwise read as a user:password@host, and `b` would be shown as the host.
+    text = _PARAM.sub(lambda m: f"{m['key']}{MASK}", text)
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
 
 
 def mask_url(url: str) -> str:
