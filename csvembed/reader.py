@@ -271,6 +271,36 @@ class _Decompressed(io.RawIOBase):
         return len(data)
 
 
+class _Decoded(io.TextIOBase):
+    """The input's text, decoded block by block as pandas reads it, each block's offset in the input known.
+
+    TextIOWrapper's decode errors count from the start of its current block, so a bad byte deep in a
+    file was placed "near byte 35649" of whichever block held it; here it is placed in the input.
+    """
+
+    def __init__(self, raw: BinaryIO, encoding: str, fail: Callable[[UnicodeDecodeError, int], InputError]) -> None:
+        self._raw = raw
+        self._decoder = codecs.getincrementaldecoder(encoding)()
+        self._fail = fail
+        self._offset = 0  # bytes given to the decoder before this block
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        while True:
+            block = self._raw.read(size if size and size > 0 else -1)
+            # An error's position counts from the bytes the decoder held back from the last block.
+            held = len(self._decoder.getstate()[0])
+            try:
+                text = self._decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                raise self._fail(exc, self._offset - held) from None
+            self._offset += len(block)
+            if text or not block:  # "" only at the end: pandas would take it for one
+                return text
+
+
 class _NulGuard(io.TextIOBase):
     """The decoded text pandas reads, refused at the first NUL wherever it is in the input.
 
@@ -446,7 +476,7 @@ class CsvFile:
             hint = "" if wide else " (for UTF-16 without a BOM, pass --encoding utf-16-le)"
             raise InputError(f"{source.name} contains NUL bytes: it looks like a binary file, not CSV text{hint}")
         self.delimiter = delimiter or _sniff_delimiter(text)
-        stream = io.TextIOWrapper(io.BufferedReader(_Replay(head, source.stream)), encoding=self.encoding, newline="")
+        stream = _Decoded(io.BufferedReader(_Replay(head, source.stream)), self.encoding, self._decode_error)
         self._reader = self._guard(
             lambda: pd.read_csv(
                 _HeaderWidth(_NulGuard(stream, source.name), source.name, self.delimiter),
@@ -491,13 +521,14 @@ class CsvFile:
         except UnicodeError as exc:
             raise self._decode_error(exc) from None
 
-    def _decode_error(self, exc: UnicodeError) -> InputError:
+    def _decode_error(self, exc: UnicodeError, offset: int = 0) -> InputError:
+        """The error for undecodable input; `offset` is where in the input the bytes of `exc` begin."""
         if not isinstance(exc, UnicodeDecodeError):
             # Codecs such as punycode or "undefined" fail with no position to point at.
             return InputError(f"{self.source.name} cannot be read as {self.encoding}: {exc}")
         return InputError(
             f"{self.source.name} is not valid {self.encoding} (byte 0x{exc.object[exc.start]:02x} near byte"
-            f" {exc.start}): pass --encoding, for example --encoding latin-1"
+            f" {offset + exc.start}): pass --encoding, for example --encoding latin-1"
         )
 
     def _guard(self, read: Callable[[], T]) -> T:

@@ -221,3 +221,13 @@ def test_the_column_limit_counts_fields_as_pandas_splits_them(header, monkeypatc
     assert len(read(f"{header}\r\n1,2,3,4\r\n".encode())[0]) == 4
     refused = rejected(f"{header},e\n1,2,3,4,5\n".encode())
     assert refused == "t.csv has more than 4 columns, which is the most a file may have"
+
+
+@pytest.mark.parametrize(("encoding", "bad"), [("utf-8", b"\xe9"), ("utf-16", b"\x00\xd8")])
+def test_a_bad_byte_deep_in_the_file_is_placed_by_its_offset_in_the_file(encoding, bad):
+    # pandas reads through a decoder whose errors count from the start of its current block: a bad byte at
+    # offset 297,793 was reported "near byte 35649". (In UTF-16, a lone surrogate.)
+    body = ("id,text\n" + "".join(f"{i},row {i}\n" for i in range(20000)) + "9,").encode(encoding)
+    data = body + bad + "x\n".encode(encoding)[2 if encoding == "utf-16" else 0:]
+    assert rejected(data) == (f"t.csv is not valid {encoding} (byte 0x{bad[0]:02x} near byte {len(body)}):"
+                              " pass --encoding, for example --encoding latin-1")
