@@ -8,6 +8,7 @@ without any set-up; `csvembed redis status|stop` finds it the same way.
 from __future__ import annotations
 
 import fcntl
+import inspect
 import logging
 import os
 import shutil
@@ -112,14 +113,28 @@ def connect(settings: Settings, wait_forever: bool = False) -> redis.Redis:
 
 def _from_url(url: str) -> redis.Redis:
     try:
-        return redis.Redis.from_url(
+        connection = redis.Redis.from_url(
             url,
             socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT,
             health_check_interval=30,
             retry_on_timeout=True,
         )
     except ValueError as exc:
-        raise ServiceUnavailable(mask_secrets(f"invalid Redis URL {url!r}: {exc}")) from None
+        raise ServiceUnavailable(f"invalid Redis URL {mask_secrets(url)!r}: {mask_secrets(str(exc))}") from None
+    if unknown := _unknown_options(connection.connection_pool):
+        raise ServiceUnavailable(f"invalid Redis URL {mask_secrets(url)!r}: unknown option {', '.join(unknown)}")
+    return connection
+
+
+def _unknown_options(pool: redis.ConnectionPool) -> list[str]:
+    """The URL's query keys that its connection class takes no argument for, quoted.
+
+    redis-py passes every query key on as an argument, so a mistyped one (or `?PASSWORD=`) would be a
+    TypeError, with a traceback, at the first command rather than an error about the URL.
+    """
+    taken = {name for cls in pool.connection_class.__mro__ if "__init__" in vars(cls)
+             for name in inspect.signature(cls.__init__).parameters}
+    return [repr(key) for key in pool.connection_kwargs if key not in taken]
 
 
 def _ping(connection: redis.Redis, described_as: str) -> redis.Redis:

@@ -9,6 +9,10 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 READ_CHUNK_ROWS = 5_000
 # Bytes looked at to detect the encoding and sniff the delimiter.
 SNIFF_BYTES = 64 * 1024
+# The most columns a file may have: Excel's own limit. pandas builds an object per column per chunk, so
+# a header of a million columns took 164 s and 2.3 GB to submit one row (100,000: 11.4 s, 354 MB); a
+# header this wide takes 2.4 s. A wider one is refused as pandas reads it, in 0.75 s.
+MAX_COLUMNS = 16_384
 
 # The longest row id and collection name, in UTF-8 bytes. PostgreSQL's btree refuses an index entry
 # over 2704 bytes (a third of a page), and a row's key is (collection, id): two keys of 1,000 bytes fit

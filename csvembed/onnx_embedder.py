@@ -79,9 +79,14 @@ def cache_key(folder: Path) -> str:
 
 @contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    """One exporter per model at a time; the others wait, then find its finished export."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
+    """One exporter per model at a time; the others wait, then find its finished export.
+
+    The cache is the user's, like redis/ beside it: 0700 and its lock files 0600 even in a home that is not
+    (exports of a private --model folder are in it).
+    """
+    lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock_path.parent.chmod(0o700)
+    with open(os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

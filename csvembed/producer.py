@@ -26,7 +26,7 @@ from csvembed.enqueue import RowEnqueuer, withdraw_queued
 from csvembed.errors import CsvembedError, InputError, UnknownSubmission
 from csvembed.jobs import SERIALIZER, RowTask
 from csvembed.reader import CsvFile, Source
-from csvembed.routing import model_queue
+from csvembed.routing import check_name, model_queue
 from csvembed.rowtext import TextSpec, id_column_index
 from csvembed.store import Store, content_hash, open_store, other_model, reading, row_json, store_label
 from csvembed.submissions import INTERRUPTED, RUNNING, SubmissionRecords, new_submission_id, record_key
@@ -148,9 +148,8 @@ class Producer:
             raise InputError(f"--window-overlap must be 0 or more, not {options.window_overlap}")
         if options.max_pending is not None and options.max_pending < 1:  # no queue is ever shorter: a wait forever
             raise InputError(f"--max-pending must be 1 or more, not {options.max_pending}")
-        for option, name in (("--collection", options.collection), ("--queue", options.queue)):
-            if name and "\x00" in name:  # PostgreSQL text cannot hold one; a shell cannot pass one, HTTP can
-                raise InputError(f"{option} {name!r} holds a NUL character, which a name cannot")
+        check_name("--collection", options.collection)
+        check_name("--queue", options.queue)
         if options.notify:
             from csvembed.webhooks import check_url  # (http.client and urllib: only for --notify)
 

@@ -271,6 +271,36 @@ class _Decompressed(io.RawIOBase):
         return len(data)
 
 
+class _Decoded(io.TextIOBase):
+    """The input's text, decoded block by block as pandas reads it, each block's offset in the input known.
+
+    TextIOWrapper's decode errors count from the start of its current block, so a bad byte deep in a
+    file was placed "near byte 35649" of whichever block held it; here it is placed in the input.
+    """
+
+    def __init__(self, raw: BinaryIO, encoding: str, fail: Callable[[UnicodeDecodeError, int], InputError]) -> None:
+        self._raw = raw
+        self._decoder = codecs.getincrementaldecoder(encoding)()
+        self._fail = fail
+        self._offset = 0  # bytes given to the decoder before this block
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        while True:
+            block = self._raw.read(size if size and size > 0 else -1)
+            # An error's position counts from the bytes the decoder held back from the last block.
+            held = len(self._decoder.getstate()[0])
+            try:
+                text = self._decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                raise self._fail(exc, self._offset - held) from None
+            self._offset += len(block)
+            if text or not block:  # "" only at the end: pandas would take it for one
+                return text
+
+
 class _NulGuard(io.TextIOBase):
     """The decoded text pandas reads, refused at the first NUL wherever it is in the input.
 
@@ -294,6 +324,84 @@ class _NulGuard(io.TextIOBase):
         # Counting lines, only to say where a NUL is, takes ~7 ms per 9 MB: about 1% of reading it.
         self._lines += block.count("\n")
         return block
+
+
+# Where _HeaderWidth is: outside quotes, inside them, just past a quote inside them, or just past a blank
+# line ended by a lone carriage return.
+_PLAIN, _QUOTED, _AFTER_QUOTE, _AFTER_CR = range(4)
+
+
+class _HeaderWidth(io.TextIOBase):
+    """The decoded text pandas reads, refused once its header has more than MAX_COLUMNS fields.
+
+    pandas builds an object per column per chunk, so a header of a million fields costs minutes and
+    gigabytes before any check could see it. The fields are counted here, in the text pandas pulls,
+    as its C parser splits them: a quote opens a quoted field only at the field's start, `""` inside
+    one is a quote, and blank lines before the header are skipped (and a delimiter right after one's
+    lone carriage return, which pandas gives back if the line goes on with blanks: then its header has
+    one field more than counted here). After the header it only passes text on.
+    """
+
+    def __init__(self, text: io.TextIOBase, name: str, delimiter: str) -> None:
+        self._text = text
+        self._name = name
+        self._delimiter = delimiter
+        # Outside quotes, what ends a stretch of plain text: a delimiter, a quote or a line break.
+        self._plain = re.compile(f'[{re.escape(delimiter)}"\r\n]')
+        self._fields = 1
+        self._state = _PLAIN
+        self._field_start = True
+        self._line_has_text = False
+        self._counting = True
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        block = self._text.read(size)
+        if self._counting:
+            self._count(block)
+        return block
+
+    def _count(self, block: str) -> None:
+        """Go on counting the header's fields through `block`; stop counting where the header ends."""
+        at = 0
+        while at < len(block):
+            if self._state == _QUOTED:
+                close = block.find('"', at)
+                if close < 0:
+                    return
+                self._state, at = _AFTER_QUOTE, close + 1
+            elif self._state == _AFTER_QUOTE:
+                # A quote right after the closing one is an escaped quote: the field stays quoted.
+                escaped = block[at] == '"'
+                self._state, self._field_start, at = (_QUOTED if escaped else _PLAIN), False, at + escaped
+            elif self._state == _AFTER_CR:
+                # pandas drops a delimiter that follows a blank line's lone carriage return.
+                self._state, at = _PLAIN, at + (block[at] == self._delimiter)
+            else:
+                found = self._plain.search(block, at)
+                end = found.start() if found else len(block)
+                if end > at:
+                    self._field_start = False
+                    self._line_has_text = self._line_has_text or bool(block[at:end].strip(" \t"))
+                if not found:
+                    return
+                char, at = found.group(), end + 1
+                if char == '"':
+                    self._state = _QUOTED if self._field_start else _PLAIN
+                    self._field_start, self._line_has_text = False, True
+                elif char == self._delimiter:
+                    self._fields += 1
+                    self._field_start, self._line_has_text = True, True
+                    if self._fields > defaults.MAX_COLUMNS:
+                        raise InputError(f"{self._name} has more than {defaults.MAX_COLUMNS:,} columns, which is"
+                                         " the most a file may have")
+                elif self._line_has_text:  # the header's line break: the rest is pandas' alone
+                    self._counting = False
+                    return
+                else:  # a blank line before the header, which pandas skips
+                    self._state, self._field_start = (_AFTER_CR if char == "\r" else _PLAIN), True
 
 
 def _read_head(stream: BinaryIO, size: int) -> bytes:
@@ -368,10 +476,10 @@ class CsvFile:
             hint = "" if wide else " (for UTF-16 without a BOM, pass --encoding utf-16-le)"
             raise InputError(f"{source.name} contains NUL bytes: it looks like a binary file, not CSV text{hint}")
         self.delimiter = delimiter or _sniff_delimiter(text)
-        stream = io.TextIOWrapper(io.BufferedReader(_Replay(head, source.stream)), encoding=self.encoding, newline="")
+        stream = _Decoded(io.BufferedReader(_Replay(head, source.stream)), self.encoding, self._decode_error)
         self._reader = self._guard(
             lambda: pd.read_csv(
-                _NulGuard(stream, source.name),
+                _HeaderWidth(_NulGuard(stream, source.name), source.name, self.delimiter),
                 sep=self.delimiter,
                 # The header is read as a row, so pandas cannot rename duplicate or empty names.
                 header=None,
@@ -413,13 +521,14 @@ class CsvFile:
         except UnicodeError as exc:
             raise self._decode_error(exc) from None
 
-    def _decode_error(self, exc: UnicodeError) -> InputError:
+    def _decode_error(self, exc: UnicodeError, offset: int = 0) -> InputError:
+        """The error for undecodable input; `offset` is where in the input the bytes of `exc` begin."""
         if not isinstance(exc, UnicodeDecodeError):
             # Codecs such as punycode or "undefined" fail with no position to point at.
             return InputError(f"{self.source.name} cannot be read as {self.encoding}: {exc}")
         return InputError(
             f"{self.source.name} is not valid {self.encoding} (byte 0x{exc.object[exc.start]:02x} near byte"
-            f" {exc.start}): pass --encoding, for example --encoding latin-1"
+            f" {offset + exc.start}): pass --encoding, for example --encoding latin-1"
         )
 
     def _guard(self, read: Callable[[], T]) -> T:

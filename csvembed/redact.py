@@ -20,16 +20,25 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]
 _PARAM = re.compile(r"(?P<key>(?:[?&]|\b)(?:password|pass|pwd|passwd|sslpassword|pgpassword)=)"
                     r"(?P<value>\*\*\*(?=[&\s:]|$)|'[^']*'|[^&\s]*)", re.IGNORECASE)
 
+# A value in a URL's query string, up to the next parameter or the fragment.
+_QUERY_VALUE = re.compile(r"=[^&#]*")
+
 
 def mask_secrets(text: str) -> str:
     """The text with every password in a URL or connection string replaced by ***."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    return _PARAM.sub(lambda m: f"{m['key']}{MASK}", text)
+    # Query passwords first: in `redis://h:1/0?password=a@b` the host's colon and the password's @ would
+    # otherwise read as a user:password@host, and `b` would be shown as the host.
+    text = _PARAM.sub(lambda m: f"{m['key']}{MASK}", text)
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
 
 
 def mask_url(url: str) -> str:
-    """A URL as shown: any user or password in it replaced by *** (a webhook's user alone may be its token)."""
+    """A URL as shown: any user or password in it, and every value of its query, replaced by *** (a webhook's
+    user alone may be its token, and receivers often take their secret as ?token= or ?key=)."""
     scheme, sep, rest = url.partition("://")
     if sep and "@" in (authority := rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]):
         url = f"{scheme}://{MASK}@{rest[len(authority.rsplit('@', 1)[0]) + 1:]}"
+    base, question, query = url.partition("?")
+    if question:
+        url = f"{base}?{_QUERY_VALUE.sub(f'={MASK}', query)}"
     return mask_secrets(url)

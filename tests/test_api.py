@@ -126,3 +126,11 @@ def test_a_submission_finished_at_submit_keeps_its_elapsed_time(api, env, drain,
     [line_later] = lines(reading, now + 3600)
     assert line_now.snapshot.state == "done"
     assert line_later.elapsed == line_now.elapsed < 60
+
+
+def test_the_worker_refuses_a_nul_in_a_queue_name_as_submit_does(api, env):
+    # submit and the HTTP face refused one; the library's worker listened on it (the CLI cannot pass one).
+    with pytest.raises(InputError) as refused:
+        api.work(["q\x00"], burst=True)
+    assert str(refused.value) == "--queue 'q\\x00' holds a NUL character, which a name cannot"
+    assert env.connection.keys("rq:*") == []

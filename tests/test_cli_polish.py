@@ -4,6 +4,7 @@ seen and stopped, and a user's own Redis is told once when it would keep rows in
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -462,3 +463,28 @@ def test_delete_counts_in_words_that_agree_with_the_number(env, submit, drain, f
     assert (result.exit_code, result.stderr) == (
         0, f"deleted submission {submitted.id}: 1 stored row and their vectors, 0 queued or failed jobs,"
         " and its progress records\n")
+
+
+# --- control characters from the data ----------------------------------------------------------------
+
+def test_control_characters_in_ids_are_shown_escaped_never_sent(env, submit, drain, fake_embedder):
+    # Ids, fields and reasons come from files anyone may have written: an escape sequence in an id cleared
+    # the screen of whoever ran `failures`, `search` or watched `status`.
+    path = write_csv(env.dir / "f.csv", "id,text\n\"A\x1b[2J\rX\",\n")
+    submitted = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
+    drain(model=fake_embedder)
+    result = cli("failures", submitted.id)
+    # (rich drops a carriage return itself.)
+    assert (result.exit_code, result.stdout) == (0, "row 1   id A\\x1b[2JX        empty text: nothing to embed\n")
+
+    from csvembed.api import Csvembed
+    from csvembed.cli.app import Terminal
+    from csvembed.cli.status_view import render
+
+    live = Terminal(file=io.StringIO(), width=120, force_terminal=True, color_system=None)
+    reading = Csvembed(env.settings, env.connection).reading([submitted.id])
+    live.print(render(reading, time.time(), {submitted.id: [{"row_number": 1, "id": "A\x1b[2J\rX",
+                                                              "reason": "empty text"}]}, 120))
+    shown = live.file.getvalue()
+    assert f"{submitted.id} row 1 (id A\\x1b[2JX): empty text" in shown
+    assert "\x1b[2J" not in shown and "\r" not in shown

@@ -110,6 +110,41 @@ def test_ctrl_c_leaves_the_work_and_exits_130(env, monkeypatch):
     assert (result.exit_code, result.stdout, result.stderr) == expected
 
 
+# Each sends the process a real SIGINT, as a Ctrl-C right after Enter does: while it imports the CLI's
+# libraries, and while typer builds the commands.
+CTRL_C_WHILE_STARTING = {
+    "importing": """
+import builtins, os, runpy, signal
+load = builtins.__import__
+def interrupting(name, *args, **kwargs):
+    if name == "redis":
+        os.kill(os.getpid(), signal.SIGINT)
+    return load(name, *args, **kwargs)
+builtins.__import__ = interrupting
+runpy.run_module("csvembed", run_name="__main__")
+""",
+    "building": """
+import os, runpy, signal, typer.main
+build = typer.main.get_command
+def interrupting(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return build(*args, **kwargs)
+typer.main.get_command = interrupting
+runpy.run_module("csvembed", run_name="__main__")
+""",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", CTRL_C_WHILE_STARTING)
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(when):
+    # It was a KeyboardInterrupt traceback, and death by SIGINT.
+    result = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_STARTING[when], "list"], capture_output=True,
+                            text=True, timeout=60)
+    expected = (130, "", "interrupted while starting: nothing was done\n")
+    assert (result.returncode, result.stdout, result.stderr) == expected
+
+
 @pytest.fixture
 def stored(env, submit, drain, fake_embedder, monkeypatch):
     """Two collections stored with the test double; search embeds its query with the same double."""

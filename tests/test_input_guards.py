@@ -186,3 +186,48 @@ def test_an_empty_column_name_is_stored_as_written(env, submit, drain, fake_embe
     [(_, row_id, row_number, text, row, _)] = stored_rows(env)
     assert (row_id, row_number, text) == ("1", 1, "a: 1\n: 2\nb: 3")
     assert json.loads(row) == {"a": "1", "": "2", "b": "3"}
+
+
+def wide(columns: int, delimiter: str = ",") -> bytes:
+    """A header of `columns` names and one row of as many fields."""
+    return (delimiter.join(f"c{i}" for i in range(columns)) + "\n" + delimiter.join("x" * columns) + "\n").encode()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-32"])
+def test_a_header_wider_than_the_column_limit_is_refused_before_pandas_reads_it(encoding):
+    # A million columns took 164 s and 2.3 GB to submit one row: pandas builds an object per column per chunk.
+    data = wide(defaults.MAX_COLUMNS + 1).decode().encode(encoding)
+    assert rejected(data) == f"t.csv has more than {defaults.MAX_COLUMNS:,} columns, which is the most a file may have"
+
+
+def test_a_header_of_exactly_the_column_limit_is_read():
+    columns, rows = read(wide(defaults.MAX_COLUMNS))
+    assert (len(columns), columns[-1], rows) == (defaults.MAX_COLUMNS, f"c{defaults.MAX_COLUMNS - 1}",
+                                                 [["x"] * defaults.MAX_COLUMNS])
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '"a,b",x,y,z',  # delimiters inside quotes are part of a field
+        '"a"",b",x,y,z',  # an escaped quote does not end the quoted field
+        'a"b,c"d,x,y',  # a quote inside an unquoted field is a plain character
+        ' "a,b",x,y',  # so is a quote after a space
+        "\r\n  \n" + "a,b,c,d",  # blank lines before the header are skipped, as pandas skips them
+    ],
+)
+def test_the_column_limit_counts_fields_as_pandas_splits_them(header, monkeypatch):
+    monkeypatch.setattr(defaults, "MAX_COLUMNS", 4)
+    assert len(read(f"{header}\r\n1,2,3,4\r\n".encode())[0]) == 4
+    refused = rejected(f"{header},e\n1,2,3,4,5\n".encode())
+    assert refused == "t.csv has more than 4 columns, which is the most a file may have"
+
+
+@pytest.mark.parametrize(("encoding", "bad"), [("utf-8", b"\xe9"), ("utf-16", b"\x00\xd8")])
+def test_a_bad_byte_deep_in_the_file_is_placed_by_its_offset_in_the_file(encoding, bad):
+    # pandas reads through a decoder whose errors count from the start of its current block: a bad byte at
+    # offset 297,793 was reported "near byte 35649". (In UTF-16, a lone surrogate.)
+    body = ("id,text\n" + "".join(f"{i},row {i}\n" for i in range(20000)) + "9,").encode(encoding)
+    data = body + bad + "x\n".encode(encoding)[2 if encoding == "utf-16" else 0:]
+    assert rejected(data) == (f"t.csv is not valid {encoding} (byte 0x{bad[0]:02x} near byte {len(body)}):"
+                              " pass --encoding, for example --encoding latin-1")

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,18 @@ def test_a_model_with_unsupported_pooling_falls_back_to_pytorch_with_one_warning
             expected], start
     assert [path.name for path in (tmp_path / "home" / "onnx").iterdir() if path.is_dir()] != []
     assert not list((tmp_path / "home" / "onnx").rglob("model.onnx"))
+
+
+def test_the_export_cache_is_private_in_a_home_that_is_not(tmp_path):
+    # A home the user made (and may share) is left as it is, but the cache csvembed owns in it was 0755 and
+    # its lock files 0644, where redis/ is 0700: exports of a private --model folder are the user's too.
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    load_embedder(settings(home, model=str(unsupported_pooling_model(tmp_path / "weighted"))))
+    cache = home / "onnx"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    locks = list(cache.glob("*.lock"))
+    assert locks and {stat.S_IMODE(lock.stat().st_mode) for lock in locks} == {0o600}
 
 
 @pytest.mark.slow

@@ -41,6 +41,13 @@ def test_every_form_of_password_is_masked():
     assert mask_secrets(f"redis://u:a@h1 and redis://u:{SECRET}\t@h2 x") == "redis://u:***@h1 and redis://u:***@h2 x"
 
 
+@pytest.mark.parametrize("scheme", ["redis", "postgresql"])
+def test_a_password_in_a_query_string_with_an_at_sign_is_masked_whole(scheme):
+    # The host's colon and the @ in the password read as a user:password@host, which showed the password's tail.
+    assert mask_secrets(f"at {scheme}://h:1/0?password=ab@{SECRET} x") == f"at {scheme}://h:1/0?password=*** x"
+    assert mask_secrets(f"{scheme}://u:{SECRET}@h:1/0?password=ab@{SECRET}") == f"{scheme}://u:***@h:1/0?password=***"
+
+
 @pytest.mark.parametrize("url", [f"redis://:pa {SECRET}@127.0.0.1:1/0", f"redis://u:pa\t{SECRET}@127.0.0.1:1/0"])
 def test_a_redis_password_with_a_space_never_shows(url):
     # redis-py reads the password as written, space and all; the error must not show it.

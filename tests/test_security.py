@@ -81,6 +81,17 @@ def test_a_redis_password_never_shows_in_errors(tmp_path, protected_redis):
         assert str(caught.value) == expected
 
 
+@pytest.mark.parametrize("query", ["?x=1", "?PASSWORD={pw}", "?password={pw}&timeout=5"])
+def test_an_unknown_option_in_a_redis_url_is_one_line_not_a_traceback(tmp_path, query):
+    # redis-py takes any query key as a connection argument and fails only at the first command, with a TypeError.
+    url = "redis://127.0.0.1:1/0" + query.format(pw=PASSWORD)
+    with pytest.raises(ServiceUnavailable) as caught:
+        connect(settings_for(tmp_path, url))
+    unknown = {"?x=1": "'x'", "?PASSWORD={pw}": "'PASSWORD'", "?password={pw}&timeout=5": "'timeout'"}[query]
+    shown = "redis://127.0.0.1:1/0" + query.format(pw="***")
+    assert str(caught.value) == f"invalid Redis URL {shown!r}: unknown option {unknown}"
+
+
 def test_waiting_for_a_protected_redis_logs_no_password(tmp_path, protected_redis, caplog, monkeypatch):
     process, socket_path = protected_redis
     monkeypatch.setattr(defaults, "REDIS_RETRIES", 2)

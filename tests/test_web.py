@@ -191,6 +191,24 @@ def test_a_bad_csv_gets_the_cli_message_and_enqueues_nothing(client, env, tmp_pa
     assert cli.stderr.strip() == f"csvembed: error: {response.json()['detail']}"
 
 
+@pytest.mark.parametrize("option, value", [("collection", "red\x1b[31m"), ("collection", "a\nb"), ("queue", "q\rx"),
+                                           ("queue", "csi\x9b2J"), ("collection", "del\x7f")])
+def test_a_control_character_in_a_name_is_refused_alike_over_http_and_the_cli(client, env, option, value):
+    # list, status and workers print names as they are: an escape sequence in one reached every terminal that
+    # listed it (a token holder's upload could clear or recolour a user's screen), a line break split the lines.
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    message = f"--{option} {value!r} holds a control character, which a name cannot"
+    response = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS, **{option: value})
+    assert (response.status_code, response.json()) == (400, {"detail": message})
+    cli = CliRunner().invoke(app, ["submit", str(SAMPLE), "--id-column", "sku", "--text-column", "title",
+                                   f"--{option}", value])
+    assert (cli.exit_code, cli.stderr.strip()) == (2, f"csvembed: error: {message}")
+    assert queued_keys(env) == []
+
+
 @pytest.mark.parametrize("option, value", [("collection", "a\x00b"), ("queue", "q\x00")])
 def test_a_nul_in_a_name_is_refused_alike_over_http_and_the_cli(client, env, option, value):
     # PostgreSQL text cannot hold a NUL; a shell cannot pass one, but a query or form field can.

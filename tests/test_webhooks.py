@@ -196,6 +196,18 @@ def test_credentials_in_the_url_are_masked_and_sent_as_basic_auth(env, submit, d
     assert shown == hooks.url("/ok", userinfo="***@")
 
 
+def test_a_token_in_the_url_query_is_sent_but_never_shown(env, submit, drain, fake_embedder, hooks):
+    # Webhook receivers often take their secret as ?token=: status, the dashboard and logs showed it.
+    result = submit(rows_file(env, 3), model=MODEL, notify=hooks.url("/ok?token=t0ken-XYZ&channel=ops"))
+    drain(model=fake_embedder)
+    deliverer(env).run_once()
+
+    [request] = hooks.requests
+    assert request["path"] == "/ok?token=t0ken-XYZ&channel=ops"
+    assert b"t0ken-XYZ" not in request["body"]
+    assert status_json(env, result.id)["notify"] == hooks.url("/ok?token=***&channel=***")
+
+
 def test_a_submission_of_unchanged_rows_notifies_at_submit(env, submit, drain, fake_embedder, hooks):
     path = rows_file(env, 4)
     submit(path, model=MODEL)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, get_args, get_origin
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, get_args, 
 import redis
 import typer
 from rich.console import Console
+from rich.segment import Segment
 from typer._click import Context, HelpFormatter
 from typer._click.exceptions import ClickException, NoSuchOption
 from typer._click.formatting import join_options
@@ -31,9 +33,32 @@ EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 rows failed or submit interrupted; 2 bad
 
 PROG_NAME = "csvembed"
 
+# Control characters a terminal acts on: all but the line break and tab that lay out what is printed.
+UNSAFE_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text with every control character a terminal would act on written as an escape (`\\x1b`)."""
+    return UNSAFE_CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+class Terminal(Console):
+    """rich's Console, whose output carries no control character but its own (cursor moves, colours).
+
+    Ids, fields, reasons and file names come from files and uploads anyone may have written: printed as
+    they are, an escape sequence in one would clear or rewrite the screen of whoever lists them. Every
+    print and the live view pass through render, so this is the one place that needs to know.
+    """
+
+    def render(self, renderable: Any, options: Any = None) -> Iterator[Segment]:
+        for segment in super().render(renderable, options):
+            unsafe = not segment.control and UNSAFE_CONTROLS.search(segment.text)
+            yield segment._replace(text=printable(segment.text)) if unsafe else segment
+
+
 # emoji=False: a name such as "a:thumbs_up:.csv" is text to show as it is, not an emoji code.
-err = Console(stderr=True, soft_wrap=True, emoji=False)
-out = Console(soft_wrap=True, emoji=False)
+err = Terminal(stderr=True, soft_wrap=True, emoji=False)
+out = Terminal(soft_wrap=True, emoji=False)
 
 
 def fail(message: str, code: int) -> NoReturn:
