@@ -488,3 +488,15 @@ def test_control_characters_in_ids_are_shown_escaped_never_sent(env, submit, dra
     shown = live.file.getvalue()
     assert f"{submitted.id} row 1 (id A\\x1b[2JX): empty text" in shown
     assert "\x1b[2J" not in shown and "\r" not in shown
+
+
+def test_json_output_of_control_characters_in_ids_is_still_json(env, submit, drain, fake_embedder):
+    # DEL and the C1 controls (U+009B is a terminal's CSI) pass json.dumps raw; Terminal showed them as \x9b,
+    # which no JSON parser reads: `failures --json` must give scripts the id as it was stored.
+    path = write_csv(env.dir / "f.csv", "id,text\n\"A\x9b2J\x7fX\",\n")
+    submitted = submit(path, model=fake_embedder.name, id_column="id", text_columns=("text",))
+    drain(model=fake_embedder)
+    result = cli("failures", submitted.id, "--json")
+    assert result.exit_code == 0
+    assert [row["id"] for row in json.loads(result.stdout)] == ["A\x9b2J\x7fX"]
+    assert "\x9b" not in result.stdout and "\x7f" not in result.stdout

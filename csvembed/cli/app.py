@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, get_args, 
 import redis
 import typer
 from rich.console import Console
+from rich.highlighter import JSONHighlighter
 from rich.segment import Segment
 from typer._click import Context, HelpFormatter
 from typer._click.exceptions import ClickException, NoSuchOption
@@ -277,7 +278,12 @@ def api_of(ctx: typer.Context) -> Csvembed:
 
 
 def print_json(value) -> None:
-    out.print_json(json.dumps(value, ensure_ascii=False))
+    """JSON for scripts, highlighted on a terminal. json.dumps leaves DEL and the C1 controls raw, which Terminal
+    would show as `\\x9b`, an escape JSON does not have: they are written as `\\u009b`, the same string to a
+    parser (rich's own print_json would parse and re-dump them raw)."""
+    text = UNSAFE_CONTROLS.sub(lambda found: f"\\u{ord(found.group()):04x}", json.dumps(value, ensure_ascii=False,
+                                                                                        indent=2))
+    out.print(JSONHighlighter()(text), soft_wrap=True)
 
 
 def count(number: int, noun: str) -> str:
