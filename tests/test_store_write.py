@@ -148,3 +148,25 @@ def test_a_new_store_keeps_its_vectors_in_chunks_of_256(store):
     np.testing.assert_allclose(np.concatenate([rows[str(n)][3] for n in range(300)]), vectors(*range(300)))
     nearest = store.search(vectors(299)[0], 1)[0]
     assert (nearest.id, round(nearest.distance, 5)) == ("299", 0)
+
+
+def test_each_new_row_gets_its_own_windows_whatever_rowids_were_used_before(store):
+    """A new row's rowid (its windows' key) is known without RETURNING: after a delete freed the largest rowids,
+    and in a batch that mixes new ids with stored ones, each row keeps exactly its own vectors."""
+    store.write([row("a", "s1", 1, "alpha", 1.0), row("b", "s1", 2, "beta", 1.0)], vectors(1, 2))
+    store.write([row("c", "s2", 1, "gamma", 2.0, spans=[(0, 2), (2, 5)]), row("d", "s2", 2, "delta", 2.0)],
+                vectors(3, 4, 5))
+    assert store.delete_submission("s2") == 2  # the rows with the largest rowids
+    store.write([row("e", "s1", 3, "epsilon", 1.0), row("f", "s1", 4, "phi", 1.0, spans=[(0, 1), (1, 3)])],
+                vectors(6, 7, 8))
+    # New and stored ids, interleaved: g and h are new, f and a are replaced by a later submission.
+    store.write([row("g", LONG, 1, "eta", 3.0), row("f", LONG, 2, "phi two", 3.0), row("h", LONG, 3, "theta", 3.0),
+                 row("a", LONG, 4, "alpha two", 3.0, spans=[(0, 5), (5, 9)])], vectors(9, 10, 11, 12, 13))
+
+    rows = stored(store)
+    assert {row_id: rows[row_id][:3] for row_id in rows} == {
+        "b": ("s1", "beta", [(0, 4)]), "e": ("s1", "epsilon", [(0, 7)]), "g": (LONG, "eta", [(0, 3)]),
+        "f": (LONG, "phi two", [(0, 7)]), "h": (LONG, "theta", [(0, 5)]), "a": (LONG, "alpha two", [(0, 5), (5, 9)])}
+    for row_id, seeds in {"b": (2,), "e": (6,), "g": (9,), "f": (10,), "h": (11,), "a": (12, 13)}.items():
+        np.testing.assert_allclose(rows[row_id][3], vectors(*seeds))
+    assert store.counts() == (6, 7)
