@@ -179,6 +179,11 @@ def test_search_finds_the_exact_row(stored):
         (["--collection", "gear", "--where", "a=1"],
          "unknown column 'a' in --where; the columns are: body, sku, title"),
         (["--collection", "nope"], "unknown collection 'nope'; the collections are: food, gear"),
+        # --column showed a blank column, exit 0.
+        (["--column", "title", "--column", "nosuchcol"],
+         "unknown column 'nosuchcol' in --column; the columns are: a, b, body, c, sku, title"),
+        (["--collection", "gear", "--column", "a"],
+         "unknown column 'a' in --column; the columns are: body, sku, title"),
     ],
 )
 @pytest.mark.parametrize("env", [pytest.param(store, marks=[pytest.mark.slow] if store == "postgres" else [])

@@ -43,7 +43,7 @@ def search(
     from csvembed.search import parse_where  # numpy: not at start-up
 
     hits = api_of(ctx).search(query, k, collection=collection, submission=submission,
-                              where=parse_where(where or []))
+                              where=parse_where(where or []), shown=column or [])
     if as_json:
         print_json([hit.__dict__ for hit in hits])
         return
