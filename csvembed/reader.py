@@ -503,7 +503,8 @@ class CsvFile:
         try:
             info = codecs.lookup(self.encoding)
         except (LookupError, ValueError):  # ValueError: a name with a NUL in it (it can come over HTTP)
-            raise InputError(f"unknown encoding {self.encoding!r}") from None
+            raise InputError(f"unknown encoding {self.encoding!r}: pass a Python codec name such as utf-8, latin-1"
+                             " or cp1252") from None
         # rot13, base64, zlib, hex and the like are codecs, but from bytes to bytes, not to text.
         if not info._is_text_encoding:  # type: ignore[attr-defined]
             raise InputError(f"{self.encoding!r} is not a text encoding: pass one such as utf-8 or latin-1")

@@ -93,6 +93,21 @@ def test_a_csvembed_error_is_one_line_with_its_exit_code_in_process(env):
     assert (result.exit_code, result.stdout, result.stderr) == expected
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # It said only "unknown encoding 'nosuch'".
+        (["--encoding", "nosuch"],
+         "unknown encoding 'nosuch': pass a Python codec name such as utf-8, latin-1 or cp1252"),
+    ],
+)
+def test_submit_refuses_a_bad_option_value_in_one_line_enqueuing_nothing(env, args, message):
+    path = write_csv(env.dir / "gear.csv", GOOD)
+    result = cli("submit", str(path), *args)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"csvembed: error: {message}\n")
+    assert env.connection.keys("*") == []
+
+
 def test_unreachable_redis_is_exit_3_with_the_password_masked(env):
     result = cli("--redis-url", "redis://user:hunter2@127.0.0.1:1/0", "list")
     assert result.exit_code == 3
