@@ -266,6 +266,16 @@ def test_a_failed_export_leaves_no_half_written_file(stored, env, monkeypatch):
     assert list(env.dir.glob("*out.jsonl*")) == [target]
 
 
+@pytest.mark.parametrize("target", ["", " "])
+def test_an_empty_export_output_is_refused_naming_the_option(stored, env, monkeypatch, target):
+    # -o "" was Path("."): "cannot write .: is a directory"; -o " " wrote a file named " ".
+    monkeypatch.chdir(env.dir)
+    result = cli("export", stored, "-o", target)
+    expected = (2, "", "csvembed: error: --output (-o) must name a file, not be empty\n")
+    assert (result.exit_code, result.stdout, result.stderr) == expected
+    assert not (env.dir / target).is_file()
+
+
 def test_export_writes_the_file(stored, env):
     target = env.dir / "out.jsonl"
     result = cli("export", stored, "-o", str(target))
