@@ -108,6 +108,19 @@ def test_submit_refuses_a_bad_option_value_in_one_line_enqueuing_nothing(env, ar
     assert env.connection.keys("*") == []
 
 
+@pytest.mark.parametrize("command", [["submit", "gear.csv"], ["search", "boots"], ["db", "init"]])
+def test_a_sqlite_uri_as_db_is_refused_creating_nothing(env, monkeypatch, command):
+    # It was taken as a relative path: a folder `file:` holding `x.db?mode=ro`, and the submit went ahead.
+    monkeypatch.chdir(env.dir)
+    write_csv(env.dir / "gear.csv", GOOD)
+    result = cli("--db", "file:x.db?mode=ro", *command)
+    expected = (2, "", "csvembed: error: --db (or CSVEMBED_DB) 'file:x.db?mode=ro' is a SQLite URI, which csvembed"
+                " does not take: pass the database file's path\n")
+    assert (result.exit_code, result.stdout, result.stderr) == expected
+    assert sorted(path.name for path in env.dir.iterdir()) == ["gear.csv", "home"]
+    assert env.connection.keys("*") == []
+
+
 def test_unreachable_redis_is_exit_3_with_the_password_masked(env):
     result = cli("--redis-url", "redis://user:hunter2@127.0.0.1:1/0", "list")
     assert result.exit_code == 3
