@@ -47,6 +47,10 @@ def usage_error(usage: str, error: str, command: str = "") -> str:
         (["worker", "--batch-size", "0"], usage_error(
             "csvembed worker [OPTIONS]",
             "Invalid value for '--batch-size': Input should be greater than or equal to 1", "worker")),
+        # It served on a free port while saying http://127.0.0.1:0.
+        (["serve", "--port", "0"], usage_error(
+            "csvembed serve [OPTIONS]",
+            "Invalid value for '--port': Input should be greater than or equal to 1", "serve")),
         (["status", "--redis-url", "redis://elsewhere"], usage_error(
             "csvembed status [OPTIONS] [ID]",
             "No such option: --redis-url (--redis-url is a global option: it goes before the command)", "status")),
