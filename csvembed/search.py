@@ -28,6 +28,8 @@ def search(
     mistaken for "no rows match" or a blank column. `embedder` gives the query's embedder when a long-lived caller
     keeps one loaded; by default the model is loaded for this one query.
     """
+    if not query.strip():  # an empty query's vector is near nothing in particular: rows in an arbitrary order
+        raise InputError("the query is empty: say what to look for")
     _check_no_nul(submission, where or {})
     with reading_store(settings.db) as store:
         check_filters(store, collection, where or {}, shown)
