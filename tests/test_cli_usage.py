@@ -125,6 +125,14 @@ def test_a_sqlite_uri_as_db_is_refused_creating_nothing(env, monkeypatch, comman
     assert env.connection.keys("*") == []
 
 
+@pytest.mark.parametrize("options", [[], ["--json"], ["--wait"]])
+def test_status_of_an_empty_id_is_an_unknown_id(env, submit, fake_embedder, options):
+    # It was taken as no id: every submission listed, exit 0 (--wait: "--wait needs a submission ID").
+    submit(write_csv(env.dir / "gear.csv", GOOD), model=fake_embedder.name)
+    result = cli("status", "", *options)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", "csvembed: error: no submission with id ''\n")
+
+
 def test_unreachable_redis_is_exit_3_with_the_password_masked(env):
     result = cli("--redis-url", "redis://user:hunter2@127.0.0.1:1/0", "list")
     assert result.exit_code == 3
