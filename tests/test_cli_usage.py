@@ -125,6 +125,13 @@ def test_a_sqlite_uri_as_db_is_refused_creating_nothing(env, monkeypatch, comman
     assert env.connection.keys("*") == []
 
 
+def test_an_empty_file_argument_is_refused_naming_it(env):
+    # Path("") is the current folder: it said ": is a directory, not a CSV file".
+    result = cli("submit", "")
+    expected = (2, "", "csvembed: error: FILE must name a CSV file, or - for standard input, not be empty\n")
+    assert (result.exit_code, result.stdout, result.stderr) == expected
+
+
 @pytest.mark.parametrize("options", [[], ["--json"], ["--wait"]])
 def test_status_of_an_empty_id_is_an_unknown_id(env, submit, fake_embedder, options):
     # It was taken as no id: every submission listed, exit 0 (--wait: "--wait needs a submission ID").
