@@ -470,7 +470,8 @@ class CsvFile:
         head = _read_head(source.stream, defaults.SNIFF_BYTES)
         if not head.strip():
             raise InputError(f"{source.name} is empty: expected a header line and rows")
-        self.encoding = encoding or detect_encoding(head)
+        # Only None detects: an empty --encoding is refused as unknown, as an empty --delimiter is.
+        self.encoding = detect_encoding(head) if encoding is None else encoding
         wide = self._check_codec(head).startswith(("utf-16", "utf-32"))
         if (b"\x00" in head and not wide) or "\x00" in (text := self._decode_head(head)):
             hint = "" if wide else " (for UTF-16 without a BOM, pass --encoding utf-16-le)"

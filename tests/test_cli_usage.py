@@ -103,6 +103,8 @@ def test_a_csvembed_error_is_one_line_with_its_exit_code_in_process(env):
         # It said only "unknown encoding 'nosuch'".
         (["--encoding", "nosuch"],
          "unknown encoding 'nosuch': pass a Python codec name such as utf-8, latin-1 or cp1252"),
+        # An empty one was taken as no --encoding at all.
+        (["--encoding", ""], "unknown encoding '': pass a Python codec name such as utf-8, latin-1 or cp1252"),
     ],
 )
 def test_submit_refuses_a_bad_option_value_in_one_line_enqueuing_nothing(env, args, message):
