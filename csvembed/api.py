@@ -224,14 +224,16 @@ class Csvembed:
     # --- using and managing what is stored -----------------------------------------------------------
 
     def search(self, query: str, k: int = defaults.SEARCH_K, collection: str | None = None,
-               submission: str | None = None, where: dict[str, str] | None = None) -> list[Hit]:
-        """The k stored rows nearest to the query, nearest first (see search.search)."""
+               submission: str | None = None, where: dict[str, str] | None = None,
+               shown: Sequence[str] = ()) -> list[Hit]:
+        """The k stored rows nearest to the query, nearest first (see search.search; `shown`: the original
+        columns the caller will show, refused if no stored row has them)."""
         from csvembed.search import search
 
         if submission is not None and (snapshot := self.records.snapshot(submission)) is not None:
             self._check_store(snapshot)
         return search(self.settings, query, k, collection=collection, submission=submission, where=where,
-                      embedder=lambda: self.query_embedder)
+                      embedder=lambda: self.query_embedder, shown=shown)
 
     @cached_property
     def query_embedder(self) -> Embedder:

@@ -148,9 +148,11 @@ class Producer:
             raise InputError(f"--window-overlap must be 0 or more, not {options.window_overlap}")
         if options.max_pending is not None and options.max_pending < 1:  # no queue is ever shorter: a wait forever
             raise InputError(f"--max-pending must be 1 or more, not {options.max_pending}")
+        if options.collection is not None and not options.collection.strip():  # "" fell back to the default
+            raise InputError("--collection must name a collection, not be empty")
         check_name("--collection", options.collection)
         check_name("--queue", options.queue)
-        if options.notify:
+        if options.notify is not None:  # "" went unnoticed: no webhook, no word
             from csvembed.webhooks import check_url  # (http.client and urllib: only for --notify)
 
             check_url(options.notify, options.notify_public_only)

@@ -470,7 +470,8 @@ class CsvFile:
         head = _read_head(source.stream, defaults.SNIFF_BYTES)
         if not head.strip():
             raise InputError(f"{source.name} is empty: expected a header line and rows")
-        self.encoding = encoding or detect_encoding(head)
+        # Only None detects: an empty --encoding is refused as unknown, as an empty --delimiter is.
+        self.encoding = detect_encoding(head) if encoding is None else encoding
         wide = self._check_codec(head).startswith(("utf-16", "utf-32"))
         if (b"\x00" in head and not wide) or "\x00" in (text := self._decode_head(head)):
             hint = "" if wide else " (for UTF-16 without a BOM, pass --encoding utf-16-le)"
@@ -503,7 +504,8 @@ class CsvFile:
         try:
             info = codecs.lookup(self.encoding)
         except (LookupError, ValueError):  # ValueError: a name with a NUL in it (it can come over HTTP)
-            raise InputError(f"unknown encoding {self.encoding!r}") from None
+            raise InputError(f"unknown encoding {self.encoding!r}: pass a Python codec name such as utf-8, latin-1"
+                             " or cp1252") from None
         # rot13, base64, zlib, hex and the like are codecs, but from bytes to bytes, not to text.
         if not info._is_text_encoding:  # type: ignore[attr-defined]
             raise InputError(f"{self.encoding!r} is not a text encoding: pass one such as utf-8 or latin-1")

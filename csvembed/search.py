@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from csvembed.embedder import Embedder, load_embedder
 from csvembed.errors import InputError
@@ -18,17 +18,21 @@ def search(
     submission: str | None = None,
     where: dict[str, str] | None = None,
     embedder: Callable[[], Embedder] | None = None,
+    shown: Sequence[str] = (),
 ) -> list[Hit]:
     """The k stored rows nearest to the query, nearest first.
 
     The store is opened read-only. A missing store, an unknown collection or an unknown --where
-    column is an InputError raised before the model loads: a typo costs no model load and is not
-    mistaken for "no rows match". `embedder` gives the query's embedder when a long-lived caller
+    column, or an unknown column of `shown` (those a caller will show beside each hit, search
+    --column) is an InputError raised before the model loads: a typo costs no model load and is not
+    mistaken for "no rows match" or a blank column. `embedder` gives the query's embedder when a long-lived caller
     keeps one loaded; by default the model is loaded for this one query.
     """
+    if not query.strip():  # an empty query's vector is near nothing in particular: rows in an arbitrary order
+        raise InputError("the query is empty: say what to look for")
     _check_no_nul(submission, where or {})
     with reading_store(settings.db) as store:
-        check_filters(store, collection, where or {})
+        check_filters(store, collection, where or {}, shown)
         # A submission's rows are all in its collection: only that collection's model matters.
         scope = collection if collection is not None or submission is None else store.collection_of(submission)
         check_model(store, settings.model_id, scope or None)
@@ -52,15 +56,17 @@ def _check_no_nul(submission: str | None, where: dict[str, str]) -> None:
             raise InputError(f"{option} {text!r} holds a NUL character, which nothing stored can")
 
 
-def check_filters(store: Store, collection: str | None, where: dict[str, str]) -> None:
-    """Raise InputError, listing what exists, for a collection or a --where column the store lacks."""
+def check_filters(store: Store, collection: str | None, where: dict[str, str], shown: Sequence[str] = ()) -> None:
+    """Raise InputError, listing what exists, for a collection, a --where column or a --column the store lacks."""
     if collection is not None:
         known = store.collections()
         if collection not in known:
             raise InputError(f"unknown collection {collection!r}; {_listing('collections', known)}")
-    for column in where:
-        if not store.has_column(column, collection):
-            raise InputError(f"unknown column {column!r} in --where; {_listing('columns', store.columns(collection))}")
+    for option, columns in (("--where", where), ("--column", shown)):
+        for column in columns:
+            if not store.has_column(column, collection):
+                raise InputError(f"unknown column {column!r} in {option};"
+                                 f" {_listing('columns', store.columns(collection))}")
 
 
 def check_model(store: Store, model: str, collection: str | None) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csvembed import defaults
+from csvembed.errors import InputError
 
 ENV_HOME = "CSVEMBED_HOME"
 ENV_REDIS_URL = "CSVEMBED_REDIS_URL"
@@ -51,6 +52,13 @@ class Settings:
     redis_url: str | None = None
     # fp32, or int8 (ONNX Runtime only): a different model in effect, with different vectors.
     precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        """Refuse a SQLite URI before anything is opened: the store takes every --db but a postgresql:// URL
+        as a path, so `file:x.db?mode=ro` made a folder `file:` and a file `x.db?mode=ro` in it."""
+        if self.db.startswith("file:"):
+            raise InputError(f"--db (or CSVEMBED_DB) {self.db!r} is a SQLite URI, which csvembed does not take:"
+                             " pass the database file's path")
 
     @property
     def model_id(self) -> str:

@@ -47,6 +47,10 @@ def usage_error(usage: str, error: str, command: str = "") -> str:
         (["worker", "--batch-size", "0"], usage_error(
             "csvembed worker [OPTIONS]",
             "Invalid value for '--batch-size': Input should be greater than or equal to 1", "worker")),
+        # It served on a free port while saying http://127.0.0.1:0.
+        (["serve", "--port", "0"], usage_error(
+            "csvembed serve [OPTIONS]",
+            "Invalid value for '--port': Input should be greater than or equal to 1", "serve")),
         (["status", "--redis-url", "redis://elsewhere"], usage_error(
             "csvembed status [OPTIONS] [ID]",
             "No such option: --redis-url (--redis-url is a global option: it goes before the command)", "status")),
@@ -91,6 +95,51 @@ def test_a_csvembed_error_is_one_line_with_its_exit_code_in_process(env):
     result = cli("status", "nope")
     expected = (2, "", "csvembed: error: no submission with id 'nope'\n")
     assert (result.exit_code, result.stdout, result.stderr) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # It said only "unknown encoding 'nosuch'".
+        (["--encoding", "nosuch"],
+         "unknown encoding 'nosuch': pass a Python codec name such as utf-8, latin-1 or cp1252"),
+        # An empty one was taken as no --encoding at all.
+        (["--encoding", ""], "unknown encoding '': pass a Python codec name such as utf-8, latin-1 or cp1252"),
+    ],
+)
+def test_submit_refuses_a_bad_option_value_in_one_line_enqueuing_nothing(env, args, message):
+    path = write_csv(env.dir / "gear.csv", GOOD)
+    result = cli("submit", str(path), *args)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"csvembed: error: {message}\n")
+    assert env.connection.keys("*") == []
+
+
+@pytest.mark.parametrize("command", [["submit", "gear.csv"], ["search", "boots"], ["db", "init"]])
+def test_a_sqlite_uri_as_db_is_refused_creating_nothing(env, monkeypatch, command):
+    # It was taken as a relative path: a folder `file:` holding `x.db?mode=ro`, and the submit went ahead.
+    monkeypatch.chdir(env.dir)
+    write_csv(env.dir / "gear.csv", GOOD)
+    result = cli("--db", "file:x.db?mode=ro", *command)
+    expected = (2, "", "csvembed: error: --db (or CSVEMBED_DB) 'file:x.db?mode=ro' is a SQLite URI, which csvembed"
+                " does not take: pass the database file's path\n")
+    assert (result.exit_code, result.stdout, result.stderr) == expected
+    assert sorted(path.name for path in env.dir.iterdir()) == ["gear.csv", "home"]
+    assert env.connection.keys("*") == []
+
+
+def test_an_empty_file_argument_is_refused_naming_it(env):
+    # Path("") is the current folder: it said ": is a directory, not a CSV file".
+    result = cli("submit", "")
+    expected = (2, "", "csvembed: error: FILE must name a CSV file, or - for standard input, not be empty\n")
+    assert (result.exit_code, result.stdout, result.stderr) == expected
+
+
+@pytest.mark.parametrize("options", [[], ["--json"], ["--wait"]])
+def test_status_of_an_empty_id_is_an_unknown_id(env, submit, fake_embedder, options):
+    # It was taken as no id: every submission listed, exit 0 (--wait: "--wait needs a submission ID").
+    submit(write_csv(env.dir / "gear.csv", GOOD), model=fake_embedder.name)
+    result = cli("status", "", *options)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", "csvembed: error: no submission with id ''\n")
 
 
 def test_unreachable_redis_is_exit_3_with_the_password_masked(env):
@@ -179,6 +228,11 @@ def test_search_finds_the_exact_row(stored):
         (["--collection", "gear", "--where", "a=1"],
          "unknown column 'a' in --where; the columns are: body, sku, title"),
         (["--collection", "nope"], "unknown collection 'nope'; the collections are: food, gear"),
+        # --column showed a blank column, exit 0.
+        (["--column", "title", "--column", "nosuchcol"],
+         "unknown column 'nosuchcol' in --column; the columns are: a, b, body, c, sku, title"),
+        (["--collection", "gear", "--column", "a"],
+         "unknown column 'a' in --column; the columns are: body, sku, title"),
     ],
 )
 @pytest.mark.parametrize("env", [pytest.param(store, marks=[pytest.mark.slow] if store == "postgres" else [])
@@ -244,6 +298,16 @@ def test_a_failed_export_leaves_no_half_written_file(stored, env, monkeypatch):
     assert (result.exit_code, result.stderr) == (2, expected)
     assert target.read_text() == "an earlier export\n"  # an existing file is left as it was
     assert list(env.dir.glob("*out.jsonl*")) == [target]
+
+
+@pytest.mark.parametrize("target", ["", " "])
+def test_an_empty_export_output_is_refused_naming_the_option(stored, env, monkeypatch, target):
+    # -o "" was Path("."): "cannot write .: is a directory"; -o " " wrote a file named " ".
+    monkeypatch.chdir(env.dir)
+    result = cli("export", stored, "-o", target)
+    expected = (2, "", "csvembed: error: --output (-o) must name a file, not be empty\n")
+    assert (result.exit_code, result.stdout, result.stderr) == expected
+    assert not (env.dir / target).is_file()
 
 
 def test_export_writes_the_file(stored, env):

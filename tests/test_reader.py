@@ -84,7 +84,8 @@ def test_missing_trailing_fields_read_as_empty():
         (b"a,b\n1,2\x00\n", {},
          "test.csv contains NUL bytes: it looks like a binary file, not CSV text"
          " (for UTF-16 without a BOM, pass --encoding utf-16-le)"),
-        (b"a,b\n1,2\n", {"encoding": "klingon"}, "unknown encoding 'klingon'"),
+        (b"a,b\n1,2\n", {"encoding": "klingon"},
+         "unknown encoding 'klingon': pass a Python codec name such as utf-8, latin-1 or cp1252"),
     ],
 )
 def test_bad_input_is_one_clear_error(data, options, message):

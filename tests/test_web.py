@@ -209,6 +209,42 @@ def test_a_control_character_in_a_name_is_refused_alike_over_http_and_the_cli(cl
     assert queued_keys(env) == []
 
 
+@pytest.mark.parametrize("option, value, message", [
+    # An empty --collection fell back to the file's stem; a blank one made a collection named " ".
+    ("collection", "", "--collection must name a collection, not be empty"),
+    ("collection", " ", "--collection must name a collection, not be empty"),
+    # An empty --notify was dropped without a word: no webhook.
+    ("notify", "", "--notify must be an http:// or https:// URL, not ''"),
+])
+def test_an_empty_name_is_refused_alike_over_http_and_the_cli(client, env, option, value, message):
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    response = upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS, **{option: value})
+    assert (response.status_code, response.json()) == (400, {"detail": message})
+    cli = CliRunner().invoke(app, ["submit", str(SAMPLE), "--id-column", "sku", "--text-column", "title",
+                                   f"--{option}", value])
+    assert (cli.exit_code, cli.stdout, cli.stderr) == (2, "", f"csvembed: error: {message}\n")
+    assert queued_keys(env) == []
+
+
+def test_an_empty_search_query_is_refused_alike_over_http_and_the_cli(client, env, drain, fake_embedder):
+    # It embedded "" and listed the rows nearest to it: an arbitrary order, exit 0.
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    assert upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS).status_code == 201
+    drain(model=fake_embedder)
+    for query in ("", " "):
+        response = client.get("/search", params={"q": query})
+        assert (response.status_code, response.json()) == (400, {"detail": "the query is empty: say what to look for"})
+        cli = CliRunner().invoke(app, ["search", query])
+        assert (cli.exit_code, cli.stdout, cli.stderr) == (
+            2, "", "csvembed: error: the query is empty: say what to look for\n")
+
+
 @pytest.mark.parametrize("option, value", [("collection", "a\x00b"), ("queue", "q\x00")])
 def test_a_nul_in_a_name_is_refused_alike_over_http_and_the_cli(client, env, option, value):
     # PostgreSQL text cannot hold a NUL; a shell cannot pass one, but a query or form field can.

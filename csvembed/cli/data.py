@@ -43,7 +43,7 @@ def search(
     from csvembed.search import parse_where  # numpy: not at start-up
 
     hits = api_of(ctx).search(query, k, collection=collection, submission=submission,
-                              where=parse_where(where or []))
+                              where=parse_where(where or []), shown=column or [])
     if as_json:
         print_json([hit.__dict__ for hit in hits])
         return
@@ -77,7 +77,7 @@ def export(
     ctx: typer.Context,
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="A submission id.")],
     fmt: Annotated[str, typer.Option("--format", metavar="jsonl|csv|parquet", help="The file format.")] = "jsonl",
-    output: Annotated[Optional[Path], typer.Option(
+    output: Annotated[Optional[str], typer.Option(
         "-o", "--output", metavar="FILE", help="File to write. Default: stdout (not parquet on a terminal).")] = None,
     windows: Annotated[bool, typer.Option(
         "--windows", help="One record per window (window, start, end) instead of one per row.")] = False,
@@ -91,11 +91,14 @@ def export(
     skipped as unchanged stay stored under the earlier submission that wrote them: the closing line
     names it.
     """
+    if output is not None and not output.strip():  # Path("") is ".": it read as "cannot write .: is a directory"
+        raise InputError("--output (-o) must name a file, not be empty")
     if fmt == "parquet" and output is None and sys.stdout.isatty():
         raise InputError("parquet is binary: write it to a file with -o FILE, or pipe it")
     api = api_of(ctx)
     api.check_export(submission_id, fmt)
-    exported = _write(output, lambda target: api.export(submission_id, fmt, target, windows=windows))
+    path = Path(output) if output is not None else None
+    exported = _write(path, lambda target: api.export(submission_id, fmt, target, windows=windows))
     say("; ".join([f"exported {count(exported.records, 'window' if windows else 'row')}"
                    + (f" to {output}" if output else ""), *exported.notes]))
 

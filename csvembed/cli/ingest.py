@@ -10,6 +10,7 @@ import typer
 
 from csvembed import defaults
 from csvembed.cli.app import api_of, app, count, err, on_interrupt, out, print_json, say
+from csvembed.errors import InputError
 
 
 @app.command(short_help="Queue one embedding job per CSV row; print the submission id.")
@@ -62,6 +63,8 @@ def submit(
     from csvembed.producer import SubmitOptions
     from csvembed.reader import open_source
 
+    if not file:  # read as the current folder: ": is a directory, not a CSV file"
+        raise InputError("FILE must name a CSV file, or - for standard input, not be empty")
     api = api_of(ctx)
     options = SubmitOptions(
         text_columns=tuple(text_column or ()), template=template, id_column=id_column, delimiter=delimiter,

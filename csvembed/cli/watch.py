@@ -60,11 +60,12 @@ def status(
     id, state, total, done, failed, skipped, pending, rate, eta, in_progress and workers. Exit
     codes: 0; 1 with --wait if rows failed or the submit was interrupted; 2 for an unknown id.
     """
-    if wait and not submission_id:
+    if wait and submission_id is None:
         raise InputError("--wait needs a submission ID")
     api = api_of(ctx)
-    ids = [submission_id] if submission_id else api.recent()
-    if submission_id:
+    # An id given empty is an unknown id, not "no id": it listed every submission.
+    ids = [submission_id] if submission_id is not None else api.recent()
+    if submission_id is not None:
         api.require(submission_id)
     if wait:
         code = follow(api, submission_id)
@@ -72,7 +73,7 @@ def status(
             print_json(api.status(submission_id).as_json())
         raise typer.Exit(code)
     if as_json:
-        print_json(api.status(submission_id).as_json() if submission_id
+        print_json(api.status(submission_id).as_json() if submission_id is not None
                    else [line.as_json() for line in api.statuses(ids)])
         return
     if not err.is_terminal:

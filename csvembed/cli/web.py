@@ -39,7 +39,8 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(
         metavar="ADDRESS", help="Address to listen on. Any but loopback needs --token.")] = defaults.SERVE_HOST,
-    port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = defaults.SERVE_PORT,
+    # Not 0: uvicorn would bind a free port, but the line below could only say :0.
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = defaults.SERVE_PORT,
     token: Annotated[Optional[str], typer.Option(
         metavar="TOKEN", envvar=ENV_TOKEN, show_envvar=True,
         help="Require `Authorization: Bearer TOKEN` (or ?token=TOKEN) on every route but /healthz. Prefer the "
