@@ -97,7 +97,8 @@ def test_processes_writing_one_store_at_once_keep_each_row_its_own_windows(tmp_p
     path = tmp_path / "store.db"
     SqliteStore(path).close()  # the schema, before they race
     start = context.Event()
-    workers = [context.Process(target=_write_from_another_process, args=(str(path), worker, start)) for worker in range(3)]
+    workers = [context.Process(target=_write_from_another_process, args=(str(path), worker, start))
+               for worker in range(3)]
     for process in workers:
         process.start()
     start.set()
