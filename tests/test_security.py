@@ -92,6 +92,15 @@ def test_an_unknown_option_in_a_redis_url_is_one_line_not_a_traceback(tmp_path, 
     assert str(caught.value) == f"invalid Redis URL {shown!r}: unknown option {unknown}"
 
 
+def test_a_connection_class_in_a_redis_url_is_one_line_not_a_traceback(tmp_path):
+    # redis-py's pool takes ?connection_class= as its class, a string: the check of the options raised an
+    # AttributeError (and the first command a TypeError) with a traceback.
+    url = "redis://127.0.0.1:1/0?connection_class=SSLConnection"
+    with pytest.raises(ServiceUnavailable) as caught:
+        connect(settings_for(tmp_path, url))
+    assert str(caught.value) == f"invalid Redis URL {url!r}: unknown option 'connection_class'"
+
+
 def test_waiting_for_a_protected_redis_logs_no_password(tmp_path, protected_redis, caplog, monkeypatch):
     process, socket_path = protected_redis
     monkeypatch.setattr(defaults, "REDIS_RETRIES", 2)
