@@ -48,6 +48,12 @@ def test_a_password_in_a_query_string_with_an_at_sign_is_masked_whole(scheme):
     assert mask_secrets(f"{scheme}://u:{SECRET}@h:1/0?password=ab@{SECRET}") == f"{scheme}://u:***@h:1/0?password=***"
 
 
+@pytest.mark.parametrize("password", [f"a-pass={SECRET}", f"Xy9!pwd={SECRET}", f"{SECRET}.password=x9", "p&password=q"])
+def test_a_password_holding_a_key_such_as_pass_is_masked_whole(password):
+    # Masking ?pass= style keys first cut such a password at its "pass=": what came before showed, and the host went.
+    assert mask_secrets(f"at redis://u:{password}@h:1/0: refused") == "at redis://u:***@h:1/0: refused"
+
+
 @pytest.mark.parametrize("url", [f"redis://:pa {SECRET}@127.0.0.1:1/0", f"redis://u:pa\t{SECRET}@127.0.0.1:1/0"])
 def test_a_redis_password_with_a_space_never_shows(url):
     # redis-py reads the password as written, space and all; the error must not show it.
