@@ -357,6 +357,7 @@ class _HeaderWidth(io.TextIOBase):
         self._field_start = True
         self._line_has_text = False
         self._counting = True
+        self._started = False  # whether any text was read
 
     def readable(self) -> bool:
         return True
@@ -364,7 +365,10 @@ class _HeaderWidth(io.TextIOBase):
     def read(self, size: int | None = -1) -> str:
         block = self._text.read(size)
         if self._counting:
-            self._count(block)
+            # pandas skips a byte-order mark at the very start (one --encoding utf-8 leaves in the text).
+            mark = not self._started and block.startswith("\ufeff")
+            self._started = self._started or bool(block)
+            self._count(block[mark:])
         return block
 
     def _count(self, block: str) -> None:

@@ -224,6 +224,15 @@ def test_the_column_limit_counts_fields_as_pandas_splits_them(header, monkeypatc
     assert refused == "t.csv has more than 4 columns, which is the most a file may have"
 
 
+def test_the_column_limit_skips_a_byte_order_mark_as_pandas_does(monkeypatch):
+    # --encoding utf-8 leaves a file's mark in its text, which pandas skips: its first field is still quoted.
+    monkeypatch.setattr(defaults, "MAX_COLUMNS", 4)
+    data = codecs.BOM_UTF8 + b'"a,b,c,d",x,y,z\n1,2,3,4\n'
+    assert read(data, encoding="utf-8") == (["a,b,c,d", "x", "y", "z"], [["1", "2", "3", "4"]])
+    wider = codecs.BOM_UTF8 + b'"a,b",x,y,z,w\n1,2,3,4,5\n'
+    assert rejected(wider, encoding="utf-8") == "t.csv has more than 4 columns, which is the most a file may have"
+
+
 @pytest.mark.parametrize(("encoding", "bad"), [("utf-8", b"\xe9"), ("utf-16", b"\x00\xd8")])
 def test_a_bad_byte_deep_in_the_file_is_placed_by_its_offset_in_the_file(encoding, bad):
     # pandas reads through a decoder whose errors count from the start of its current block: a bad byte at
