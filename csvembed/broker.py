@@ -25,7 +25,7 @@ from redis.retry import Retry
 from csvembed import defaults
 from csvembed.errors import ServiceUnavailable
 from csvembed.outage import sleep_unless
-from csvembed.redact import mask_secrets
+from csvembed.redact import mask_secrets, mask_url
 from csvembed.settings import Settings, private_dir
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,8 @@ def _from_url(url: str) -> redis.Redis:
         )
     except ValueError as exc:
         raise ServiceUnavailable(f"invalid Redis URL {mask_secrets(url)!r}: {mask_secrets(str(exc))}") from None
-    if unknown := _unknown_options(connection.connection_pool):
-        raise ServiceUnavailable(f"invalid Redis URL {mask_secrets(url)!r}: unknown option {', '.join(unknown)}")
+    if unknown := _unknown_options(connection.connection_pool):  # a mistyped ?passwrd= holds a password all the same
+        raise ServiceUnavailable(f"invalid Redis URL {mask_url(url)!r}: unknown option {', '.join(unknown)}")
     return connection
 
 
