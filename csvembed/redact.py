@@ -13,12 +13,13 @@ MASK = "***"
 # scheme://user:password@host or scheme://:password@host. The password runs to the first @ that is
 # followed by a host (no further @ before a space or the end), so an unescaped @ inside it is masked too,
 # and so is a space or tab: redis-py takes `redis://:pa ss@host` as the password "pa ss".
-_KEYS = "(?:password|pass|pwd|passwd|sslpassword|pgpassword)="
+_KEYS = "(?:password|pass|pwd|passwd|sslpassword|ssl_password|pgpassword)="
 # It never runs into a query that holds a password (`redis://h:1/0?password=a@b` is no user:password@host):
 # that one is _PARAM's, after which this runs again.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):"
                        rf"(?P<password>(?:(?!\?(?:[^\s@]*?&)?(?i:{_KEYS}))[^\n])*?)@(?=[^@\s]*(?:\s|$))")
-# ?password=... or &password=... in a query string, libpq's key=value form (password=...) and PGPASSWORD=....
+# ?password=... or &password=... in a query string (?ssl_password=: redis-py's TLS key passphrase), libpq's key=value
+# form (password=...) and PGPASSWORD=....
 # A value already masked stays as it is: masking twice must not eat what follows it.
 _PARAM = re.compile(rf"(?P<key>(?:[?&]|\b){_KEYS})(?P<value>\*\*\*(?=[&\s:]|$)|'[^']*'|[^&\s]*)", re.IGNORECASE)
 

@@ -41,6 +41,12 @@ def test_every_form_of_password_is_masked():
     assert mask_secrets(f"redis://u:a@h1 and redis://u:{SECRET}\t@h2 x") == "redis://u:***@h1 and redis://u:***@h2 x"
 
 
+def test_a_redis_tls_key_passphrase_is_masked():
+    # redis-py's rediss:// takes the client key's passphrase as ?ssl_password=; "cannot reach Redis at" showed it.
+    assert (mask_secrets(f"at rediss://h:1/0?ssl_keyfile=k.pem&ssl_password={SECRET} refused")
+            == "at rediss://h:1/0?ssl_keyfile=k.pem&ssl_password=*** refused")
+
+
 @pytest.mark.parametrize("scheme", ["redis", "postgresql"])
 def test_a_password_in_a_query_string_with_an_at_sign_is_masked_whole(scheme):
     # The host's colon and the @ in the password read as a user:password@host, which showed the password's tail.
