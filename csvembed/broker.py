@@ -25,7 +25,7 @@ from redis.retry import Retry
 from csvembed import defaults
 from csvembed.errors import ServiceUnavailable
 from csvembed.outage import sleep_unless
-from csvembed.redact import mask_secrets
+from csvembed.redact import mask_secrets, mask_url
 from csvembed.settings import Settings, private_dir
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,8 @@ def _from_url(url: str) -> redis.Redis:
         )
     except ValueError as exc:
         raise ServiceUnavailable(f"invalid Redis URL {mask_secrets(url)!r}: {mask_secrets(str(exc))}") from None
-    if unknown := _unknown_options(connection.connection_pool):
-        raise ServiceUnavailable(f"invalid Redis URL {mask_secrets(url)!r}: unknown option {', '.join(unknown)}")
+    if unknown := _unknown_options(connection.connection_pool):  # a mistyped ?passwrd= holds a password all the same
+        raise ServiceUnavailable(f"invalid Redis URL {mask_url(url)!r}: unknown option {', '.join(unknown)}")
     return connection
 
 
@@ -130,8 +130,11 @@ def _unknown_options(pool: redis.ConnectionPool) -> list[str]:
     """The URL's query keys that its connection class takes no argument for, quoted.
 
     redis-py passes every query key on as an argument, so a mistyped one (or `?PASSWORD=`) would be a
-    TypeError, with a traceback, at the first command rather than an error about the URL.
+    TypeError, with a traceback, at the first command rather than an error about the URL. The pool takes
+    `?connection_class=` as its class: a URL can only give it a string.
     """
+    if not isinstance(pool.connection_class, type):
+        return [repr("connection_class")]
     taken = {name for cls in pool.connection_class.__mro__ if "__init__" in vars(cls)
              for name in inspect.signature(cls.__init__).parameters}
     return [repr(key) for key in pool.connection_kwargs if key not in taken]

@@ -271,6 +271,12 @@ class _Decompressed(io.RawIOBase):
         return len(data)
 
 
+def _start_of(exc: UnicodeDecodeError, end: int) -> int:
+    """Where in the input the bytes of `exc` begin, given where they end: they are the bytes the decoder held
+    back from the last block and this one, less a byte-order mark utf-8-sig dropped from the first."""
+    return end - len(exc.object)
+
+
 class _Decoded(io.TextIOBase):
     """The input's text, decoded block by block as pandas reads it, each block's offset in the input known.
 
@@ -290,12 +296,10 @@ class _Decoded(io.TextIOBase):
     def read(self, size: int | None = -1) -> str:
         while True:
             block = self._raw.read(size if size and size > 0 else -1)
-            # An error's position counts from the bytes the decoder held back from the last block.
-            held = len(self._decoder.getstate()[0])
             try:
                 text = self._decoder.decode(block, final=not block)
             except UnicodeDecodeError as exc:
-                raise self._fail(exc, self._offset - held) from None
+                raise self._fail(exc, _start_of(exc, self._offset + len(block))) from None
             self._offset += len(block)
             if text or not block:  # "" only at the end: pandas would take it for one
                 return text
@@ -353,6 +357,7 @@ class _HeaderWidth(io.TextIOBase):
         self._field_start = True
         self._line_has_text = False
         self._counting = True
+        self._started = False  # whether any text was read
 
     def readable(self) -> bool:
         return True
@@ -360,7 +365,10 @@ class _HeaderWidth(io.TextIOBase):
     def read(self, size: int | None = -1) -> str:
         block = self._text.read(size)
         if self._counting:
-            self._count(block)
+            # pandas skips a byte-order mark at the very start (one --encoding utf-8 leaves in the text).
+            mark = not self._started and block.startswith("\ufeff")
+            self._started = self._started or bool(block)
+            self._count(block[mark:])
         return block
 
     def _count(self, block: str) -> None:
@@ -520,6 +528,8 @@ class CsvFile:
     def _decode_head(self, head: bytes) -> str:
         try:
             return codecs.getincrementaldecoder(self.encoding)().decode(head, final=False)
+        except UnicodeDecodeError as exc:
+            raise self._decode_error(exc, _start_of(exc, len(head))) from None
         except UnicodeError as exc:
             raise self._decode_error(exc) from None
 

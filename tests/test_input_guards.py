@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
@@ -223,6 +224,15 @@ def test_the_column_limit_counts_fields_as_pandas_splits_them(header, monkeypatc
     assert refused == "t.csv has more than 4 columns, which is the most a file may have"
 
 
+def test_the_column_limit_skips_a_byte_order_mark_as_pandas_does(monkeypatch):
+    # --encoding utf-8 leaves a file's mark in its text, which pandas skips: its first field is still quoted.
+    monkeypatch.setattr(defaults, "MAX_COLUMNS", 4)
+    data = codecs.BOM_UTF8 + b'"a,b,c,d",x,y,z\n1,2,3,4\n'
+    assert read(data, encoding="utf-8") == (["a,b,c,d", "x", "y", "z"], [["1", "2", "3", "4"]])
+    wider = codecs.BOM_UTF8 + b'"a,b",x,y,z,w\n1,2,3,4,5\n'
+    assert rejected(wider, encoding="utf-8") == "t.csv has more than 4 columns, which is the most a file may have"
+
+
 @pytest.mark.parametrize(("encoding", "bad"), [("utf-8", b"\xe9"), ("utf-16", b"\x00\xd8")])
 def test_a_bad_byte_deep_in_the_file_is_placed_by_its_offset_in_the_file(encoding, bad):
     # pandas reads through a decoder whose errors count from the start of its current block: a bad byte at
@@ -231,3 +241,12 @@ def test_a_bad_byte_deep_in_the_file_is_placed_by_its_offset_in_the_file(encodin
     data = body + bad + "x\n".encode(encoding)[2 if encoding == "utf-16" else 0:]
     assert rejected(data) == (f"t.csv is not valid {encoding} (byte 0x{bad[0]:02x} near byte {len(body)}):"
                               " pass --encoding, for example --encoding latin-1")
+
+
+@pytest.mark.parametrize("rows", [3, 10000])  # in the block the encoding is detected from, and in pandas' first
+def test_a_bad_byte_after_a_utf8_byte_order_mark_is_placed_by_its_offset_in_the_file(rows):
+    # The utf-8-sig decoder drops the mark from its first block before it decodes: its errors counted from
+    # the byte after it, so the bad byte was placed 3 bytes before where it is.
+    body = codecs.BOM_UTF8 + ("id,text\n" + "".join(f"{i},row {i}\n" for i in range(rows)) + "9,").encode()
+    assert rejected(body + b"\xe9x\n") == (f"t.csv is not valid utf-8-sig (byte 0xe9 near byte {len(body)}):"
+                                           " pass --encoding, for example --encoding latin-1")

@@ -41,11 +41,23 @@ def test_every_form_of_password_is_masked():
     assert mask_secrets(f"redis://u:a@h1 and redis://u:{SECRET}\t@h2 x") == "redis://u:***@h1 and redis://u:***@h2 x"
 
 
+def test_a_redis_tls_key_passphrase_is_masked():
+    # redis-py's rediss:// takes the client key's passphrase as ?ssl_password=; "cannot reach Redis at" showed it.
+    assert (mask_secrets(f"at rediss://h:1/0?ssl_keyfile=k.pem&ssl_password={SECRET} refused")
+            == "at rediss://h:1/0?ssl_keyfile=k.pem&ssl_password=*** refused")
+
+
 @pytest.mark.parametrize("scheme", ["redis", "postgresql"])
 def test_a_password_in_a_query_string_with_an_at_sign_is_masked_whole(scheme):
     # The host's colon and the @ in the password read as a user:password@host, which showed the password's tail.
     assert mask_secrets(f"at {scheme}://h:1/0?password=ab@{SECRET} x") == f"at {scheme}://h:1/0?password=*** x"
     assert mask_secrets(f"{scheme}://u:{SECRET}@h:1/0?password=ab@{SECRET}") == f"{scheme}://u:***@h:1/0?password=***"
+
+
+@pytest.mark.parametrize("password", [f"a-pass={SECRET}", f"Xy9!pwd={SECRET}", f"{SECRET}.password=x9", "p&password=q"])
+def test_a_password_holding_a_key_such_as_pass_is_masked_whole(password):
+    # Masking ?pass= style keys first cut such a password at its "pass=": what came before showed, and the host went.
+    assert mask_secrets(f"at redis://u:{password}@h:1/0: refused") == "at redis://u:***@h:1/0: refused"
 
 
 @pytest.mark.parametrize("url", [f"redis://:pa {SECRET}@127.0.0.1:1/0", f"redis://u:pa\t{SECRET}@127.0.0.1:1/0"])

@@ -88,8 +88,27 @@ def test_an_unknown_option_in_a_redis_url_is_one_line_not_a_traceback(tmp_path, 
     with pytest.raises(ServiceUnavailable) as caught:
         connect(settings_for(tmp_path, url))
     unknown = {"?x=1": "'x'", "?PASSWORD={pw}": "'PASSWORD'", "?password={pw}&timeout=5": "'timeout'"}[query]
-    shown = "redis://127.0.0.1:1/0" + query.format(pw="***")
+    shown = "redis://127.0.0.1:1/0" + {"?x=1": "?x=***", "?PASSWORD={pw}": "?PASSWORD=***",
+                                       "?password={pw}&timeout=5": "?password=***&timeout=***"}[query]
     assert str(caught.value) == f"invalid Redis URL {shown!r}: unknown option {unknown}"
+
+
+@pytest.mark.parametrize("key", ["passwrd", "pasword", "token"])
+def test_an_unknown_option_in_a_redis_url_never_shows_its_value(tmp_path, key):
+    # A mistyped password key is unknown to redis-py: its value is a password all the same.
+    with pytest.raises(ServiceUnavailable) as caught:
+        connect(settings_for(tmp_path, f"redis://127.0.0.1:1/0?db=1&{key}={PASSWORD}"))
+    assert str(caught.value) == f"invalid Redis URL 'redis://127.0.0.1:1/0?db=***&{key}=***': unknown option {key!r}"
+
+
+def test_a_connection_class_in_a_redis_url_is_one_line_not_a_traceback(tmp_path):
+    # redis-py's pool takes ?connection_class= as its class, a string: the check of the options raised an
+    # AttributeError (and the first command a TypeError) with a traceback.
+    url = "redis://127.0.0.1:1/0?connection_class=SSLConnection"
+    with pytest.raises(ServiceUnavailable) as caught:
+        connect(settings_for(tmp_path, url))
+    assert str(caught.value) == ("invalid Redis URL 'redis://127.0.0.1:1/0?connection_class=***':"
+                                 " unknown option 'connection_class'")
 
 
 def test_waiting_for_a_protected_redis_logs_no_password(tmp_path, protected_redis, caplog, monkeypatch):

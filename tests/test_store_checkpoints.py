@@ -127,3 +127,20 @@ def test_a_store_that_writes_no_rows_checkpoints_as_sqlite_does(tmp_path):
     assert store._checkpointer is None
     assert store.connection.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
     store.close()
+
+
+def test_a_store_whose_file_was_removed_is_not_created_again_readable_by_others(tmp_path):
+    """The checkpointer's own connection opens the store; it must not create it (with the umask's mode, 0644)
+    when someone removed it while a worker ran: the next worker would store every row in that file."""
+    path = tmp_path / "store.db"
+    store = SqliteStore(path)
+    for file in tmp_path.iterdir():
+        file.unlink()
+    with pytest.raises(apsw.CantOpenError):
+        store.write(batches(1)[0], vectors())
+    assert list(tmp_path.iterdir()) == []
+    store.close()
+    reopened = SqliteStore(path)
+    reopened.write(batches(1)[0], vectors())
+    assert path.stat().st_mode & 0o777 == 0o600
+    reopened.close()

@@ -166,7 +166,8 @@ class _Checkpointer:
     nothing (the WAL still holds every commit)."""
 
     def __init__(self, path: Path) -> None:
-        self._connection = apsw.Connection(str(path))
+        # Never created here: a store removed while its writer runs would come back with the umask's mode.
+        self._connection = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
         self._connection.execute("PRAGMA journal_mode").fetchall()  # a connection finds the WAL at its first read
         self._due = threading.Event()
         self._running = threading.Lock()  # one checkpoint at a time, whichever thread runs it
