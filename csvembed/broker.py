@@ -101,7 +101,11 @@ def connect(settings: Settings, wait_forever: bool = False) -> redis.Redis:
         connection = _from_url(settings.redis_url)
         if wait_forever:  # a worker started while Redis is down waits for it, as one whose Redis restarts
             connection.set_retry(PatientRetry(described_as, retries))
-        _ping(connection, described_as)
+        try:
+            _ping(connection, described_as)
+        except (TypeError, AttributeError) as exc:  # ?retry=, ?parser_class=: options a URL can only give as text
+            raise ServiceUnavailable(f"invalid Redis URL {mask_url(settings.redis_url)!r}: an option in it cannot be"
+                                     f" given as text ({type(exc).__name__}: {mask_secrets(str(exc))})") from None
         if wait_forever and (note := row_encoding_note(settings)):
             log.warning("%s", note)
     else:

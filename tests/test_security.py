@@ -93,6 +93,22 @@ def test_an_unknown_option_in_a_redis_url_is_one_line_not_a_traceback(tmp_path, 
     assert str(caught.value) == f"invalid Redis URL {shown!r}: unknown option {unknown}"
 
 
+@pytest.mark.parametrize(("option", "error"), [
+    ("retry=3", "AttributeError: 'str' object has no attribute 'update_supported_errors'"),
+    ("parser_class=x", "TypeError: 'str' object is not callable"),
+    ("socket_type=x", "TypeError: 'str' object cannot be interpreted as an integer"),
+    ("event_dispatcher=x", "AttributeError: 'str' object has no attribute 'dispatch'"),
+    ("retry_on_error=x", "TypeError: catching classes that do not inherit from BaseException is not allowed"),
+])
+def test_an_option_a_url_can_only_give_as_text_is_one_line_not_a_traceback(tmp_path, option, error):
+    # redis-py passes these on as strings where it wants objects, and fails at the first command.
+    with pytest.raises(ServiceUnavailable) as caught:
+        connect(settings_for(tmp_path, f"redis://:{PASSWORD}@127.0.0.1:1/0?{option}"))
+    key = option.split("=")[0]
+    assert str(caught.value) == (f"invalid Redis URL 'redis://***@127.0.0.1:1/0?{key}=***': an option in it cannot"
+                                 f" be given as text ({error})")
+
+
 @pytest.mark.parametrize("key", ["passwrd", "pasword", "token"])
 def test_an_unknown_option_in_a_redis_url_never_shows_its_value(tmp_path, key):
     # A mistyped password key is unknown to redis-py: its value is a password all the same.
