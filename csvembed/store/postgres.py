@@ -298,8 +298,11 @@ class PostgresStore:
                                " ORDER BY hashtext(s)", (SUBMISSION_LOCKS, submissions))
             deleted = {submission for (submission,) in connection.execute(
                 "SELECT submission FROM csvembed_deleted_submissions WHERE submission = ANY(%s)", (submissions,))}
-            written = self._upsert(cursor, [(row, vectors) for row, vectors in _by_row(rows, vectors)
-                                             if row.submission not in deleted])
+            # Rows locked in key order (sorted stably: an id twice keeps its order), so two batches that share
+            # ids in other orders (re-sorted files) wait for each other instead of deadlocking.
+            written = self._upsert(cursor, sorted(
+                ((row, vectors) for row, vectors in _by_row(rows, vectors) if row.submission not in deleted),
+                key=lambda pair: (pair[0].collection, pair[0].id)))
             keys = [(row.collection, row.id) for row, _ in written]
             connection.execute("DELETE FROM csvembed_windows WHERE (collection, id) IN"
                                " (SELECT * FROM unnest(%s::text[], %s::text[]))",
