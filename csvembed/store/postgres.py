@@ -1,6 +1,7 @@
 """The PostgreSQL + pgvector store: the same identity and guarantees as the SQLite store, for many hosts.
 
-`csvembed_rows` is keyed by (collection, id) and holds the row, its jsonb fields and its vector (the
+`csvembed_rows` is keyed by (collection, id) and holds the row, its fields as json (kept as written, in the
+CSV's column order, which jsonb would re-sort) and its vector (the
 normalised mean of its windows); `csvembed_windows` holds each window's vector and character span,
 keyed by (collection, id, window_index) and deleted with its row (ON DELETE CASCADE). A batch is
 one transaction: `INSERT ... ON CONFLICT (collection, id) DO UPDATE` of the rows, then the written
@@ -10,7 +11,7 @@ recorded, so another model cannot share the tables by accident; a collection hol
 A command only checks that the schema is there: DDL runs only when something is missing, so roles
 that may only read, or read and write rows, work once an owner ran `csvembed db init`.
 Search uses an HNSW index on the windows (cosine distance), keeping each row's best window; a filter
-that matches few windows ranks them exactly instead; a GIN index on the jsonb row makes `--where col=value` an
+that matches few windows ranks them exactly instead; a GIN index on the row as jsonb makes `--where col=value` an
 indexed filter. A store made before windows is migrated when opened: each row's vector becomes its
 one window.
 """
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS csvembed_rows(
     submission text NOT NULL,
     row_number bigint NOT NULL,
     text text NOT NULL,
-    row jsonb NOT NULL,
+    row json NOT NULL,
     content_hash text NOT NULL,
     model text NOT NULL,
     stored_at timestamptz NOT NULL DEFAULT now(),
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS csvembed_rows(
     PRIMARY KEY (collection, id)
 );
 CREATE INDEX IF NOT EXISTS csvembed_rows_by_submission ON csvembed_rows(submission, row_number);
-CREATE INDEX IF NOT EXISTS csvembed_rows_fields ON csvembed_rows USING gin (row jsonb_path_ops);
+CREATE INDEX IF NOT EXISTS csvembed_rows_fields ON csvembed_rows USING gin ((row::jsonb) jsonb_path_ops);
 """
 
 WINDOWS = """
@@ -92,7 +93,7 @@ CREATE INDEX IF NOT EXISTS csvembed_windows_by_submission ON csvembed_windows(su
 UPSERT = """
 INSERT INTO csvembed_rows(collection, id, submission, row_number, text, row, content_hash, model, embedding,
     submitted_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s::json, %s, %s, %s, %s)
 ON CONFLICT (collection, id) DO UPDATE SET submission = excluded.submission, row_number = excluded.row_number,
     text = excluded.text, row = excluded.row, content_hash = excluded.content_hash, model = excluded.model,
     embedding = excluded.embedding, stored_at = now(), submitted_at = excluded.submitted_at
@@ -320,7 +321,7 @@ class PostgresStore:
         An id twice in one batch is upserted twice in order, so the last one written is the one stored.
         """
         cursor.executemany(UPSERT, [
-            (row.collection, row.id, row.submission, row.row_number, row.text, Jsonb(json.loads(row.row_json)),
+            (row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
              row.content_hash, row.model, row_vector(vectors), row.submitted_at)
             for row, vectors in rows
         ], returning=True)
@@ -386,7 +387,7 @@ class PostgresStore:
                 filters += f" AND {column} = %s"
                 params.append(value)
         if where:
-            filters += " AND (collection, id) IN (SELECT collection, id FROM csvembed_rows WHERE row @> %s)"
+            filters += " AND (collection, id) IN (SELECT collection, id FROM csvembed_rows WHERE row::jsonb @> %s)"
             params.append(Jsonb(where))
         if filters and self._matching(filters, params[1:]) <= defaults.EXACT_SEARCH_WINDOWS:
             found = self._exact_rows(filters, params, k)
@@ -485,13 +486,13 @@ class PostgresStore:
         scope, params = ("WHERE collection = %s", (collection,)) if collection is not None else ("", ())
         found = self._read(
             f"SELECT key FROM (SELECT row FROM csvembed_rows {scope} LIMIT %s) AS sample,"
-            " jsonb_object_keys(sample.row) AS key", (*params, COLUMNS_SAMPLE))
+            " jsonb_object_keys(sample.row::jsonb) AS key", (*params, COLUMNS_SAMPLE))
         return sorted({key for (key,) in found})
 
     def has_column(self, column: str, collection: str | None = None) -> bool:
         """Whether any stored row (of one collection) has this original column: exact, not sampled."""
         scope, params = (" AND collection = %s", (collection,)) if collection is not None else ("", ())
-        return bool(self._read(f"SELECT 1 FROM csvembed_rows WHERE row ? %s{scope} LIMIT 1", (column, *params)))
+        return bool(self._read(f"SELECT 1 FROM csvembed_rows WHERE row::jsonb ? %s{scope} LIMIT 1", (column, *params)))
 
     def delete_submission(self, submission: str) -> int:
         """Remove a submission's rows, and leave a tombstone that refuses its later writes, in one transaction."""
