@@ -54,8 +54,9 @@ def test_db_init_prints_the_grants_a_worker_and_a_reader_need(env, roles):
     tables = ('"public".csvembed_meta, "public".csvembed_rows, "public".csvembed_windows,'
               ' "public".csvembed_deleted_submissions')
     statements = ['GRANT USAGE ON SCHEMA "public" TO "ce_writer", "ce_reader";',
-                  f'GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO "ce_writer";',
-                  f'GRANT SELECT ON {tables} TO "ce_reader";']
+                  f'GRANT SELECT ON {tables} TO "ce_writer", "ce_reader";',
+                  'GRANT INSERT, UPDATE, DELETE ON "public".csvembed_rows, "public".csvembed_windows TO "ce_writer";',
+                  'GRANT INSERT ON "public".csvembed_deleted_submissions TO "ce_writer";']
     assert result.stdout.splitlines() == statements
     with psycopg.connect(env.db, autocommit=True) as owner:
         for statement in statements:
@@ -115,3 +116,34 @@ def test_a_worker_role_stores_and_a_reader_role_exports_and_searches_the_same_su
     with pytest.raises(ServiceUnavailable) as refused:  # a reader deletes nothing
         as_reader.delete(result.id)
     assert "permission denied for table" in str(refused.value)
+
+
+def test_a_worker_role_may_neither_change_the_dimension_nor_take_back_a_tombstone(env, roles):
+    """It was granted UPDATE and DELETE on every table: it could re-record the dimension for every user, or
+    delete a tombstone so that a deleted submission's queued rows were stored again."""
+    writer, _ = roles
+    owner = open_store(env.db)
+    owner.create_schema(16)
+    owner.close()
+    with psycopg.connect(env.db, autocommit=True) as connection:
+        for statement in grants("public", "ce_writer", "ce_reader"):
+            connection.execute(statement)
+    store = open_store(writer)
+    try:
+        store.write(rows_of("books", "model-a", 3), unit_vectors(3, 16, 1))
+        assert store.delete_submission("s1") == 3
+        store.write(rows_of("films", "model-a", 2, submission="s2"), unit_vectors(2, 16, 2))
+        assert store.delete_collection("films") == 2
+        store.write(rows_of("books", "model-a", 1), unit_vectors(1, 16, 3))  # a deleted submission stays deleted
+        assert store.counts() == (0, 0)
+    finally:
+        store.close()
+    with psycopg.connect(writer, autocommit=True) as connection:
+        for statement in ("UPDATE csvembed_meta SET value = '8' WHERE key = 'dimension'",
+                          "DELETE FROM csvembed_meta", "DELETE FROM csvembed_deleted_submissions",
+                          "UPDATE csvembed_deleted_submissions SET submission = 'other'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                connection.execute(statement)
+        assert connection.execute("SELECT value FROM csvembed_meta").fetchall() == [("16",)]
+        assert connection.execute("SELECT submission FROM csvembed_deleted_submissions ORDER BY 1").fetchall() == [
+            ("s1",), ("s2",)]

@@ -113,11 +113,17 @@ def _quoted(name: str) -> str:
 
 
 def grants(schema: str, worker_role: str, reader_role: str) -> list[str]:
-    """What a worker role (store and delete rows) and a reader role (search, export) need: no DDL right."""
-    tables = ", ".join(f"{_quoted(schema)}.{table}" for table in TABLES)
-    return [f"GRANT USAGE ON SCHEMA {_quoted(schema)} TO {_quoted(worker_role)}, {_quoted(reader_role)};",
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {_quoted(worker_role)};",
-            f"GRANT SELECT ON {tables} TO {_quoted(reader_role)};"]
+    """What a worker role (store and delete rows) and a reader role (search, export) need: no DDL right, and
+    no right to change the recorded dimension or to take back a tombstone (which would let a deleted
+    submission's queued rows be stored again)."""
+    def tables(*names: str) -> str:
+        return ", ".join(f"{_quoted(schema)}.{table}" for table in names)
+
+    roles = f"{_quoted(worker_role)}, {_quoted(reader_role)}"
+    return [f"GRANT USAGE ON SCHEMA {_quoted(schema)} TO {roles};",
+            f"GRANT SELECT ON {tables(*TABLES)} TO {roles};",
+            f"GRANT INSERT, UPDATE, DELETE ON {tables('csvembed_rows', 'csvembed_windows')} TO {_quoted(worker_role)};",
+            f"GRANT INSERT ON {tables('csvembed_deleted_submissions')} TO {_quoted(worker_role)};"]
 
 
 def _password(url: str) -> str | None:
