@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import groupby
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 import psycopg
@@ -126,12 +126,18 @@ def grants(schema: str, worker_role: str, reader_role: str) -> list[str]:
             f"GRANT INSERT ON {tables('csvembed_deleted_submissions')} TO {_quoted(worker_role)};"]
 
 
-def _password(url: str) -> str | None:
-    """The URL's password as written, to take out of libpq's messages; None if it has none or is unparsable."""
+def _passwords(url: str) -> list[str]:
+    """The URL's passwords (user:password@, ?password=, ?sslpassword=) as written and as decoded, longest
+    first, to take out of libpq's messages: one quotes a bad value alone (`invalid percent-encoded token`)."""
     try:
-        return urlsplit(url).password
+        parts = urlsplit(url)
+        found = [parts.password or ""]
     except ValueError:  # mask_secrets still masks the password wherever the message repeats the URL
-        return None
+        return []
+    for key, _, value in (pair.partition("=") for pair in parts.query.split("&")):
+        if unquote(key).lower() in ("password", "sslpassword"):
+            found += [value, unquote(value)]
+    return sorted({password for password in found if password}, key=len, reverse=True)
 
 
 def _escaped(url: str) -> str:
@@ -198,8 +204,9 @@ class PostgresStore:
         except psycopg.Error as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             # libpq's messages may repeat the whole URL, or quote the password alone (a bad %-escape).
-            password = _password(self.url)
-            shown = mask_secrets(first_line.replace(password, MASK) if password else first_line)
+            for password in _passwords(self.url):
+                first_line = first_line.replace(password, MASK)
+            shown = mask_secrets(first_line)
             raise ServiceUnavailable(f"cannot use the store {self.path}: {shown}") from None
         register_vector(connection)
         return connection
