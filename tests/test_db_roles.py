@@ -147,3 +147,28 @@ def test_a_worker_role_may_neither_change_the_dimension_nor_take_back_a_tombston
         assert connection.execute("SELECT value FROM csvembed_meta").fetchall() == [("16",)]
         assert connection.execute("SELECT submission FROM csvembed_deleted_submissions ORDER BY 1").fetchall() == [
             ("s1",), ("s2",)]
+
+
+def test_db_init_by_an_owner_who_may_not_create_the_extension_says_a_superuser_must(env):
+    """pgvector is not a trusted extension: the database's owner, no superuser, was told to run `csvembed db
+    init` first, the very command that failed."""
+    owner_url = as_role(env.db, "ce_owner")
+    with psycopg.connect(env.db, autocommit=True) as superuser:
+        if superuser.execute("SELECT 1 FROM pg_roles WHERE rolname = 'ce_owner'").fetchone() is None:
+            superuser.execute("CREATE ROLE ce_owner LOGIN")
+        superuser.execute(f'ALTER DATABASE "{superuser.info.dbname}" OWNER TO ce_owner')
+        superuser.execute("GRANT ALL ON SCHEMA public TO ce_owner")
+    init = ["--db", owner_url, "db", "init", "--dimension", "16"]
+    result = CliRunner().invoke(app, init, prog_name="csvembed")
+    assert (result.exit_code, result.stderr) == (3, (
+        f"csvembed: error: the store {mask_secrets(owner_url)} lacks the vector extension (pgvector) and this role"
+        " may not create it: a superuser must run `CREATE EXTENSION vector` in that database first\n"))
+    with psycopg.connect(env.db, autocommit=True) as superuser:
+        superuser.execute("CREATE EXTENSION vector")
+    result = CliRunner().invoke(app, init, prog_name="csvembed")
+    assert result.exit_code == 0, result.output
+    store = open_store(owner_url)
+    try:
+        assert store.dimension == 16
+    finally:
+        store.close()

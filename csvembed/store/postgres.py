@@ -215,12 +215,21 @@ class PostgresStore:
         return ServiceUnavailable(f"the store {self.path} lacks csvembed's tables and this role may not create them:"
                                   f" run `csvembed db init --db {self.path}` first, as the database's owner")
 
-    @staticmethod
-    def _create(connection: psycopg.Connection, dimension: int | None) -> None:
+    def _create(self, connection: psycopg.Connection, dimension: int | None) -> None:
         """The extension and the tables (the vector tables only once a dimension is known), in one transaction."""
         with connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            try:
+                with connection.transaction():  # a savepoint: the privilege is looked up after it failed
+                    connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            except psycopg.errors.InsufficientPrivilege:
+                # pgvector is no trusted extension: a database owner who is no superuser may not create it,
+                # and `run db init` would send that owner back to the command that failed.
+                if not connection.execute("SELECT has_database_privilege(current_database(), 'CREATE')").fetchone()[0]:
+                    raise
+                raise ServiceUnavailable(
+                    f"the store {self.path} lacks the vector extension (pgvector) and this role may not create it:"
+                    " a superuser must run `CREATE EXTENSION vector` in that database first") from None
             connection.execute(META)
             connection.execute(TOMBSTONES)
             if dimension is not None and connection.execute(
