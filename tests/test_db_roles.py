@@ -54,8 +54,9 @@ def test_db_init_prints_the_grants_a_worker_and_a_reader_need(env, roles):
     tables = ('"public".csvembed_meta, "public".csvembed_rows, "public".csvembed_windows,'
               ' "public".csvembed_deleted_submissions')
     statements = ['GRANT USAGE ON SCHEMA "public" TO "ce_writer", "ce_reader";',
-                  f'GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO "ce_writer";',
-                  f'GRANT SELECT ON {tables} TO "ce_reader";']
+                  f'GRANT SELECT ON {tables} TO "ce_writer", "ce_reader";',
+                  'GRANT INSERT, UPDATE, DELETE ON "public".csvembed_rows, "public".csvembed_windows TO "ce_writer";',
+                  'GRANT INSERT ON "public".csvembed_deleted_submissions TO "ce_writer";']
     assert result.stdout.splitlines() == statements
     with psycopg.connect(env.db, autocommit=True) as owner:
         for statement in statements:
@@ -115,3 +116,59 @@ def test_a_worker_role_stores_and_a_reader_role_exports_and_searches_the_same_su
     with pytest.raises(ServiceUnavailable) as refused:  # a reader deletes nothing
         as_reader.delete(result.id)
     assert "permission denied for table" in str(refused.value)
+
+
+def test_a_worker_role_may_neither_change_the_dimension_nor_take_back_a_tombstone(env, roles):
+    """It was granted UPDATE and DELETE on every table: it could re-record the dimension for every user, or
+    delete a tombstone so that a deleted submission's queued rows were stored again."""
+    writer, _ = roles
+    owner = open_store(env.db)
+    owner.create_schema(16)
+    owner.close()
+    with psycopg.connect(env.db, autocommit=True) as connection:
+        for statement in grants("public", "ce_writer", "ce_reader"):
+            connection.execute(statement)
+    store = open_store(writer)
+    try:
+        store.write(rows_of("books", "model-a", 3), unit_vectors(3, 16, 1))
+        assert store.delete_submission("s1") == 3
+        store.write(rows_of("films", "model-a", 2, submission="s2"), unit_vectors(2, 16, 2))
+        assert store.delete_collection("films") == 2
+        store.write(rows_of("books", "model-a", 1), unit_vectors(1, 16, 3))  # a deleted submission stays deleted
+        assert store.counts() == (0, 0)
+    finally:
+        store.close()
+    with psycopg.connect(writer, autocommit=True) as connection:
+        for statement in ("UPDATE csvembed_meta SET value = '8' WHERE key = 'dimension'",
+                          "DELETE FROM csvembed_meta", "DELETE FROM csvembed_deleted_submissions",
+                          "UPDATE csvembed_deleted_submissions SET submission = 'other'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                connection.execute(statement)
+        assert connection.execute("SELECT value FROM csvembed_meta").fetchall() == [("16",)]
+        assert connection.execute("SELECT submission FROM csvembed_deleted_submissions ORDER BY 1").fetchall() == [
+            ("s1",), ("s2",)]
+
+
+def test_db_init_by_an_owner_who_may_not_create_the_extension_says_a_superuser_must(env):
+    """pgvector is not a trusted extension: the database's owner, no superuser, was told to run `csvembed db
+    init` first, the very command that failed."""
+    owner_url = as_role(env.db, "ce_owner")
+    with psycopg.connect(env.db, autocommit=True) as superuser:
+        if superuser.execute("SELECT 1 FROM pg_roles WHERE rolname = 'ce_owner'").fetchone() is None:
+            superuser.execute("CREATE ROLE ce_owner LOGIN")
+        superuser.execute(f'ALTER DATABASE "{superuser.info.dbname}" OWNER TO ce_owner')
+        superuser.execute("GRANT ALL ON SCHEMA public TO ce_owner")
+    init = ["--db", owner_url, "db", "init", "--dimension", "16"]
+    result = CliRunner().invoke(app, init, prog_name="csvembed")
+    assert (result.exit_code, result.stderr) == (3, (
+        f"csvembed: error: the store {mask_secrets(owner_url)} lacks the vector extension (pgvector) and this role"
+        " may not create it: a superuser must run `CREATE EXTENSION vector` in that database first\n"))
+    with psycopg.connect(env.db, autocommit=True) as superuser:
+        superuser.execute("CREATE EXTENSION vector")
+    result = CliRunner().invoke(app, init, prog_name="csvembed")
+    assert result.exit_code == 0, result.output
+    store = open_store(owner_url)
+    try:
+        assert store.dimension == 16
+    finally:
+        store.close()

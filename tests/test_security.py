@@ -150,6 +150,12 @@ def test_a_postgres_password_never_shows_even_when_libpq_quotes_it(tmp_path):
             '"]" in IPv6 host address in URI: "postgresql://user:***@[::1/db"',
         "postgresql://user:s3cret%zz@127.0.0.1:1/db":
             'cannot use the store postgresql://user:***@127.0.0.1:1/db: invalid percent-encoded token: "***"',
+        # A password in the query string: libpq quoted it as written.
+        "postgresql://127.0.0.1:1/db?user=u&password=s3cret%zz":
+            'cannot use the store postgresql://127.0.0.1:1/db?user=u&password=***: invalid percent-encoded token:'
+            ' "***"',
+        "postgresql://127.0.0.1:1/db?sslpassword=s3cret%zz":
+            'cannot use the store postgresql://127.0.0.1:1/db?sslpassword=***: invalid percent-encoded token: "***"',
     }
     for url, expected in cases.items():
         with pytest.raises(ServiceUnavailable) as caught:

@@ -1,6 +1,7 @@
 """The PostgreSQL + pgvector store: the same identity and guarantees as the SQLite store, for many hosts.
 
-`csvembed_rows` is keyed by (collection, id) and holds the row, its jsonb fields and its vector (the
+`csvembed_rows` is keyed by (collection, id) and holds the row, its fields as json (kept as written, in the
+CSV's column order, which jsonb would re-sort) and its vector (the
 normalised mean of its windows); `csvembed_windows` holds each window's vector and character span,
 keyed by (collection, id, window_index) and deleted with its row (ON DELETE CASCADE). A batch is
 one transaction: `INSERT ... ON CONFLICT (collection, id) DO UPDATE` of the rows, then the written
@@ -10,7 +11,7 @@ recorded, so another model cannot share the tables by accident; a collection hol
 A command only checks that the schema is there: DDL runs only when something is missing, so roles
 that may only read, or read and write rows, work once an owner ran `csvembed db init`.
 Search uses an HNSW index on the windows (cosine distance), keeping each row's best window; a filter
-that matches few windows ranks them exactly instead; a GIN index on the jsonb row makes `--where col=value` an
+that matches few windows ranks them exactly instead; a GIN index on the row as jsonb makes `--where col=value` an
 indexed filter. A store made before windows is migrated when opened: each row's vector becomes its
 one window.
 """
@@ -21,7 +22,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import groupby
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 import psycopg
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS csvembed_rows(
     submission text NOT NULL,
     row_number bigint NOT NULL,
     text text NOT NULL,
-    row jsonb NOT NULL,
+    row json NOT NULL,
     content_hash text NOT NULL,
     model text NOT NULL,
     stored_at timestamptz NOT NULL DEFAULT now(),
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS csvembed_rows(
     PRIMARY KEY (collection, id)
 );
 CREATE INDEX IF NOT EXISTS csvembed_rows_by_submission ON csvembed_rows(submission, row_number);
-CREATE INDEX IF NOT EXISTS csvembed_rows_fields ON csvembed_rows USING gin (row jsonb_path_ops);
+CREATE INDEX IF NOT EXISTS csvembed_rows_fields ON csvembed_rows USING gin ((row::jsonb) jsonb_path_ops);
 """
 
 WINDOWS = """
@@ -92,7 +93,7 @@ CREATE INDEX IF NOT EXISTS csvembed_windows_by_submission ON csvembed_windows(su
 UPSERT = """
 INSERT INTO csvembed_rows(collection, id, submission, row_number, text, row, content_hash, model, embedding,
     submitted_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s::json, %s, %s, %s, %s)
 ON CONFLICT (collection, id) DO UPDATE SET submission = excluded.submission, row_number = excluded.row_number,
     text = excluded.text, row = excluded.row, content_hash = excluded.content_hash, model = excluded.model,
     embedding = excluded.embedding, stored_at = now(), submitted_at = excluded.submitted_at
@@ -112,19 +113,31 @@ def _quoted(name: str) -> str:
 
 
 def grants(schema: str, worker_role: str, reader_role: str) -> list[str]:
-    """What a worker role (store and delete rows) and a reader role (search, export) need: no DDL right."""
-    tables = ", ".join(f"{_quoted(schema)}.{table}" for table in TABLES)
-    return [f"GRANT USAGE ON SCHEMA {_quoted(schema)} TO {_quoted(worker_role)}, {_quoted(reader_role)};",
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {_quoted(worker_role)};",
-            f"GRANT SELECT ON {tables} TO {_quoted(reader_role)};"]
+    """What a worker role (store and delete rows) and a reader role (search, export) need: no DDL right, and
+    no right to change the recorded dimension or to take back a tombstone (which would let a deleted
+    submission's queued rows be stored again)."""
+    def tables(*names: str) -> str:
+        return ", ".join(f"{_quoted(schema)}.{table}" for table in names)
+
+    roles = f"{_quoted(worker_role)}, {_quoted(reader_role)}"
+    return [f"GRANT USAGE ON SCHEMA {_quoted(schema)} TO {roles};",
+            f"GRANT SELECT ON {tables(*TABLES)} TO {roles};",
+            f"GRANT INSERT, UPDATE, DELETE ON {tables('csvembed_rows', 'csvembed_windows')} TO {_quoted(worker_role)};",
+            f"GRANT INSERT ON {tables('csvembed_deleted_submissions')} TO {_quoted(worker_role)};"]
 
 
-def _password(url: str) -> str | None:
-    """The URL's password as written, to take out of libpq's messages; None if it has none or is unparsable."""
+def _passwords(url: str) -> list[str]:
+    """The URL's passwords (user:password@, ?password=, ?sslpassword=) as written and as decoded, longest
+    first, to take out of libpq's messages: one quotes a bad value alone (`invalid percent-encoded token`)."""
     try:
-        return urlsplit(url).password
+        parts = urlsplit(url)
+        found = [parts.password or ""]
     except ValueError:  # mask_secrets still masks the password wherever the message repeats the URL
-        return None
+        return []
+    for key, _, value in (pair.partition("=") for pair in parts.query.split("&")):
+        if unquote(key).lower() in ("password", "sslpassword"):
+            found += [value, unquote(value)]
+    return sorted({password for password in found if password}, key=len, reverse=True)
 
 
 def _escaped(url: str) -> str:
@@ -191,8 +204,9 @@ class PostgresStore:
         except psycopg.Error as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             # libpq's messages may repeat the whole URL, or quote the password alone (a bad %-escape).
-            password = _password(self.url)
-            shown = mask_secrets(first_line.replace(password, MASK) if password else first_line)
+            for password in _passwords(self.url):
+                first_line = first_line.replace(password, MASK)
+            shown = mask_secrets(first_line)
             raise ServiceUnavailable(f"cannot use the store {self.path}: {shown}") from None
         register_vector(connection)
         return connection
@@ -201,12 +215,21 @@ class PostgresStore:
         return ServiceUnavailable(f"the store {self.path} lacks csvembed's tables and this role may not create them:"
                                   f" run `csvembed db init --db {self.path}` first, as the database's owner")
 
-    @staticmethod
-    def _create(connection: psycopg.Connection, dimension: int | None) -> None:
+    def _create(self, connection: psycopg.Connection, dimension: int | None) -> None:
         """The extension and the tables (the vector tables only once a dimension is known), in one transaction."""
         with connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            try:
+                with connection.transaction():  # a savepoint: the privilege is looked up after it failed
+                    connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            except psycopg.errors.InsufficientPrivilege:
+                # pgvector is no trusted extension: a database owner who is no superuser may not create it,
+                # and `run db init` would send that owner back to the command that failed.
+                if not connection.execute("SELECT has_database_privilege(current_database(), 'CREATE')").fetchone()[0]:
+                    raise
+                raise ServiceUnavailable(
+                    f"the store {self.path} lacks the vector extension (pgvector) and this role may not create it:"
+                    " a superuser must run `CREATE EXTENSION vector` in that database first") from None
             connection.execute(META)
             connection.execute(TOMBSTONES)
             if dimension is not None and connection.execute(
@@ -298,8 +321,11 @@ class PostgresStore:
                                " ORDER BY hashtext(s)", (SUBMISSION_LOCKS, submissions))
             deleted = {submission for (submission,) in connection.execute(
                 "SELECT submission FROM csvembed_deleted_submissions WHERE submission = ANY(%s)", (submissions,))}
-            written = self._upsert(cursor, [(row, vectors) for row, vectors in _by_row(rows, vectors)
-                                             if row.submission not in deleted])
+            # Rows locked in key order (sorted stably: an id twice keeps its order), so two batches that share
+            # ids in other orders (re-sorted files) wait for each other instead of deadlocking.
+            written = self._upsert(cursor, sorted(
+                ((row, vectors) for row, vectors in _by_row(rows, vectors) if row.submission not in deleted),
+                key=lambda pair: (pair[0].collection, pair[0].id)))
             keys = [(row.collection, row.id) for row, _ in written]
             connection.execute("DELETE FROM csvembed_windows WHERE (collection, id) IN"
                                " (SELECT * FROM unnest(%s::text[], %s::text[]))",
@@ -317,7 +343,7 @@ class PostgresStore:
         An id twice in one batch is upserted twice in order, so the last one written is the one stored.
         """
         cursor.executemany(UPSERT, [
-            (row.collection, row.id, row.submission, row.row_number, row.text, Jsonb(json.loads(row.row_json)),
+            (row.collection, row.id, row.submission, row.row_number, row.text, row.row_json,
              row.content_hash, row.model, row_vector(vectors), row.submitted_at)
             for row, vectors in rows
         ], returning=True)
@@ -383,7 +409,7 @@ class PostgresStore:
                 filters += f" AND {column} = %s"
                 params.append(value)
         if where:
-            filters += " AND (collection, id) IN (SELECT collection, id FROM csvembed_rows WHERE row @> %s)"
+            filters += " AND (collection, id) IN (SELECT collection, id FROM csvembed_rows WHERE row::jsonb @> %s)"
             params.append(Jsonb(where))
         if filters and self._matching(filters, params[1:]) <= defaults.EXACT_SEARCH_WINDOWS:
             found = self._exact_rows(filters, params, k)
@@ -482,13 +508,13 @@ class PostgresStore:
         scope, params = ("WHERE collection = %s", (collection,)) if collection is not None else ("", ())
         found = self._read(
             f"SELECT key FROM (SELECT row FROM csvembed_rows {scope} LIMIT %s) AS sample,"
-            " jsonb_object_keys(sample.row) AS key", (*params, COLUMNS_SAMPLE))
+            " jsonb_object_keys(sample.row::jsonb) AS key", (*params, COLUMNS_SAMPLE))
         return sorted({key for (key,) in found})
 
     def has_column(self, column: str, collection: str | None = None) -> bool:
         """Whether any stored row (of one collection) has this original column: exact, not sampled."""
         scope, params = (" AND collection = %s", (collection,)) if collection is not None else ("", ())
-        return bool(self._read(f"SELECT 1 FROM csvembed_rows WHERE row ? %s{scope} LIMIT 1", (column, *params)))
+        return bool(self._read(f"SELECT 1 FROM csvembed_rows WHERE row::jsonb ? %s{scope} LIMIT 1", (column, *params)))
 
     def delete_submission(self, submission: str) -> int:
         """Remove a submission's rows, and leave a tombstone that refuses its later writes, in one transaction."""
