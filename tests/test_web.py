@@ -542,3 +542,26 @@ def test_a_list_limit_out_of_range_is_422_not_a_redis_outage(client, limit):
     response = client.get("/submissions", params={"limit": limit})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+def test_a_search_k_past_a_signed_64_bit_integer_is_refused_not_a_500(client, env, drain, fake_embedder):
+    # A `where` search passes k to SQL's LIMIT, a signed 64-bit integer: k=2**63 was an OverflowError, a 500
+    # over HTTP and a traceback from the CLI.
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    assert upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS).status_code == 201
+    drain(model=fake_embedder)
+    params = {"q": "boot", "where": "category=Footwear"}
+    response = client.get("/search", params={**params, "k": str(2**63)})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "k"]
+    assert response.json()["detail"][0]["ctx"] == {"le": 2**63 - 1}
+    largest = client.get("/search", params={**params, "k": str(2**63 - 1)})
+    assert largest.status_code == 200
+    assert {hit["row"]["category"] for hit in largest.json()} == {"Footwear"}
+    cli = CliRunner().invoke(app, ["search", "boot", "--where", "category=Footwear", "-k", str(2**63)])
+    assert cli.exit_code == 2
+    assert cli.stderr.splitlines()[-1] == \
+        f"Error: Invalid value for '-k': Input should be less than or equal to {2**63 - 1}"
