@@ -375,6 +375,16 @@ def test_a_token_guards_every_route_but_healthz(api):
         assert client.get("/submissions", params={"token": "s3cre"}).status_code == 401
 
 
+
+def test_a_query_token_beyond_ascii_is_compared_not_a_500(api):
+    # parse_qs on the raw query bytes re-encoded an unquoted é as ASCII: ?token=%E9 was a 500 and a traceback.
+    with Served(api, token="sécret") as client:
+        for wrong in ("%E9%FF", "s%C3%A9cre", "%C3%A9"):
+            refused = client.get(f"/submissions?token={wrong}")
+            assert (refused.status_code, refused.json()) == (
+                401, {"detail": "a valid token is required: send Authorization: Bearer TOKEN"})
+        assert client.get("/submissions?token=s%C3%A9cret").json() == []
+
 def test_openapi_lists_every_route(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {path: sorted(methods) for path, methods in paths.items()} == {

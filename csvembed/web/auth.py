@@ -36,5 +36,7 @@ class TokenGate:
         authorization = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, given = authorization.partition(b" ")
         if scheme.lower() != b"bearer":
-            given = parse_qs(scope.get("query_string", b"")).get(b"token", [b""])[0]
+            # Parsed as text: parse_qs on bytes re-encodes what it unquotes as ASCII, and %E9 raised.
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            given = query.get("token", [""])[0].encode()
         return hmac.compare_digest(given.strip(), self.token)
