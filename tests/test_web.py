@@ -150,6 +150,22 @@ def test_multipart_upload_is_submitted_with_the_options(client, env, drain, fake
     assert client.get(f"/submissions/{created['id']}").json()["done"] == 320
 
 
+
+@pytest.mark.parametrize("media_type", ["Multipart/Form-Data", "MULTIPART/FORM-DATA"])
+def test_a_multipart_media_type_in_any_case_is_read_as_multipart(client, env, tmp_path, media_type):
+    # Media types are case-insensitive (RFC 9110): this was taken for a raw CSV body, and the multipart
+    # framing (boundary lines, part headers) was queued as 6 rows.
+    path = tmp_path / "hats.csv"
+    path.write_text("title\nboots\nhat\n")
+    request = client.build_request("POST", "/submissions", files={"file": ("hats.csv", path.read_bytes(), "text/csv")})
+    boundary = request.headers["content-type"].partition(";")[2]
+    request.headers["content-type"] = f"{media_type};{boundary}"
+    response = client.send(request)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert (created["collection"], created["rows"], created["enqueued"]) == ("hats", 2, 2)
+    assert client.get(response.headers["location"]).json()["file"] == "hats.csv"
+
 def test_raw_gzip_body_with_form_style_query_options(client, env, tmp_path):
     body = gzip.compress(SAMPLE.read_bytes())
     response = client.post("/submissions", content=body, headers={"Content-Type": "text/csv"},
