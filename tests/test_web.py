@@ -401,6 +401,33 @@ def test_a_query_token_beyond_ascii_is_compared_not_a_500(api):
                 401, {"detail": "a valid token is required: send Authorization: Bearer TOKEN"})
         assert client.get("/submissions?token=s%C3%A9cret").json() == []
 
+
+def test_without_a_token_only_loopback_hosts_and_same_origin_browsers_are_answered(api, env, tmp_path):
+    # A web page the user opens could POST rows to a tokenless server (a cross-site form needs no preflight),
+    # or read /search and /export once its name is rebound to 127.0.0.1 (DNS rebinding): both were served.
+    refusal = {"detail": "refused: without a token this server answers only requests addressed to localhost,"
+                         " 127.0.0.1 or [::1], from no other origin (set CSVEMBED_TOKEN to serve others)"}
+    path = tmp_path / "hats.csv"
+    path.write_text("title\nboots\nhat\n")
+    with Served(api) as client:
+        port = client.base_url.port
+        for host in (f"rebind.example:{port}", "rebind.example", f"127.0.0.1.nip.io:{port}", ""):
+            response = client.get("/submissions", headers={"Host": host})
+            assert (response.status_code, response.json()) == (403, refusal)
+        cross_site = client.post("/submissions", files={"file": ("hats.csv", path.read_bytes(), "text/csv")},
+                                 headers={"Origin": "https://evil.example"})
+        assert (cross_site.status_code, cross_site.json()) == (403, refusal)
+        assert client.post("/submissions", headers={"Origin": "null"}, content=b"title\nhat\n").status_code == 403
+        assert queued_keys(env) == []
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LocalHost"):
+            assert client.get("/submissions", headers={"Host": host}).json() == []
+        same_origin = client.post("/submissions", files={"file": ("hats.csv", path.read_bytes(), "text/csv")},
+                                  headers={"Origin": f"http://127.0.0.1:{port}"})
+        assert (same_origin.status_code, same_origin.json()["rows"]) == (201, 2)
+    with Served(api, token="s3cret") as client:  # the token guards it: any name, e.g. behind a proxy
+        assert client.get("/workers", headers={"Host": "csvembed.example", "Authorization": "Bearer s3cret"}
+                          ).json() == []
+
 def test_openapi_lists_every_route(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {path: sorted(methods) for path, methods in paths.items()} == {
@@ -528,7 +555,8 @@ def test_a_client_gone_mid_upload_ends_the_request_quietly(api, env, content_typ
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
              "scheme": "http", "path": "/submissions", "raw_path": b"/submissions",
              "query_string": b"id_column=sku&text_columns=title", "root_path": "",
-             "headers": [(b"host", b"test"), (b"content-type", content_type.encode()), (b"content-length", b"1000")],
+             "headers": [(b"host", b"localhost"), (b"content-type", content_type.encode()),
+                         (b"content-length", b"1000")],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
     asyncio.run(create_app(api)(scope, receive, send))
 
