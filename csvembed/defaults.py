@@ -117,6 +117,8 @@ RECENT_SUBMISSIONS = 10
 RECENT_FAILURES = 3
 
 SEARCH_K = 5
+# SQL's LIMIT (SQLite and PostgreSQL) is a signed 64-bit integer: a larger -k is the user's mistake, not a crash.
+SEARCH_MAX_K = 2**63 - 1
 # Redis indexes are signed 64-bit integers: a larger count (list --limit) is the user's mistake, not an outage.
 REDIS_MAX_INT = 2**63 - 1
 # pgvector HNSW candidates per query (at least 2k). Over 1M clustered rows (bench/pgvector_bench.py):

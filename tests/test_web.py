@@ -150,6 +150,22 @@ def test_multipart_upload_is_submitted_with_the_options(client, env, drain, fake
     assert client.get(f"/submissions/{created['id']}").json()["done"] == 320
 
 
+
+@pytest.mark.parametrize("media_type", ["Multipart/Form-Data", "MULTIPART/FORM-DATA"])
+def test_a_multipart_media_type_in_any_case_is_read_as_multipart(client, env, tmp_path, media_type):
+    # Media types are case-insensitive (RFC 9110): this was taken for a raw CSV body, and the multipart
+    # framing (boundary lines, part headers) was queued as 6 rows.
+    path = tmp_path / "hats.csv"
+    path.write_text("title\nboots\nhat\n")
+    request = client.build_request("POST", "/submissions", files={"file": ("hats.csv", path.read_bytes(), "text/csv")})
+    boundary = request.headers["content-type"].partition(";")[2]
+    request.headers["content-type"] = f"{media_type};{boundary}"
+    response = client.send(request)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert (created["collection"], created["rows"], created["enqueued"]) == ("hats", 2, 2)
+    assert client.get(response.headers["location"]).json()["file"] == "hats.csv"
+
 def test_raw_gzip_body_with_form_style_query_options(client, env, tmp_path):
     body = gzip.compress(SAMPLE.read_bytes())
     response = client.post("/submissions", content=body, headers={"Content-Type": "text/csv"},
@@ -375,6 +391,43 @@ def test_a_token_guards_every_route_but_healthz(api):
         assert client.get("/submissions", params={"token": "s3cre"}).status_code == 401
 
 
+
+def test_a_query_token_beyond_ascii_is_compared_not_a_500(api):
+    # parse_qs on the raw query bytes re-encoded an unquoted é as ASCII: ?token=%E9 was a 500 and a traceback.
+    with Served(api, token="sécret") as client:
+        for wrong in ("%E9%FF", "s%C3%A9cre", "%C3%A9"):
+            refused = client.get(f"/submissions?token={wrong}")
+            assert (refused.status_code, refused.json()) == (
+                401, {"detail": "a valid token is required: send Authorization: Bearer TOKEN"})
+        assert client.get("/submissions?token=s%C3%A9cret").json() == []
+
+
+def test_without_a_token_only_loopback_hosts_and_same_origin_browsers_are_answered(api, env, tmp_path):
+    # A web page the user opens could POST rows to a tokenless server (a cross-site form needs no preflight),
+    # or read /search and /export once its name is rebound to 127.0.0.1 (DNS rebinding): both were served.
+    refusal = {"detail": "refused: without a token this server answers only requests addressed to localhost,"
+                         " 127.0.0.1 or [::1], from no other origin (set CSVEMBED_TOKEN to serve others)"}
+    path = tmp_path / "hats.csv"
+    path.write_text("title\nboots\nhat\n")
+    with Served(api) as client:
+        port = client.base_url.port
+        for host in (f"rebind.example:{port}", "rebind.example", f"127.0.0.1.nip.io:{port}", ""):
+            response = client.get("/submissions", headers={"Host": host})
+            assert (response.status_code, response.json()) == (403, refusal)
+        cross_site = client.post("/submissions", files={"file": ("hats.csv", path.read_bytes(), "text/csv")},
+                                 headers={"Origin": "https://evil.example"})
+        assert (cross_site.status_code, cross_site.json()) == (403, refusal)
+        assert client.post("/submissions", headers={"Origin": "null"}, content=b"title\nhat\n").status_code == 403
+        assert queued_keys(env) == []
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LocalHost"):
+            assert client.get("/submissions", headers={"Host": host}).json() == []
+        same_origin = client.post("/submissions", files={"file": ("hats.csv", path.read_bytes(), "text/csv")},
+                                  headers={"Origin": f"http://127.0.0.1:{port}"})
+        assert (same_origin.status_code, same_origin.json()["rows"]) == (201, 2)
+    with Served(api, token="s3cret") as client:  # the token guards it: any name, e.g. behind a proxy
+        assert client.get("/workers", headers={"Host": "csvembed.example", "Authorization": "Bearer s3cret"}
+                          ).json() == []
+
 def test_openapi_lists_every_route(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {path: sorted(methods) for path, methods in paths.items()} == {
@@ -502,7 +555,8 @@ def test_a_client_gone_mid_upload_ends_the_request_quietly(api, env, content_typ
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
              "scheme": "http", "path": "/submissions", "raw_path": b"/submissions",
              "query_string": b"id_column=sku&text_columns=title", "root_path": "",
-             "headers": [(b"host", b"test"), (b"content-type", content_type.encode()), (b"content-length", b"1000")],
+             "headers": [(b"host", b"localhost"), (b"content-type", content_type.encode()),
+                         (b"content-length", b"1000")],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
     asyncio.run(create_app(api)(scope, receive, send))
 
@@ -542,3 +596,26 @@ def test_a_list_limit_out_of_range_is_422_not_a_redis_outage(client, limit):
     response = client.get("/submissions", params={"limit": limit})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+def test_a_search_k_past_a_signed_64_bit_integer_is_refused_not_a_500(client, env, drain, fake_embedder):
+    # A `where` search passes k to SQL's LIMIT, a signed 64-bit integer: k=2**63 was an OverflowError, a 500
+    # over HTTP and a traceback from the CLI.
+    from typer.testing import CliRunner
+
+    from csvembed.cli import app
+
+    assert upload_multipart(client, SAMPLE, **PRODUCT_OPTIONS).status_code == 201
+    drain(model=fake_embedder)
+    params = {"q": "boot", "where": "category=Footwear"}
+    response = client.get("/search", params={**params, "k": str(2**63)})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "k"]
+    assert response.json()["detail"][0]["ctx"] == {"le": 2**63 - 1}
+    largest = client.get("/search", params={**params, "k": str(2**63 - 1)})
+    assert largest.status_code == 200
+    assert {hit["row"]["category"] for hit in largest.json()} == {"Footwear"}
+    cli = CliRunner().invoke(app, ["search", "boot", "--where", "category=Footwear", "-k", str(2**63)])
+    assert cli.exit_code == 2
+    assert cli.stderr.splitlines()[-1] == \
+        f"Error: Invalid value for '-k': Input should be less than or equal to {2**63 - 1}"

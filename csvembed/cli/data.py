@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # the store imports numpy: not at start-up
 def search(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(metavar="QUERY", help="What to look for.")],
-    k: Annotated[int, typer.Option("-k", metavar="N", help="How many rows to return.", min=1)] = defaults.SEARCH_K,
+    k: Annotated[int, typer.Option("-k", metavar="N", help="How many rows to return.", min=1,
+                                   max=defaults.SEARCH_MAX_K)] = defaults.SEARCH_K,
     collection: Annotated[Optional[str], typer.Option(metavar="NAME", help="Only rows of this collection.")] = None,
     submission: Annotated[Optional[str], typer.Option(
         metavar="ID", help="Only rows last written by this submission.")] = None,

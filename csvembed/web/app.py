@@ -13,7 +13,7 @@ from csvembed.api import Csvembed
 from csvembed.errors import CsvembedError, NoStore, ServiceUnavailable, UnknownSubmission
 from csvembed.redact import mask_secrets
 from csvembed.web import dashboard, deployment, events, exports, metrics, search, submissions, uploads
-from csvembed.web.auth import TokenGate
+from csvembed.web.auth import LoopbackGate, TokenGate
 from csvembed.web.deps import Limits
 from csvembed.webhooks import PrivateTarget
 
@@ -33,8 +33,9 @@ def status_of(error: CsvembedError) -> int:
 def create_app(api: Csvembed, token: str | None = None, max_upload: int = defaults.MAX_UPLOAD,
                interval: float = defaults.EVENTS_INTERVAL,
                read_timeout: float = defaults.UPLOAD_READ_TIMEOUT, private_webhooks: bool = False) -> FastAPI:
-    """The app over one deployment; with a token, every route but /healthz asks for it. Its submissions'
-    webhooks reach public addresses only, unless private_webhooks."""
+    """The app over one deployment; with a token, every route but /healthz asks for it, without one only
+    loopback names are served (LoopbackGate). Its submissions' webhooks reach public addresses only, unless
+    private_webhooks."""
     app = FastAPI(title="csvembed", version=version("csvembed"),
                   summary="Submit CSV rows for embedding, follow them, search and export what is stored.")
     app.state.api = api
@@ -54,4 +55,6 @@ def create_app(api: Csvembed, token: str | None = None, max_upload: int = defaul
 
     if token:
         app.add_middleware(TokenGate, token=token)
+    else:
+        app.add_middleware(LoopbackGate)
     return app

@@ -14,8 +14,8 @@ router = APIRouter(tags=["search"])
 
 
 @router.get("/search", summary="The k stored rows nearest to q by cosine distance, nearest first")
-def search(api: Api, q: str, k: Annotated[int, Query(ge=1)] = defaults.SEARCH_K, collection: str | None = None,
-           submission: str | None = None,
+def search(api: Api, q: str, k: Annotated[int, Query(ge=1, le=defaults.SEARCH_MAX_K)] = defaults.SEARCH_K,
+           collection: str | None = None, submission: str | None = None,
            where: Annotated[list[str], Query(description="COLUMN=VALUE, repeatable: all must hold")] = []
            ) -> list[dict]:
     hits = api.search(q, k, collection=collection, submission=submission, where=parse_where(where))

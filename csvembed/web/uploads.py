@@ -69,7 +69,7 @@ async def create(request: Request, api: Api, limits: ServerLimits) -> JSONRespon
     if declared.isdigit() and int(declared) > limits.max_upload:
         raise _too_large(limits)
     fields = [(name, value) for name, value in request.query_params.multi_items() if name not in NOT_OPTIONS]
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if _media_type(request) == "multipart/form-data":
         try:
             form = await MultiPartParser(request.headers, _body(request, limits), max_files=1,
                                          max_fields=MAX_FORM_FIELDS).parse()
@@ -120,6 +120,12 @@ async def _body(request: Request, limits: Limits) -> AsyncIterator[bytes]:
         if received > limits.max_upload:
             raise _too_large(limits)
         yield chunk
+
+
+def _media_type(request: Request) -> str:
+    """The Content-Type without its parameters, lowercased: media types are case-insensitive (RFC 9110), and
+    a `Multipart/Form-Data` body read as CSV would queue its boundary lines as rows."""
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
 def _check_decompressed(source: Source, limits: Limits) -> None:
